@@ -1,0 +1,43 @@
+# The README's two set-up commands are `make demo` and `make test`; each installs what it needs.
+SHELL := /bin/bash
+VENV = $(shell scripts/venv.sh)
+PYTEST_ARGS ?=
+
+.PHONY: deps venv test lint typecheck unit demo bench packages proto clean
+
+deps:
+	@scripts/system-deps.sh
+
+venv: deps
+	@echo "venv: $(VENV)"
+
+lint: deps
+	@v=$(VENV); $$v/bin/ruff check vmagent tests bench && $$v/bin/ruff format --check vmagent tests bench
+
+typecheck: deps
+	@v=$(VENV); $$v/bin/mypy vmagent
+
+proto: deps
+	@v=$(VENV); $$v/bin/python -m vmagent.api.generate
+
+test: deps
+	@v=$(VENV); set -e; \
+	  $$v/bin/ruff check vmagent tests bench; \
+	  $$v/bin/ruff format --check vmagent tests bench; \
+	  $$v/bin/mypy vmagent; \
+	  PATH=$$v/bin:$$PATH $$v/bin/python -m pytest $(PYTEST_ARGS)
+
+unit: deps
+	@v=$(VENV); PATH=$$v/bin:$$PATH $$v/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: deps
+	@v=$(VENV); PATH=$$v/bin:$$PATH $$v/bin/python -m vmagent.demo
+
+bench: deps
+	@v=$(VENV); for b in bench/*.py; do PATH=$$v/bin:$$PATH $$v/bin/python $$b; done
+
+packages: deps
+	@v=$(VENV); PATH=$$v/bin:$$PATH packaging/build.sh
+
+clean:
+	rm -rf dist build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the demo and the tests need, once: a no-op when all are present.
+# Usage: scripts/system-deps.sh   (needs root when something is missing)
+set -euo pipefail
+pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev iptables iproute2 procps
+      debootstrap systemd-container rpm lintian curl ca-certificates make git)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "system-deps: missing Debian packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+echo "system-deps: installing ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

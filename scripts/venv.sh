@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Prints the path of a venv holding requirements-dev.txt, building it first when missing.
+# The venv is cached under $VMAGENT_CACHE (default /var/cache/vmagent-dev) keyed by the hash of the
+# requirements and pyproject, so a fresh clone reuses it; the project itself is installed editable
+# (no deps) on every call, which points the venv at this checkout.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-/usr/bin/python3}
+[ -x "$py" ] || py=$(command -v python3)
+cache=${VMAGENT_CACHE:-/var/cache/vmagent-dev}
+key=$(cat "$here/requirements-dev.txt" "$here/pyproject.toml" <("$py" --version) | sha256sum | cut -c1-16)
+venv="$cache/venv-$key"
+if [ ! -f "$venv/.ready" ]; then
+  # Built in place (a venv's scripts carry their path); .ready is written last, so a half-built venv
+  # from an interrupted run is thrown away and built again.
+  mkdir -p "$cache"
+  rm -rf "$venv"
+  "$py" -m venv "$venv" >&2
+  "$venv/bin/pip" install -q --upgrade pip >&2
+  "$venv/bin/pip" install -q -r "$here/requirements-dev.txt" >&2
+  touch "$venv/.ready"
+fi
+"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >&2
+echo "$venv"

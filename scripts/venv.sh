@@ -4,6 +4,8 @@
 # requirements and pyproject, so a fresh clone reuses it; the project itself is installed editable
 # (no deps) on every call, which points the venv at this checkout.
 set -euo pipefail
+# pip's notes about this machine's extra index locations are noise here.
+quiet() { "$@" 2> >(grep -v -e "^WARNING: Location" -e "BuildBackendWarning" >&2); }
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-/usr/bin/python3}
 [ -x "$py" ] || py=$(command -v python3)
@@ -16,9 +18,9 @@ if [ ! -f "$venv/.ready" ]; then
   mkdir -p "$cache"
   rm -rf "$venv"
   "$py" -m venv "$venv" >&2
-  "$venv/bin/pip" install -q --upgrade pip >&2
-  "$venv/bin/pip" install -q -r "$here/requirements-dev.txt" >&2
+  quiet "$venv/bin/pip" install -q --upgrade pip >&2
+  quiet "$venv/bin/pip" install -q -r "$here/requirements-dev.txt" >&2
   touch "$venv/.ready"
 fi
-"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >&2
+quiet "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >&2
 echo "$venv"

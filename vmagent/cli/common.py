@@ -1,0 +1,49 @@
+"""What both CLIs share: running a subcommand and mapping failures to exit codes.
+
+Exit status: 0 success, 1 a failure the user can act on (one line on stderr), 2 usage errors (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from vmagent.common.errors import VmagentError
+from vmagent.common.logsetup import setup_logging
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser(prog: str, description: str, modules: Sequence[str]) -> argparse.ArgumentParser:
+    """A parser whose subcommands come from ``modules``; each has ``add_subcommand(subparsers)``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in modules:
+        importlib.import_module(name).add_subcommand(sub)
+    return parser
+
+
+def run_cli(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    args = parser.parse_args(argv)
+    setup_logging(prog, args.log_level)
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except VmagentError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def add_output_flag(parser: argparse.ArgumentParser, choices: Sequence[str] = ("text", "json")) -> None:
+    parser.add_argument("-o", "--output", choices=list(choices), default=choices[0], help="output format")
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))

@@ -1,0 +1,158 @@
+"""Per-proxy xDS snapshots: for each type URL, resource name -> packed ``Any``, with content versions.
+
+A snapshot is immutable once built. Every resource gets a version (a hash of its deterministic
+serialization) and every type gets a version derived from its resources' names and versions, so equal
+content always yields equal versions and any change yields a new one, across restarts too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+_PREFIX = "type.googleapis.com/"
+CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
+SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+RUNTIME = _PREFIX + "envoy.service.runtime.v3.Runtime"
+
+# Envoy's ordering expectations for state-of-the-world ADS: clusters before their endpoints, secrets
+# before the listeners that use them, listeners before their routes. Types not listed go last.
+PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE, RUNTIME)
+
+# Types whose subscriptions are wildcard ("everything for this proxy"); the others are by resource name.
+WILDCARD_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER})
+
+SHORT_NAMES: Mapping[str, str] = MappingProxyType(
+    {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS", RUNTIME: "RTDS"}
+)
+
+
+def short_name(type_url: str) -> str:
+    """``CDS``/``EDS``/``LDS``/``RDS``/``SDS``/``RTDS`` for the well-known types, else the type URL."""
+    return SHORT_NAMES.get(type_url, type_url)
+
+
+def push_rank(type_url: str) -> tuple[int, str]:
+    """Sort key putting types in :data:`PUSH_ORDER`, unknown types after them by URL."""
+    try:
+        return (PUSH_ORDER.index(type_url), "")
+    except ValueError:
+        return (len(PUSH_ORDER), type_url)
+
+
+def _digest(parts: Iterable[bytes]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return h.hexdigest()[:16]
+
+
+def resource_version(resource: any_pb2.Any) -> str:
+    """Version of one packed resource: a hash of its type URL and deterministic bytes."""
+    return _digest([resource.type_url.encode(), resource.value])
+
+
+def set_version(versions: Mapping[str, str], names: Iterable[str] | None = None) -> str:
+    """Version of a set of resources given ``name -> resource version`` (all of them, or ``names``)."""
+    chosen = sorted(versions) if names is None else sorted(n for n in set(names) if n in versions)
+    return _digest(f"{n}\0{versions[n]}".encode() for n in chosen)
+
+
+def resource_name(msg: Message) -> str:
+    """The xDS name of a typed resource: ``cluster_name`` for ClusterLoadAssignment, else ``name``."""
+    desc = msg.DESCRIPTOR
+    for attr in ("name", "cluster_name"):
+        if attr in desc.fields_by_name:
+            value = getattr(msg, attr)
+            if isinstance(value, str) and value:
+                return value
+    raise ValueError(f"{desc.full_name} has no name; cannot use it as an xDS resource")
+
+
+def pack(msg: Message) -> any_pb2.Any:
+    """Pack a typed message into ``Any`` with deterministic bytes (stable versions)."""
+    a = any_pb2.Any()
+    a.Pack(msg, deterministic=True)
+    return a
+
+
+@dataclass(frozen=True)
+class TypeResources:
+    """The resources of one type in a snapshot, their versions and the type's version."""
+
+    resources: Mapping[str, any_pb2.Any]
+    versions: Mapping[str, str]
+    version: str
+
+    def subset_version(self, names: Iterable[str] | None) -> str:
+        """The version of the resources in ``names`` (``None`` = all), as sent to a proxy."""
+        return self.version if names is None else set_version(self.versions, names)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one proxy should have: ``type URL -> TypeResources``.
+
+    Build it with :meth:`from_resources` or :meth:`from_messages`; types absent from the snapshot are
+    treated as empty (a proxy subscribed to them gets an empty response).
+    """
+
+    types: Mapping[str, TypeResources] = field(default_factory=dict)
+
+    @classmethod
+    def from_resources(cls, resources: Mapping[str, Mapping[str, any_pb2.Any]]) -> Snapshot:
+        """From ``type URL -> name -> Any``. Each ``Any``'s type URL must equal its key."""
+        types: dict[str, TypeResources] = {}
+        for type_url, named in resources.items():
+            versions: dict[str, str] = {}
+            for name, res in named.items():
+                if res.type_url != type_url:
+                    raise ValueError(f"resource {name!r} has type {res.type_url}, listed under {type_url}")
+                versions[name] = resource_version(res)
+            types[type_url] = TypeResources(
+                MappingProxyType(dict(named)), MappingProxyType(versions), set_version(versions)
+            )
+        return cls(MappingProxyType(types))
+
+    @classmethod
+    def from_messages(cls, messages: Iterable[Message]) -> Snapshot:
+        """From typed protos (Cluster, ClusterLoadAssignment, Listener, ...), named by their name field.
+
+        A name used twice within one type raises ValueError.
+        """
+        grouped: dict[str, dict[str, any_pb2.Any]] = {}
+        for msg in messages:
+            packed = pack(msg)
+            name = resource_name(msg)
+            named = grouped.setdefault(packed.type_url, {})
+            if name in named:
+                raise ValueError(f"duplicate {short_name(packed.type_url)} resource {name!r}")
+            named[name] = packed
+        return cls.from_resources(grouped)
+
+    def get(self, type_url: str) -> TypeResources:
+        """The resources of ``type_url`` (empty when the snapshot has none)."""
+        found = self.types.get(type_url)
+        return found if found is not None else _EMPTY
+
+    def version(self, type_url: str) -> str:
+        return self.get(type_url).version
+
+    def changed_types(self, previous: Snapshot | None) -> frozenset[str]:
+        """Types whose version differs from ``previous`` (all of this snapshot's types if none)."""
+        if previous is None:
+            return frozenset(self.types)
+        urls = set(self.types) | set(previous.types)
+        return frozenset(u for u in urls if self.version(u) != previous.version(u))
+
+
+_EMPTY = TypeResources(MappingProxyType({}), MappingProxyType({}), set_version({}))

@@ -5,13 +5,19 @@
 # (no deps) on every call, which points the venv at this checkout.
 set -euo pipefail
 # pip's notes about this machine's extra index locations are noise here.
-quiet() { "$@" 2> >(grep -v -e "^WARNING: Location" -e "BuildBackendWarning" >&2); }
+quiet() {
+  local out
+  if ! out=$("$@" 2>&1); then printf '%s\n' "$out" >&2; return 1; fi
+}
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-/usr/bin/python3}
 [ -x "$py" ] || py=$(command -v python3)
 cache=${VMAGENT_CACHE:-/var/cache/vmagent-dev}
 key=$(cat "$here/requirements-dev.txt" "$here/pyproject.toml" <("$py" --version) | sha256sum | cut -c1-16)
 venv="$cache/venv-$key"
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9   # concurrent callers wait for one build
 if [ ! -f "$venv/.ready" ]; then
   # Built in place (a venv's scripts carry their path); .ready is written last, so a half-built venv
   # from an interrupted run is thrown away and built again.

@@ -10,7 +10,7 @@ from vmagent.common.errors import CommandError, CommandNotFound
 def run(
     cmd: list[str],
     *,
-    input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+    input: str | None = None,
     check: bool = True,
     timeout: float = 60.0,
     env: dict[str, str] | None = None,

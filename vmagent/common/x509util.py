@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -109,13 +110,16 @@ def verify_chain(chain: list[x509.Certificate], root: x509.Certificate) -> None:
     links = [*chain]
     if links[-1].fingerprint(hashes.SHA256()) != root.fingerprint(hashes.SHA256()):
         links.append(root)
-    for child, parent in zip(links, links[1:], strict=False):
+    for child, parent in itertools.pairwise(links):
         try:
             child.verify_directly_issued_by(parent)
         except (ValueError, TypeError) as exc:
-            raise VmagentError(f"certificate {child.subject.rfc4514_string()!r} is not issued by "
-                               f"{parent.subject.rfc4514_string()!r}: {exc}") from exc
+            raise VmagentError(
+                f"certificate {child.subject.rfc4514_string()!r} is not issued by "
+                f"{parent.subject.rfc4514_string()!r}: {exc}"
+            ) from exc
     for cert in links:
         if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
-            raise VmagentError(f"certificate {cert.subject.rfc4514_string()!r} is outside its validity period")
-
+            raise VmagentError(
+                f"certificate {cert.subject.rfc4514_string()!r} is outside its validity period"
+            )

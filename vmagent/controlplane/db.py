@@ -22,3 +22,27 @@ def open_db(state_dir: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=30000")
     path.chmod(0o600)
     return conn
+
+
+class StateDb:
+    """A connection shared by the server's threads: one statement at a time, results fetched eagerly."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        import threading
+
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, state_dir: Path) -> StateDb:
+        return cls(open_db(state_dir))
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> tuple[list[tuple[object, ...]], int]:
+        """Run one statement; return (rows, rowcount)."""
+        with self._lock:
+            cur = self._conn.execute(sql, params)
+            return cur.fetchall(), cur.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,83 @@
+"""`vmagent-cp serve`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from typing import Any
+
+from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, CP_MTLS_PORT, DEFAULT_TRUST_DOMAIN
+from vmagent.common.durations import duration_arg
+from vmagent.controlplane.app import DEFAULT_STATE_DIR, ControlPlane, ServeOptions
+
+
+def add_subcommand(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="run the control plane",
+        description="Run the control plane: mesh CA, join, registry and xDS. The first start creates the "
+        "root CA and the token key in the state dir; later starts reuse them.",
+    )
+    p.add_argument("--config-dir", type=Path, help="watched directory of Istio YAML (WorkloadGroups, ...)")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
+    p.add_argument(
+        "--listen",
+        default=f"0.0.0.0:{CP_GRPC_PORT}",
+        help="gRPC over TLS for joining VMs (token-authenticated); default: %(default)s",
+    )
+    p.add_argument(
+        "--mtls-listen",
+        default=f"0.0.0.0:{CP_MTLS_PORT}",
+        help="gRPC over mutual TLS: renewals, registration, ADS; default: %(default)s",
+    )
+    p.add_argument(
+        "--http-listen",
+        default=f"127.0.0.1:{CP_HTTP_PORT}",
+        help="metrics, health and the JSON API; default: %(default)s",
+    )
+    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN, help="default: %(default)s")
+    p.add_argument(
+        "--ca-cert", type=Path, help="operator CA certificate (then its chain up to the root), PEM"
+    )
+    p.add_argument("--ca-key", type=Path, help="the key of --ca-cert, PEM")
+    p.add_argument(
+        "--cert-ttl", type=duration_arg, default="24h", help="default workload cert lifetime (24h)"
+    )
+    p.add_argument("--max-cert-ttl", type=duration_arg, default="7d", help="longest lifetime granted (7d)")
+    p.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        dest="server_names",
+        help="extra DNS name or IP for the server certificate (repeatable)",
+    )
+    p.add_argument("--kubeconfig", type=Path, help="use a Kubernetes API server as the config source")
+    p.add_argument("--in-cluster", action="store_true", help="use the in-cluster Kubernetes API")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vmagent.common.errors import VmagentError
+
+    if args.kubeconfig or args.in_cluster:
+        raise VmagentError("the Kubernetes source is not available in this build; use --config-dir")
+    opts = ServeOptions(
+        state_dir=args.state_dir,
+        config_dir=args.config_dir,
+        listen=args.listen,
+        mtls_listen=args.mtls_listen,
+        http_listen=args.http_listen,
+        trust_domain=args.trust_domain,
+        ca_cert=args.ca_cert,
+        ca_key=args.ca_key,
+        cert_ttl=args.cert_ttl,
+        max_cert_ttl=args.max_cert_ttl,
+        server_names=args.server_names,
+    )
+    cp = ControlPlane(opts)
+    signal.signal(signal.SIGTERM, lambda *_: cp.stop())
+    signal.signal(signal.SIGINT, lambda *_: cp.stop())
+    cp.start()
+    cp.wait()
+    return 0

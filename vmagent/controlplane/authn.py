@@ -1,0 +1,41 @@
+"""Who is calling: the SPIFFE id of an mTLS peer, or the bearer token of a joining VM."""
+
+from __future__ import annotations
+
+import grpc
+from cryptography import x509
+
+from vmagent.common.errors import VmagentError
+from vmagent.common.x509util import SpiffeId, spiffe_ids
+
+
+def peer_certificate(context: grpc.ServicerContext) -> x509.Certificate | None:
+    """The client certificate verified by the mTLS handshake, or None (TLS-only port, no cert)."""
+    auth = context.auth_context()
+    pems = auth.get("x509_pem_cert") if auth else None
+    if not pems:
+        return None
+    return x509.load_pem_x509_certificate(pems[0])
+
+
+def peer_identity(context: grpc.ServicerContext) -> tuple[SpiffeId, x509.Certificate] | None:
+    """The caller's workload identity and certificate, when it presented a mesh certificate."""
+    cert = peer_certificate(context)
+    if cert is None:
+        return None
+    ids = spiffe_ids(cert)
+    if not ids:
+        return None
+    try:
+        return SpiffeId.parse(ids[0]), cert
+    except VmagentError:
+        return None
+
+
+def bearer_token(context: grpc.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata():
+        if key.lower() == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None

@@ -1,0 +1,160 @@
+"""The agent's local status port (15020): status JSON, merged Prometheus metrics and readiness.
+
+* ``GET /status`` — the JSON document returned by ``status_fn()``;
+* ``GET /stats/prometheus`` — every metrics source's text (the agent's registry, then Envoy's own
+  ``/stats/prometheus`` fetched from its admin API), concatenated; a source that fails is skipped and
+  counted in ``vmagent_metrics_source_errors_total``;
+* ``GET /healthz/ready`` — 200 ``ready`` when ``readiness_check()`` passes, else 503 with the reason.
+
+Port 15021 is Envoy's: a static listener in the bootstrap forwards its ``/healthz/ready`` here, as
+Istio's sidecar does, so 15021 answers only when Envoy itself is up and reachable.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from vmagent.agent.envoy_process import admin_request
+from vmagent.agent.status_metrics import Registry
+
+ReadinessCheck = Callable[[], tuple[bool, str]]
+MetricsSource = Callable[[], str]
+
+log = logging.getLogger(__name__)
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def compose_readiness(
+    envoy_live: Callable[[], bool],
+    config_acked: Callable[[], bool],
+    cert_not_after: Callable[[], datetime.datetime],
+) -> ReadinessCheck:
+    """Ready = Envoy live, its first config ACKed and the certificate not expired; else the first reason."""
+
+    def check() -> tuple[bool, str]:
+        if not envoy_live():
+            return False, "Envoy is not live"
+        if not config_acked():
+            return False, "Envoy has not acknowledged its configuration (CDS and LDS)"
+        try:
+            expiry = cert_not_after()
+        except Exception as exc:
+            return False, f"no valid workload certificate: {exc}"
+        if datetime.datetime.now(datetime.UTC) >= expiry:
+            return False, f"the workload certificate expired at {expiry.isoformat()}"
+        return True, "ready"
+
+    return check
+
+
+def envoy_metrics_source(admin_port: int, timeout: float = 2.0) -> MetricsSource:
+    """Envoy's ``/stats/prometheus`` from its admin API (raises OSError when Envoy does not answer)."""
+
+    def fetch() -> str:
+        status, body = admin_request(admin_port, "GET", "/stats/prometheus", timeout=timeout)
+        if status != 200:
+            raise OSError(f"Envoy admin /stats/prometheus answered {status}")
+        return body.decode("utf-8", "replace")
+
+    return fetch
+
+
+class StatusServer:
+    """A ThreadingHTTPServer on ``host:port`` serving the three endpoints above."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        readiness_check: ReadinessCheck,
+        metrics_sources: Sequence[MetricsSource],
+        *,
+        status_fn: Callable[[], dict[str, Any]] | None = None,
+        metrics: Registry | None = None,
+    ) -> None:
+        self._readiness = readiness_check
+        self._sources = list(metrics_sources)
+        self._status_fn = status_fn or (lambda: {})
+        reg = metrics or Registry()
+        self._m_source_errors = reg.counter(
+            "vmagent_metrics_source_errors_total", "Metrics sources that failed during a scrape."
+        )
+        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="status-http", daemon=True)
+        self._thread.start()
+        log.info("status server listening on port %d", self.port)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # --- responses ------------------------------------------------------------------------------------
+
+    def ready(self) -> tuple[int, bytes]:
+        try:
+            ok, reason = self._readiness()
+        except Exception as exc:
+            ok, reason = False, f"readiness check failed: {exc}"
+        return (200, b"ready\n") if ok else (503, reason.encode() + b"\n")
+
+    def prometheus(self) -> bytes:
+        parts: list[str] = []
+        for source in self._sources:
+            try:
+                text = source()
+            except Exception as exc:
+                self._m_source_errors.inc()
+                log.debug("metrics source failed: %s", exc)
+                continue
+            parts.append(text if text.endswith("\n") or not text else text + "\n")
+        return "".join(parts).encode()
+
+    def status(self) -> bytes:
+        return json.dumps(self._status_fn(), indent=2, sort_keys=True, default=str).encode() + b"\n"
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/healthz/ready":
+                    code, body = server.ready()
+                    self._reply(code, "text/plain; charset=utf-8", body)
+                elif path == "/stats/prometheus":
+                    self._reply(200, PROMETHEUS_CONTENT_TYPE, server.prometheus())
+                elif path == "/status":
+                    self._reply(200, "application/json", server.status())
+                else:
+                    self._reply(404, "text/plain; charset=utf-8", b"not found\n")
+
+            def _reply(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("status %s " + format, self.client_address[0], *args)
+
+        return Handler

@@ -1,0 +1,142 @@
+"""Schemas of networking.istio.io WorkloadEntry (also ServiceEntry's inline endpoints) and WorkloadGroup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmagent.controlplane.config.types import (
+    LABELS,
+    NONNEG,
+    PORT,
+    STR,
+    UINT32,
+    Ctx,
+    F,
+    ListOf,
+    MapOf,
+    Msg,
+    Str,
+    child,
+    host_problem,
+    is_dns1123_label,
+    is_ip,
+    key_path,
+    show,
+)
+
+SERVICE_ACCOUNT = Str(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", what="a service account name (DNS-1123)")
+
+
+def address_problem(address: str) -> str | None:
+    """Why ``address`` is neither an IP, a DNS name nor a unix:// socket path; None when it is fine."""
+    if is_ip(address):
+        return None
+    if address.startswith("unix://"):
+        return None if len(address) > len("unix://") else "empty unix socket path"
+    if host_problem(address, wildcard=False):
+        return "expected an IP address, a DNS name or unix:///path"
+    return None
+
+
+def _check_entry(value: dict[str, Any], path: str, ctx: Ctx) -> None:
+    address = value.get("address")
+    if isinstance(address, str) and address:
+        problem = address_problem(address)
+        if problem:
+            ctx.error(child(path, "address"), f"invalid address {address!r}: {problem}")
+    ports = value.get("ports")
+    for name in ports if isinstance(ports, dict) else {}:
+        if isinstance(name, str) and not is_dns1123_label(name):
+            ctx.error(
+                key_path(child(path, "ports"), name), f"invalid port name {name!r}, expected a DNS-1123 label"
+            )
+    locality = value.get("locality")
+    if isinstance(locality, str) and locality and (len(locality.split("/")) > 3 or "" in locality.split("/")):
+        ctx.error(
+            child(path, "locality"), f"invalid locality {show(locality)}, expected REGION[/ZONE[/SUBZONE]]"
+        )
+
+
+def workload_entry_msg(name: str) -> Msg:
+    return Msg(
+        name,
+        {
+            "address": STR,
+            "ports": MapOf(PORT),
+            "labels": LABELS,
+            "network": STR,
+            "locality": STR,
+            "weight": UINT32,
+            "serviceAccount": SERVICE_ACCOUNT,
+        },
+        checks=[_check_entry],
+    )
+
+
+def _check_workload_entry(value: dict[str, Any], path: str, ctx: Ctx) -> None:
+    if not value.get("address") and not value.get("network"):
+        ctx.error(
+            child(path, "address"), "required field is missing (it may be omitted only when 'network' is set)"
+        )
+
+
+WORKLOAD_ENTRY = workload_entry_msg("WorkloadEntry")
+WORKLOAD_ENTRY.checks.append(_check_workload_entry)
+
+HTTP_HEADER = Msg(
+    "HTTPHeader", {"name": F(Str(r"[-A-Za-z0-9_]+", what="a header name"), required=True), "value": STR}
+)
+PROBE_PORT = F(PORT, required=True)
+_HANDLERS = ("httpGet", "tcpSocket", "exec", "grpc")
+
+
+def _check_probe(value: dict[str, Any], path: str, ctx: Ctx) -> None:
+    if all(value.get(k) is None for k in _HANDLERS):
+        ctx.error(path, "one of 'httpGet', 'tcpSocket', 'exec' or 'grpc' is required")
+
+
+PROBE = Msg(
+    "ReadinessProbe",
+    {
+        "initialDelaySeconds": NONNEG,
+        "timeoutSeconds": NONNEG,
+        "periodSeconds": NONNEG,
+        "successThreshold": NONNEG,
+        "failureThreshold": NONNEG,
+        "httpGet": Msg(
+            "HTTPHealthCheckConfig",
+            {
+                "path": STR,
+                "port": PROBE_PORT,
+                "host": STR,
+                "scheme": Str(r"(?i)https?", what="'HTTP' or 'HTTPS'"),
+                "httpHeaders": ListOf(HTTP_HEADER),
+            },
+        ),
+        "tcpSocket": Msg("TCPHealthCheckConfig", {"host": STR, "port": PROBE_PORT}),
+        "exec": Msg("ExecHealthCheckConfig", {"command": F(ListOf(STR, nonempty=True), required=True)}),
+        "grpc": Msg("GrpcHealthCheckConfig", {"port": PROBE_PORT, "service": STR}),
+    },
+    oneofs=[_HANDLERS],
+    checks=[_check_probe],
+)
+
+
+def _check_template(value: dict[str, Any], path: str, ctx: Ctx) -> None:
+    if value.get("address"):
+        ctx.error(
+            child(path, "address"), "must not be set in a WorkloadGroup template (each workload has its own)"
+        )
+
+
+TEMPLATE = workload_entry_msg("WorkloadEntry")
+TEMPLATE.checks.append(_check_template)
+
+WORKLOAD_GROUP = Msg(
+    "WorkloadGroup",
+    {
+        "metadata": Msg("WorkloadGroup.ObjectMeta", {"labels": LABELS, "annotations": MapOf(STR)}),
+        "template": F(TEMPLATE, required=True),
+        "probe": PROBE,
+    },
+)

@@ -7,9 +7,12 @@ the SPIFFE id of the *authenticated caller*; nothing the CSR asks for is copied 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import ipaddress
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 MAX_CSR_BYTES = 64 * 1024
 MIN_RSA_BITS = 2048
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
+# Certificates are valid from a little before issuance, to absorb clock skew: a tenth of the lifetime,
+# at most a minute (so short-lived test certificates still renew at about half their life).
 CLOCK_SKEW = datetime.timedelta(minutes=1)
 ROOT_LIFETIME = datetime.timedelta(days=3650)
 ROOT_CERT_FILE = "root-cert.pem"
@@ -89,6 +94,12 @@ class CertificateAuthority:
             raise VmagentError("--ca-cert and --ca-key go together")
         if ca_cert_file is not None and ca_key_file is not None:
             return cls._from_files(ca_cert_file, ca_key_file, settings)
+        ensure_dir(state_dir, 0o700)
+        with _state_lock(state_dir):
+            return cls._load_or_create_root(state_dir, settings)
+
+    @classmethod
+    def _load_or_create_root(cls, state_dir: Path, settings: CaSettings) -> CertificateAuthority:
         cert_path, key_path = state_dir / ROOT_CERT_FILE, state_dir / ROOT_KEY_FILE
         if cert_path.exists() and key_path.exists():
             return cls._from_files(cert_path, key_path, settings)
@@ -199,7 +210,7 @@ class CertificateAuthority:
             .issuer_name(self._cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_before(now - min(CLOCK_SKEW, ttl / 10))
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
@@ -224,6 +235,17 @@ class CertificateAuthority:
             .add_extension(san, critical=san_critical)
         )
         return builder.sign(self._key, hashes.SHA256())
+
+
+@contextlib.contextmanager
+def _state_lock(state_dir: Path) -> Iterator[None]:
+    """Serialises first-start creation between `serve` and CLI commands started at the same moment."""
+    with open(state_dir / ".ca.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def parse_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -99,7 +100,15 @@ class TokenAuthority:
         """Load the signing key from ``state_dir``, creating it (0600) on first use."""
         path = state_dir / TOKEN_KEY_FILE
         if not path.exists():
-            atomic_write(path, key_pem(generate_key("ec-p256")), 0o600)
+            # O_EXCL-style: a concurrent first start keeps whichever key was linked in first.
+            tmp = state_dir / f".{TOKEN_KEY_FILE}.{uuid.uuid4().hex}"
+            atomic_write(tmp, key_pem(generate_key("ec-p256")), 0o600)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
         return cls(db, path.read_bytes())
 
     def create(

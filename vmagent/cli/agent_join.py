@@ -1,0 +1,91 @@
+"""`vmagent join`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+from typing import Any
+
+from vmagent.agent.join import JoinRequest, join
+from vmagent.agent.paths import DEFAULT_CONFIG_DIR, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, AgentPaths
+from vmagent.common import proc
+from vmagent.common.errors import VmagentError
+
+
+def add_subcommand(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "join",
+        help="join this VM to the mesh",
+        description="Bootstrap this VM's identity: generate a key, send a CSR authenticated by the join "
+        "token, verify the certificate against the pinned root, write the configuration, and start "
+        "vmagent.service where systemd runs. Running it again on a joined VM changes nothing.",
+    )
+    p.add_argument("address", metavar="HOST:PORT", help="the control plane's join address (port 15012)")
+    tok = p.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--token", help="the join token from `vmagent-cp token create`")
+    tok.add_argument("--token-file", type=Path, help="read the token from a file (keeps it out of `ps`)")
+    ca = p.add_mutually_exclusive_group(required=True)
+    ca.add_argument("--ca-hash", help="sha256:HEX of the mesh root's public key, as printed with the token")
+    ca.add_argument("--ca-file", type=Path, help="the mesh root certificate (PEM) instead of --ca-hash")
+    p.add_argument(
+        "--address",
+        dest="vm_address",
+        default="",
+        help="this VM's address in the mesh (default: detected at start)",
+    )
+    p.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR, help="default: %(default)s")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
+    p.add_argument("--key-algorithm", default="ec-p256", choices=["ec-p256", "rsa-2048", "rsa-4096"])
+    p.add_argument("--no-start", action="store_true", help="do not enable and start vmagent.service")
+    p.add_argument(
+        "--rejoin",
+        action="store_true",
+        help="replace an existing identity (for example an expired one) using a new token",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    token = args.token
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise VmagentError(f"cannot read --token-file: {exc}") from exc
+    if not token:
+        raise VmagentError("the join token is empty")
+    paths = AgentPaths(args.config_dir, args.state_dir, DEFAULT_RUNTIME_DIR)
+    result = join(
+        JoinRequest(
+            address=args.address,
+            token=token,
+            ca_hash=args.ca_hash,
+            ca_file=args.ca_file,
+            vm_address=args.vm_address,
+            key_algorithm=args.key_algorithm,
+            rejoin=args.rejoin,
+        ),
+        paths,
+    )
+    if result.already_joined:
+        print(
+            f"already joined as {result.identity} (certificate valid until {result.not_after}); "
+            "nothing changed. Use --rejoin with a new token to replace this identity."
+        )
+        return 0
+    print(f"joined as {result.identity}; certificate serial {result.serial} valid until {result.not_after}")
+    if not args.no_start:
+        _start_service()
+    return 0
+
+
+def _start_service() -> None:
+    if not Path("/run/systemd/system").is_dir() or shutil.which("systemctl") is None:
+        print("systemd is not running here: start the agent with `vmagent run`")
+        return
+    if proc.run(["systemctl", "cat", "vmagent.service"], check=False).returncode != 0:
+        print("vmagent.service is not installed: start the agent with `vmagent run`")
+        return
+    proc.run(["systemctl", "enable", "--now", "vmagent.service"], timeout=120)
+    print("vmagent.service enabled and started")

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from vmagent.controlplane.xds.snapshot import WILDCARD_TYPES, Snapshot, push_rank, short_name
+from vmagent.controlplane.xds.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    WILDCARD_TYPES,
+    Snapshot,
+    push_rank,
+    short_name,
+)
 from vmagent.controlplane.xds.status import StreamStatus
 
 log = logging.getLogger(__name__)
@@ -88,7 +95,7 @@ class SotwStream:
         """Push the subscribed types that differ from what the stream has (``changed=None``: check all)."""
         out: list[discovery_pb2.DiscoveryResponse] = []
         for type_url in sorted(self._subs, key=push_rank):
-            if changed is None or type_url in changed:
+            if (changed is None or type_url in changed) and not any(r.type_url == type_url for r in out):
                 sub = self._subs[type_url]
                 out.extend(self._respond(type_url, sub, snapshot, force=sub.sent is None))
         return out
@@ -121,7 +128,12 @@ class SotwStream:
         resp.resources.extend(tr.resources[n] for n in sorted(chosen))
         sub.sent, sub.nonce = (version, chosen), nonce
         self._status.sent(type_url, version, nonce)
-        return [resp]
+        out = [resp]
+        eds = self._subs.get(ENDPOINT)
+        if type_url == CLUSTER and eds is not None and eds.sent is not None:
+            # Changed clusters warm again and wait for their endpoints; Envoy does not always ask.
+            out.extend(self._respond(ENDPOINT, eds, snapshot, force=True))
+        return out
 
 
 @dataclass
@@ -183,6 +195,8 @@ class DeltaStream:
     ) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         out: list[discovery_pb2.DeltaDiscoveryResponse] = []
         for type_url in sorted(self._subs, key=push_rank):
+            if any(r.type_url == type_url for r in out):
+                continue
             if changed is None or type_url in changed or not self._subs[type_url].answered:
                 out.extend(self._respond(type_url, self._subs[type_url], snapshot))
         return out
@@ -211,4 +225,11 @@ class DeltaStream:
         resp.removed_resources.extend(removed)
         sub.nonce, sub.answered = nonce, True
         self._status.sent(type_url, version, nonce)
-        return [resp]
+        out = [resp]
+        eds = self._subs.get(ENDPOINT)
+        if type_url == CLUSTER and updated and eds is not None and eds.answered:
+            # Updated clusters warm again and wait for their endpoints: send those again.
+            for n in updated:
+                eds.known.pop(n, None)
+            out.extend(self._respond(ENDPOINT, eds, snapshot))
+        return out

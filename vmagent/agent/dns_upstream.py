@@ -217,7 +217,10 @@ class UpstreamClient:
             header, got = header_and_questions(reply)
         except DNSError:
             return False
-        return header.id == qid and header.qr == QR.RESPONSE and got == questions
+        if header.id != qid or header.qr != QR.RESPONSE:
+            return False
+        # Some servers drop the question from a truncated reply; the id (random, on a fresh socket) suffices.
+        return got == questions or (bool(header.tc) and not got)
 
     def _udp(
         self, upstream: Upstream, out: bytes, qid: int, questions: tuple[tuple[str, int, int], ...]

@@ -1,0 +1,166 @@
+"""``ConfigDirectory``: a directory of Istio YAML files, watched by polling file metadata.
+
+Every ``interval`` (0.2 s by default) the directory is scanned (recursively, hidden entries skipped)
+and a file whose (mtime, size, inode) changed is re-read. A file that fails validation keeps its last
+good objects in force and its errors are reported by ``errors()`` and logged once per change; a deleted
+file's objects are removed. Polling needs nothing beyond the standard library and also works on network
+and container file systems where inotify does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmagent.controlplane.config.issues import Issue
+from vmagent.controlplane.config.loader import collect_files, dedupe, load_file
+from vmagent.controlplane.model import ConfigObject
+
+Key = tuple[str, str, str]
+Stat = tuple[int, int, int]
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _FileState:
+    stat: Stat
+    objects: list[ConfigObject] = field(default_factory=list)  # last good version
+    errors: list[Issue] = field(default_factory=list)  # of the current content (empty when valid)
+    warnings: list[Issue] = field(default_factory=list)
+
+
+class ConfigDirectory:
+    """The config directory as a config source (see ``ConfigSource``)."""
+
+    name = "config directory"
+
+    def __init__(self, root: Path, interval: float = 0.2) -> None:
+        self.root = root
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._files: dict[Path, _FileState] = {}
+        self._objects: dict[Key, ConfigObject] = {}
+        self._dup_errors: list[Issue] = []
+        self._root_error = ""
+        self._subscribers: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll(self) -> bool:
+        """Scan once; True when the directory's objects changed (subscribers were then called)."""
+        with self._poll_lock:
+            return self._poll()
+
+    def _poll(self) -> bool:
+        root_error = ""
+        scan_failed = False
+        if not self.root.is_dir():
+            root_error = f"{self.root}: config directory does not exist"
+            files: list[Path] = []
+        else:
+            try:
+                files = collect_files(self.root)
+            except OSError as exc:
+                root_error = f"{self.root}: cannot scan config directory: {exc}"
+                scan_failed = True
+                files = list(self._files)
+        if root_error and root_error != self._root_error:
+            log.error("%s", root_error)
+        current: dict[Path, Stat] = {}
+        for f in files:
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            current[f] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        states = dict(self._files)
+        touched = False
+        for f in list(states):
+            if f not in current and not scan_failed:
+                del states[f]
+                touched = True
+                log.info("config file %s removed", f)
+        for f, stat in current.items():
+            old = states.get(f)
+            if old is not None and old.stat == stat:
+                continue
+            touched = True
+            states[f] = self._reload(f, stat, old)
+        if not touched and root_error == self._root_error:
+            return False
+        ordered = sorted(states)
+        objects, dups = dedupe(o for f in ordered for o in states[f].objects)
+        merged = {o.key: o for o in objects}
+        with self._lock:
+            self._files = states
+            self._root_error = root_error
+            for d in dups:
+                if d not in self._dup_errors:
+                    log.error("%s", d)
+            self._dup_errors = dups
+            changed = merged != self._objects
+            self._objects = merged
+            subscribers = list(self._subscribers)
+        if changed:
+            for cb in subscribers:
+                cb()
+        return changed
+
+    def _reload(self, path: Path, stat: Stat, old: _FileState | None) -> _FileState:
+        result = load_file(path)
+        for w in result.warnings:
+            log.warning("%s", w)
+        if result.ok:
+            log.info("config file %s loaded: %d objects", path, len(result.objects))
+            return _FileState(stat, result.objects, [], result.warnings)
+        for e in result.errors:
+            log.error("%s", e)
+        kept = old.objects if old is not None else []
+        if kept:
+            log.error("%s: invalid, keeping its last good version (%d objects)", path, len(kept))
+        return _FileState(stat, kept, result.errors, result.warnings)
+
+    def objects(self) -> dict[Key, ConfigObject]:
+        with self._lock:
+            return dict(self._objects)
+
+    def errors(self) -> list[str]:
+        """Current problems: invalid files (kept at their last good version), duplicates, a missing root."""
+        with self._lock:
+            out = [self._root_error] if self._root_error else []
+            out += [str(e) for f in sorted(self._files) for e in self._files[f].errors]
+            out += [str(e) for e in self._dup_errors]
+            return out
+
+    def warnings(self) -> list[str]:
+        with self._lock:
+            return [str(w) for f in sorted(self._files) for w in self._files[f].warnings]
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def start(self) -> None:
+        """Load the directory once, then keep polling in a daemon thread until ``stop()``."""
+        self.poll()
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="config-dir-watch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.poll()
+            except Exception:
+                log.exception("config directory watch failed")

@@ -1,0 +1,82 @@
+"""The status port: readiness with reasons, merged metrics, status JSON (no Envoy needed here)."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness import free_port
+from vmagent.agent.status_metrics import Registry, register_process_metrics
+from vmagent.agent.status_server import StatusServer, compose_readiness, envoy_metrics_source
+
+
+class Flags:
+    live = False
+    acked = False
+    expiry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[StatusServer, Flags, Registry]]:
+    flags = Flags()
+    reg = Registry()
+    register_process_metrics(reg)
+    reg.counter("vmagent_test_events_total", "Test events.").inc(3, kind="a")
+    srv = StatusServer(
+        "127.0.0.1",
+        0,
+        compose_readiness(lambda: flags.live, lambda: flags.acked, lambda: flags.expiry),
+        [reg.render, envoy_metrics_source(free_port()), lambda: "envoy_fake_metric 1"],
+        status_fn=lambda: {"identity": "spiffe://cluster.local/ns/a/sa/b", "when": flags.expiry},
+        metrics=reg,
+    )
+    srv.start()
+    yield srv, flags, reg
+    srv.stop()
+
+
+def _get(port: int, path: str) -> tuple[int, str, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type") or "", r.read().decode()
+    finally:
+        conn.close()
+
+
+def test_readiness_reports_the_first_unmet_condition(server: tuple[StatusServer, Flags, Registry]) -> None:
+    srv, flags, _ = server
+    assert _get(srv.port, "/healthz/ready")[::2] == (503, "Envoy is not live\n")
+    flags.live = True
+    code, _, body = _get(srv.port, "/healthz/ready")
+    assert code == 503 and "not acknowledged" in body
+    flags.acked = True
+    assert _get(srv.port, "/healthz/ready")[::2] == (200, "ready\n")
+    flags.expiry = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
+    code, _, body = _get(srv.port, "/healthz/ready")
+    assert code == 503 and "expired" in body
+
+
+def test_metrics_merge_sources_and_skip_a_failing_one(server: tuple[StatusServer, Flags, Registry]) -> None:
+    srv, _, _ = server
+    code, ctype, text = _get(srv.port, "/stats/prometheus")
+    assert code == 200 and ctype.startswith("text/plain")
+    assert 'vmagent_test_events_total{kind="a"} 3' in text
+    assert "vmagent_process_resident_memory_bytes " in text
+    assert "envoy_fake_metric 1" in text
+    # the unreachable Envoy admin source was skipped and counted
+    _, _, again = _get(srv.port, "/stats/prometheus")
+    assert "vmagent_metrics_source_errors_total 1" in again  # rendered before this scrape failed
+
+
+def test_status_json_and_unknown_path(server: tuple[StatusServer, Flags, Registry]) -> None:
+    srv, _, _ = server
+    code, ctype, body = _get(srv.port, "/status")
+    assert code == 200 and ctype == "application/json"
+    assert json.loads(body)["identity"] == "spiffe://cluster.local/ns/a/sa/b"
+    assert _get(srv.port, "/nope")[0] == 404

@@ -75,7 +75,7 @@ def test_csr_asking_for_another_san_gets_the_token_identity(
         ),
         (lambda: "x" * (64 * 1024 + 1), "the limit is 65536"),
         (
-            lambda: _csr(rsa.generate_private_key(public_exponent=65537, key_size=1024)),
+            lambda: _csr(rsa.generate_private_key(public_exponent=65537, key_size=1024)),  # noqa: S505 - the weak key under test
             "CSR has an RSA-1024 key; at least RSA-2048 is required",
         ),
     ],

@@ -94,7 +94,7 @@ def test_token_signed_by_another_key_is_refused(control_plane: ControlPlaneProce
 
 def test_tampered_token_is_refused(control_plane: ControlPlaneProcess, tmp_path: Path) -> None:
     tok = control_plane.token("demo/web")
-    head, payload, sig = tok["token"].split(".")
+    head, _payload, sig = tok["token"].split(".")
     claims = json.loads(_jwt_payload(tok["token"]))
     claims["sub"] = "demo/admin"
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()

@@ -192,7 +192,9 @@ class CaptureManager:
             return "nothing was changed"
         try:
             for family in reversed(done):
-                self._restore(family, transition(self.state(family), before[family]))
+                text = transition(self.state(family), before[family])
+                if text:
+                    self._restore(family, text)
                 if not before[family].table_exists:
                     self._drop_table_if_empty(family)
         except VmagentError as exc:

@@ -222,13 +222,13 @@ def test_tcp_connections_are_bounded(table: NameTable, upstream: FakeUpstream) -
     with make_proxy(table, [upstream.address], max_tcp_connections=2) as proxy:
         idle = [socket.create_connection(("127.0.0.1", proxy.port), timeout=5) for _ in range(2)]
         try:
-            wait_for(lambda: len(proxy._conns) == 2, timeout=3, what="two connections held")
+            wait_for(lambda: proxy.tcp_connections == 2, timeout=3, what="two connections held")
             with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as extra:
                 assert extra.recv(1) == b"", "a connection over the limit must be closed"
             assert proxy.metrics.snapshot()["dropped"] == 1
         finally:
             idle[0].close()
-        wait_for(lambda: len(proxy._conns) == 1, timeout=3, what="a slot freed")
+        wait_for(lambda: proxy.tcp_connections == 1, timeout=3, what="a slot freed")
         assert addresses(ask(API, "A", proxy.port, tcp=True)) == ["10.1.0.1"]
         idle[1].close()
 
@@ -278,6 +278,11 @@ def test_an_address_not_on_this_host_is_a_clear_error(table: NameTable) -> None:
     proxy = DnsProxy(table=table, upstreams=[], listen_host="192.0.2.1", port=0)
     with pytest.raises(VmagentError, match=r"cannot listen on 192\.0\.2\.1:0/udp: Cannot assign"):
         proxy.start()
+
+
+def test_the_proxy_itself_is_refused_as_an_upstream(table: NameTable) -> None:
+    with pytest.raises(VmagentError, match=r"DNS upstream 127\.0\.0\.1:5353 is this DNS proxy itself"):
+        DnsProxy(table=table, upstreams=["10.0.0.1", "127.0.0.1:5353"], port=5353)
 
 
 def test_listen_host_must_be_an_ip(table: NameTable) -> None:

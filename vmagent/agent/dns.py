@@ -74,6 +74,10 @@ def _udp_limit(request: DNSRecord) -> int:
     return 512
 
 
+def _same_ip(a: str, b: str) -> bool:
+    return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+
+
 def _truncated(reply: DNSRecord) -> bytes:
     out = DNSRecord(DNSHeader(id=reply.header.id, bitmap=reply.header.bitmap, tc=1), q=reply.q)
     out.header.rcode = reply.header.rcode
@@ -106,6 +110,9 @@ class DnsProxy:
             raise VmagentError(f"DNS proxy port {port} is out of range (1-65535)")
         self.table = table
         self.upstreams: list[Upstream] = [parse_upstream(u) for u in upstreams]
+        for upstream in self.upstreams:
+            if port and upstream.port == port and _same_ip(upstream.host, listen_host):
+                raise VmagentError(f"DNS upstream {upstream} is this DNS proxy itself; it would loop")
         self.listen_host = listen_host
         self.metrics = DnsMetrics()
         self._requested_port = port
@@ -132,6 +139,12 @@ class DnsProxy:
     def port(self) -> int:
         """The port listened on (the one picked by the kernel when constructed with port 0)."""
         return self._port
+
+    @property
+    def tcp_connections(self) -> int:
+        """TCP client connections open right now."""
+        with self._lock:
+            return len(self._conns)
 
     @property
     def mark_applied(self) -> bool:

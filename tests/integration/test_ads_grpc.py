@@ -308,3 +308,25 @@ def test_revoked_certificate_is_permission_denied(ca: TestCa, web: Issued) -> No
                 s.close()
     finally:
         h.runner.stop()
+
+
+def test_disconnect_ends_a_live_stream_with_permission_denied(
+    ca: TestCa, web: Issued, ads: AdsHarness
+) -> None:
+    ads.cache.set("web-1", snapshot({"a": 1}))
+    with client_channel(ca, ads.port, web) as ch:
+        s = RawStream(ch, delta=False)
+        try:
+            s.send(discovery_pb2.DiscoveryRequest(node=node("web-1"), type_url=CLUSTER))
+            assert s.recv().type_url == CLUSTER
+            assert ads.ads.disconnect("other", "not this one") == 0
+            assert (
+                ads.ads.disconnect("web-1", "workload spiffe://cluster.local/ns/demo/sa/web was revoked") == 1
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                s.recv()
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert info.value.details() == "workload spiffe://cluster.local/ns/demo/sa/web was revoked"
+        finally:
+            s.close()
+    wait_for(lambda: ads.disconnected == ["web-1"], TIMEOUT, what="disconnect callback")

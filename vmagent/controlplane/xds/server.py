@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -47,6 +48,13 @@ class _End:
     """Queue marker: the proxy closed its side of the stream."""
 
 
+class _Kick:
+    """Queue marker: end the stream with PERMISSION_DENIED and ``reason`` (e.g. the workload was revoked)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 _PUSH, _END = _Push(), _End()
 
 
@@ -76,6 +84,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._on_disconnected = on_proxy_disconnected
         self._is_revoked = is_revoked
         self.registry = registry if registry is not None else StatusRegistry()
+        self._live_lock = threading.Lock()
+        self._live: dict[int, tuple[str, asyncio.AbstractEventLoop, asyncio.Queue[object]]] = {}
         prefix = secrets.token_hex(4)
         counter = itertools.count(1)
         self._nonces: Callable[[], str] = lambda: f"{prefix}-{next(counter)}"
@@ -86,6 +96,17 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     def status(self) -> list[dict[str, Any]]:
         """One JSON-able entry per connected stream (see :mod:`.status`); safe from any thread."""
         return self.registry.status()
+
+    def disconnect(self, proxy_key: str, reason: str) -> int:
+        """End every stream of ``proxy_key`` with PERMISSION_DENIED and ``reason``; return how many.
+
+        Safe from any thread; used when a workload is revoked or deleted while connected.
+        """
+        with self._live_lock:
+            targets = [(loop, q) for key, loop, q in self._live.values() if key == proxy_key]
+        for loop, q in targets:
+            loop.call_soon_threadsafe(q.put_nowait, _Kick(reason))
+        return len(targets)
 
     async def StreamAggregatedResources(
         self,
@@ -179,11 +200,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
         unwatch = self._cache.watch(st.proxy_key, notify)
         reader = asyncio.create_task(self._read(it, queue))
+        with self._live_lock:
+            self._live[st.stream_id] = (st.proxy_key, loop, queue)
         try:
             item: object = first
             while True:
                 if item is _END:
                     return
+                if isinstance(item, _Kick):
+                    log.warning("ending ADS stream of %s: %s", st.proxy_key, item.reason)
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, item.reason)
                 if isinstance(item, BaseException):
                     raise item
                 snapshot = self._cache.get(st.proxy_key)
@@ -203,6 +229,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                     await context.write(resp)
                 item = await queue.get()
         finally:
+            with self._live_lock:
+                self._live.pop(st.stream_id, None)
             unwatch()
             reader.cancel()
 

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.harness import free_port, wait_for
+from tests.harness import free_port, require_root, wait_for
 from tests.integration.certs_helper import TestCA
 from tests.integration.test_envoy_support import (
     CLUSTER_TYPE,
@@ -34,7 +34,7 @@ from vmagent.agent.envoy_bootstrap import (
     write_bootstrap,
 )
 from vmagent.agent.envoy_process import EnvoySupervisor, admin_request
-from vmagent.agent.envoy_runtime import prepare_runtime_dir
+from vmagent.agent.envoy_runtime import lookup_proxy_user, prepare_runtime_dir
 from vmagent.agent.identity import IdentityStore
 from vmagent.agent.paths import AgentPaths
 from vmagent.agent.sds import SdsServer
@@ -97,12 +97,15 @@ def _channel_factory(port: int) -> tuple[Any, list[grpc.Channel]]:
     return factory, made
 
 
-def _make_stack(tmp_path: Path, runtime: Path, *, delta: bool = False, hold: bool = False) -> Iterator[Stack]:
+def _make_stack(
+    tmp_path: Path, runtime: Path, *, delta: bool = False, hold: bool = False, run_as: str | None = None
+) -> Iterator[Stack]:
     ca = TestCA()
     paths = AgentPaths(config_dir=tmp_path / "etc", state_dir=tmp_path / "state", runtime_dir=runtime)
     store = IdentityStore(paths)
     store.save(ca.issue())
-    prepare_runtime_dir(paths.runtime_dir, None)
+    peer_gid = lookup_proxy_user(run_as).gid if run_as else None
+    prepare_runtime_dir(paths.runtime_dir, peer_gid)
     ports = {k: free_port() for k in ("cp", "backend", "listen", "admin", "prom", "ready", "status")}
     registry = Registry()
     backend = Backend(ports["backend"])
@@ -110,10 +113,12 @@ def _make_stack(tmp_path: Path, runtime: Path, *, delta: bool = False, hold: boo
     if hold:
         cp.hold.set()
     cp.start()
-    sds = SdsServer(store, paths.sds_socket, metrics=registry)
+    sds = SdsServer(store, paths.sds_socket, peer_gid=peer_gid, metrics=registry)
     sds.start()
     factory, channels = _channel_factory(ports["cp"])
-    proxy = XdsProxy(paths.xds_socket, factory, backoff=Backoff(0.1, 0.5), metrics=registry)
+    proxy = XdsProxy(
+        paths.xds_socket, factory, peer_gid=peer_gid, backoff=Backoff(0.1, 0.5), metrics=registry
+    )
     proxy.start()
     params = BootstrapParams(
         node_ip="127.0.0.1",
@@ -134,7 +139,7 @@ def _make_stack(tmp_path: Path, runtime: Path, *, delta: bool = False, hold: boo
     envoy = EnvoySupervisor(
         find_envoy_binary(),
         bootstrap,
-        None,
+        run_as,
         ports["admin"],
         drain_timeout=1,
         term_timeout=3,
@@ -324,5 +329,31 @@ def test_readiness_and_merged_metrics(tmp_path: Path, runtime: Path) -> None:
         assert code == 200 and b"envoy_" in prom
         code, st = s.get("/status", status_port)
         assert code == 200 and json.loads(st)["xds"]["Listener"]["acks"] >= 1
+    finally:
+        gen.close()
+
+
+def test_envoy_runs_as_the_proxy_user_and_reaches_the_group_only_sockets(
+    tmp_path: Path, runtime: Path
+) -> None:
+    """Envoy as an unprivileged system user (``nobody`` stands in for vmagent-proxy) gets SDS and ADS
+    through the 0660 root:GROUP sockets in the 0750 runtime directory."""
+    require_root()
+    user = lookup_proxy_user("nobody")
+    gen = _make_stack(tmp_path, runtime, run_as="nobody")
+    s = next(gen)
+    try:
+        wait_for(lambda: _serving(s), 10, what="TLS listener serving with Envoy as nobody")
+        pid = s.envoy.pid()
+        status = Path(f"/proc/{pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        gid_line = next(line for line in status.splitlines() if line.startswith("Gid:"))
+        assert uid_line.split()[1:] == [str(user.uid)] * 4
+        assert gid_line.split()[1:] == [str(user.gid)] * 4
+        for sock in (runtime / "sds.sock", runtime / "xds.sock"):
+            st = sock.stat()
+            assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o660, os.getuid(), user.gid)
+        st = runtime.stat()
+        assert (st.st_mode & 0o777, st.st_gid) == (0o750, user.gid)
     finally:
         gen.close()

@@ -121,7 +121,7 @@ PORT = Int(1, 65535, what="a port number")
 
 
 class Float(Type):
-    def __init__(self, lo: float | None = None, hi: float | None = None) -> None:
+    def __init__(self, lo: float, hi: float) -> None:
         self.lo, self.hi = lo, hi
 
     def check(self, value: Any, path: str, ctx: Ctx) -> None:
@@ -130,7 +130,7 @@ class Float(Type):
             return
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
             ctx.error(
-                path, f"{show(value)} is out of range, expected a number between {self.lo} and {self.hi}"
+                path, f"{show(value)} is out of range, expected a number between {self.lo:g} and {self.hi:g}"
             )
 
 

@@ -1,0 +1,93 @@
+"""`vmagent status`: what the running agent reports, or what is on disk when it is not running."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from vmagent.agent.config import AgentConfig
+from vmagent.agent.identity import IdentityStore
+from vmagent.agent.paths import DEFAULT_CONFIG_DIR, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, AgentPaths
+from vmagent.cli.common import add_output_flag, print_json
+from vmagent.common.constants import AGENT_STATUS_PORT
+from vmagent.common.errors import VmagentError
+
+
+def add_subcommand(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "status",
+        help="show identity, certificate, control-plane link, xDS sync, Envoy, capture and health",
+        description="Ask the running agent (its status port, 15020) for its state; when it is not running, "
+        "show what is on disk. Exit 0 when the agent is ready, 1 otherwise.",
+    )
+    p.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR, help="default: %(default)s")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
+    add_output_flag(p)
+    p.set_defaults(func=run)
+
+
+def collect(paths: AgentPaths) -> dict[str, Any]:
+    """The status document: the daemon's own when it answers, else one built from the files."""
+    store = IdentityStore(paths)
+    if not store.exists():
+        raise VmagentError(
+            f"this VM has not joined the mesh (no identity in {paths.state_dir}); run `vmagent join`"
+        )
+    config = AgentConfig.load(paths.config_file)
+    port = int(config.section("status").get("port", AGENT_STATUS_PORT))
+    try:
+        resp = requests.get(f"http://127.0.0.1:{port}/status", timeout=3)
+        resp.raise_for_status()
+        doc: dict[str, Any] = resp.json()
+        doc["running"] = True
+        return doc
+    except (requests.RequestException, ValueError):
+        pass
+    ident = store.load()
+    return {
+        "running": False,
+        "ready": False,
+        "ready_reason": "the agent is not running",
+        "identity": {
+            "spiffe_id": ident.spiffe_id.uri,
+            "serial": f"{ident.serial:x}",
+            "not_before": ident.not_before.isoformat(),
+            "not_after": ident.not_after.isoformat(),
+            "expired": ident.expired(),
+            "next_rotation": None,
+        },
+        "workload": {"namespace": config.namespace, "group": config.group},
+        "control_plane": {"address": config.cp_mtls_address, "connected": False},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    doc = collect(AgentPaths(args.config_dir, args.state_dir, DEFAULT_RUNTIME_DIR))
+    if args.output == "json":
+        print_json(doc)
+    else:
+        print(render_text(doc))
+    return 0 if doc.get("ready") else 1
+
+
+def render_text(doc: dict[str, Any]) -> str:
+    ident = doc.get("identity", {})
+    lines = [
+        f"agent:          {'running' if doc.get('running') else 'not running'}",
+        f"ready:          {'yes' if doc.get('ready') else 'no'}"
+        + ("" if doc.get("ready") else f" ({doc.get('ready_reason', '')})"),
+        f"identity:       {ident.get('spiffe_id')}",
+        f"certificate:    serial {ident.get('serial')}, valid until {ident.get('not_after')}"
+        + (" (EXPIRED: get a new token and run `vmagent join --rejoin`)" if ident.get("expired") else ""),
+        f"next rotation:  {ident.get('next_rotation') or '-'}",
+    ]
+    if ident.get("last_rotation_error"):
+        lines.append(f"rotation error: {ident['last_rotation_error']}")
+    for key in ("control_plane", "xds", "envoy", "capture", "dns", "health"):
+        if key in doc:
+            lines.append(f"{key + ':':15} {json.dumps(doc[key], sort_keys=True)}")
+    return "\n".join(lines)

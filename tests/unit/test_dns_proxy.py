@@ -7,6 +7,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from dnslib import RCODE, DNSRecord
@@ -322,3 +323,19 @@ def test_metrics_snapshot_counts_each_outcome(table: NameTable, upstream: FakeUp
             "malformed": 0,
             "dropped": 0,
         }
+
+
+def test_a_burst_of_concurrent_queries_is_all_answered(proxy: DnsProxy, upstream: FakeUpstream) -> None:
+    """200 UDP queries from 20 threads (bounded in count and time): mesh names and forwarded names mixed."""
+    names = [API, "outside.example"] * 100
+
+    def one(name: str) -> list[str]:
+        return addresses(ask(name, "A", proxy.port, timeout=5))
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(one, names, timeout=30))
+    assert results == [["10.1.0.1"] if n == API else ["192.0.2.7"] for n in names]
+    assert time.monotonic() - start < 30
+    snapshot = proxy.metrics.snapshot()
+    assert (snapshot["answered_locally"], snapshot["forwarded"], snapshot["dropped"]) == (100, 100, 0)

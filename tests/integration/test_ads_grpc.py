@@ -330,3 +330,27 @@ def test_disconnect_ends_a_live_stream_with_permission_denied(
         finally:
             s.close()
     wait_for(lambda: ads.disconnected == ["web-1"], TIMEOUT, what="disconnect callback")
+
+
+def test_sync_servicers_share_the_aio_server(ca: TestCa, web: Issued) -> None:
+    """The CA/registration services (plain gRPC servicers) can be served on the ADS port."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from vmagent.controlplane.xds.runner import AioServerThread
+
+    srv = ca.server()
+    creds = grpc.ssl_server_credentials([(srv.key_pem, srv.cert_pem)], ca.root_pem, require_client_auth=True)
+    checker = health.HealthServicer()  # a servicer with plain (non-async) methods
+    checker.set("vmagent", health_pb2.HealthCheckResponse.SERVING)
+    runner = AioServerThread(
+        "127.0.0.1:0", creds, lambda s: health_pb2_grpc.add_HealthServicer_to_server(checker, s)
+    )
+    port = runner.start()
+    try:
+        with client_channel(ca, port, web) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service="vmagent"), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        runner.stop()

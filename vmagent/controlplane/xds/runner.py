@@ -26,6 +26,8 @@ class AioServerThread:
     """A ``grpc.aio.Server`` bound to ``address`` and served from a dedicated thread.
 
     ``configure(server)`` adds the servicers (e.g. ``AdsServer.add_to_server``) before it starts.
+    Servicers with plain (non-async) methods work too: they run in a pool of ``sync_workers`` threads,
+    so the certificate and registration services can share the port with ADS.
     ``credentials=None`` serves plaintext (tests only). :meth:`start` returns the bound port.
     """
 
@@ -35,11 +37,15 @@ class AioServerThread:
         credentials: grpc.ServerCredentials | None,
         configure: Callable[[grpc.aio.Server], None],
         options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS,
+        sync_workers: int = 16,
     ) -> None:
         self._address = address
         self._credentials = credentials
         self._configure = configure
         self._options = list(options)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=sync_workers, thread_name_prefix="grpc-sync"
+        )
         self._loop = asyncio.new_event_loop()
         self._server: grpc.aio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
@@ -55,7 +61,7 @@ class AioServerThread:
         return self.port
 
     async def _start(self) -> int:
-        server = grpc.aio.server(options=self._options)
+        server = grpc.aio.server(migration_thread_pool=self._pool, options=self._options)
         self._configure(server)
         if self._credentials is None:
             port = server.add_insecure_port(self._address)
@@ -74,6 +80,7 @@ class AioServerThread:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

@@ -294,6 +294,8 @@ class DnsProxy:
                 except DNSError:
                     reply = self._servfail(request)
             self._send_udp(reply, client)
+        except Exception:  # a worker must not die silently inside its future
+            log.exception("DNS proxy: unexpected error forwarding a UDP query")
         finally:
             self._udp_slots.release()
 
@@ -355,6 +357,8 @@ class DnsProxy:
                     conn.sendall(len(reply).to_bytes(2, "big") + reply)
                 except OSError:
                     return
+        except Exception:
+            log.exception("DNS proxy: unexpected error on a TCP connection")
         finally:
             with self._lock:
                 self._conns.discard(conn)

@@ -357,3 +357,27 @@ def test_envoy_runs_as_the_proxy_user_and_reaches_the_group_only_sockets(
         assert (st.st_mode & 0o777, st.st_gid) == (0o750, user.gid)
     finally:
         gen.close()
+
+
+def test_stop_drains_an_in_flight_request_before_terminating_envoy(stack: Stack) -> None:
+    wait_for(lambda: _serving(stack), 10, what="TLS listener serving")
+    pid = stack.envoy.pid()
+    result: list[Any] = []
+
+    def slow() -> None:
+        try:
+            result.append(tls_get(stack.listen_port, stack.ca.root_pem, timeout=5, path="/slow"))
+        except OSError as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    wait_for(lambda: stack.envoy.active_connections() >= 1, 2, what="the slow request in flight")
+    started = time.monotonic()
+    stack.envoy.stop()
+    took = time.monotonic() - started
+    t.join(5)
+    assert len(result) == 1 and not isinstance(result[0], Exception), result
+    assert (result[0].status, result[0].body) == (200, b"backend")
+    assert stack.envoy.pid() is None and pid is not None
+    assert took < 1 + 3 + 1  # drain_timeout + term_timeout + slack

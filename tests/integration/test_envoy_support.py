@@ -13,6 +13,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent import futures
@@ -299,6 +300,8 @@ class Backend:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                if self.path == "/slow":
+                    time.sleep(0.8)  # a slow request, in flight while Envoy is asked to stop
                 body = b"backend"
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -325,18 +328,18 @@ class TlsReply:
     peer_serial: int
 
 
-def tls_get(port: int, root_pem: bytes, timeout: float = 2.0) -> TlsReply:
+def tls_get(port: int, root_pem: bytes, timeout: float = 2.0, path: str = "/") -> TlsReply:
     """GET / over TLS from Envoy's ingress listener, trusting only the test root; records the peer cert."""
     ctx = ssl.create_default_context(cadata=root_pem.decode())
     ctx.check_hostname = False  # the workload certificate names a SPIFFE id, not a host
     conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=ctx)
     try:
-        conn.request("GET", "/")
-        resp = conn.getresponse()
-        body = resp.read()
-        sock = conn.sock
+        conn.request("GET", path)
+        sock = conn.sock  # http.client drops it after a "Connection: close" response
         assert isinstance(sock, ssl.SSLSocket)
         der = sock.getpeercert(binary_form=True)
+        resp = conn.getresponse()
+        body = resp.read()
         assert der is not None
         serial = x509.load_der_x509_certificate(der).serial_number
         return TlsReply(resp.status, body, resp.getheader("x-config-version") or "", serial)

@@ -30,6 +30,7 @@ import os
 import pwd
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
@@ -282,6 +283,65 @@ def _terminate(proc: subprocess.Popen[Any]) -> None:
         if stream is not None:
             with contextlib.suppress(OSError):
                 stream.close()
+
+
+class LineLog:
+    """Collects a background process's output lines in a thread, so tests can wait on them with a deadline.
+
+    ``LineLog(proc)`` for a process started with ``popen`` (stdout as a text pipe); ``lines`` is the list
+    so far; ``wait_line(substring)`` returns the first line containing it or fails the test at the deadline.
+    """
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None, "start the process with stdout=subprocess.PIPE"
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._stream = proc.stdout
+        self._proc = proc
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for line in self._stream:
+                with self._lock:
+                    self.lines.append(line.rstrip("\n"))
+
+    def matching(self, substring: str) -> list[str]:
+        """The lines so far that contain ``substring``."""
+        with self._lock:
+            return [line for line in self.lines if substring in line]
+
+    def wait_line(self, substring: str, timeout: float = 10.0) -> str:
+        """Wait (bounded) for a line containing ``substring`` and return it; fails the test with the
+        output so far when the deadline passes or the process exits first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.matching(substring)
+            if lines:
+                return lines[0]
+            exited = self._proc.poll() is not None
+            if exited:
+                self._thread.join(timeout=1)
+                lines = self.matching(substring)
+                if lines:
+                    return lines[0]
+            if exited or time.monotonic() >= deadline:
+                why = (
+                    f"exited with status {self._proc.returncode}"
+                    if exited
+                    else f"timed out after {timeout:g}s"
+                )
+                raise AssertionError(
+                    f"{_short(self._proc.args)} {why} waiting for a line containing {substring!r}; output:\n"
+                    + "\n".join(self.lines)
+                )
+            time.sleep(0.02)
+
+
+def _short(args: object, limit: int = 160) -> str:
+    text = " ".join(map(str, args)) if isinstance(args, list | tuple) else str(args)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def veth(a: Netns, b: Netns, cidr_a: str | None = None, cidr_b: str | None = None) -> tuple[str, str]:

@@ -17,7 +17,9 @@ def errors(text: str) -> list[str]:
     return [str(e) for e in result.errors]
 
 
-def doc(kind: str, spec: str, api: str = "networking.istio.io/v1", meta: str = "name: x\n  namespace: demo") -> str:
+def doc(
+    kind: str, spec: str, api: str = "networking.istio.io/v1", meta: str = "name: x\n  namespace: demo"
+) -> str:
     return f"apiVersion: {api}\nkind: {kind}\nmetadata:\n  {meta}\nspec:\n" + textwrap.indent(
         textwrap.dedent(spec), "  "
     )
@@ -34,7 +36,9 @@ CASES = [
     (
         "unknown field",
         doc("VirtualService", VS_ROUTE + "  timeuot: 1s\n"),
-        ["bad.yaml: VirtualService demo/x: spec.http[0].timeuot: unknown field 'timeuot' in HTTPRoute (did you mean 'timeout'?)"],
+        [
+            "bad.yaml: VirtualService demo/x: spec.http[0].timeuot: unknown field 'timeuot' in HTTPRoute (did you mean 'timeout'?)"
+        ],
     ),
     (
         "wrong type",
@@ -85,11 +89,16 @@ CASES = [
     (
         "invalid host",
         doc("ServiceEntry", "hosts: ['api..example.com']\nports: [{number: 80, name: http}]\n"),
-        ["bad.yaml: ServiceEntry demo/x: spec.hosts[0]: invalid host 'api..example.com': not a valid DNS name"],
+        [
+            "bad.yaml: ServiceEntry demo/x: spec.hosts[0]: invalid host 'api..example.com': not a valid DNS name"
+        ],
     ),
     (
         "bad CIDR",
-        doc("ServiceEntry", "hosts: [db.example.com]\naddresses: ['10.0.0.0/33']\nports: [{number: 5432, name: tcp}]\n"),
+        doc(
+            "ServiceEntry",
+            "hosts: [db.example.com]\naddresses: ['10.0.0.0/33']\nports: [{number: 5432, name: tcp}]\n",
+        ),
         ["bad.yaml: ServiceEntry demo/x: spec.addresses[0]: invalid CIDR '10.0.0.0/33'"],
     ),
     (
@@ -118,12 +127,21 @@ CASES = [
     ),
     (
         "HTTPS gateway without tls",
-        doc("Gateway", "servers:\n- port: {number: 443, name: https, protocol: HTTPS}\n  hosts: [shop.example.com]\n"),
-        ["bad.yaml: Gateway demo/x: spec.servers[0].tls: a server with protocol HTTPS must have tls settings"],
+        doc(
+            "Gateway",
+            "servers:\n- port: {number: 443, name: https, protocol: HTTPS}\n  hosts: [shop.example.com]\n",
+        ),
+        [
+            "bad.yaml: Gateway demo/x: spec.servers[0].tls: a server with protocol HTTPS must have tls settings"
+        ],
     ),
     (
         "jwtRule without issuer",
-        doc("RequestAuthentication", "jwtRules:\n- jwksUri: https://idp.example.com/jwks\n", api="security.istio.io/v1"),
+        doc(
+            "RequestAuthentication",
+            "jwtRules:\n- jwksUri: https://idp.example.com/jwks\n",
+            api="security.istio.io/v1",
+        ),
         ["bad.yaml: RequestAuthentication demo/x: spec.jwtRules[0].issuer: required field is missing"],
     ),
     (
@@ -163,7 +181,9 @@ CASES = [
     (
         "port out of range",
         doc("WorkloadEntry", "address: 10.0.0.1\nports: {http: 70000}\n"),
-        ["bad.yaml: WorkloadEntry demo/x: spec.ports.http: 70000 is out of range, expected a port number between 1 and 65535"],
+        [
+            "bad.yaml: WorkloadEntry demo/x: spec.ports.http: 70000 is out of range, expected a port number between 1 and 65535"
+        ],
     ),
     (
         "percentage out of range",
@@ -196,7 +216,9 @@ CASES = [
             "VirtualService",
             "hosts: [reviews]\nhttp:\n- match:\n  - uri: {exact: /a, prefix: /b}\n  route:\n  - destination: {host: reviews}\n",
         ),
-        ["bad.yaml: VirtualService demo/x: spec.http[0].match[0].uri: only one of 'exact', 'prefix', 'regex' may be set, got ['exact', 'prefix']"],
+        [
+            "bad.yaml: VirtualService demo/x: spec.http[0].match[0].uri: only one of 'exact', 'prefix', 'regex' may be set, got ['exact', 'prefix']"
+        ],
     ),
     (
         "static endpoint with a DNS name and an undeclared port",
@@ -304,7 +326,9 @@ def test_all_errors_are_collected_not_just_the_first() -> None:
 
 
 def test_deprecated_field_is_accepted_with_a_warning() -> None:
-    text = doc("DestinationRule", "host: reviews\ntrafficPolicy:\n  outlierDetection: {consecutiveErrors: 5}\n")
+    text = doc(
+        "DestinationRule", "host: reviews\ntrafficPolicy:\n  outlierDetection: {consecutiveErrors: 5}\n"
+    )
     result = load_text(text, FILE)
     assert result.errors == []
     assert [o.spec["trafficPolicy"]["outlierDetection"] for o in result.objects] == [{"consecutiveErrors": 5}]
@@ -315,7 +339,11 @@ def test_deprecated_field_is_accepted_with_a_warning() -> None:
 
 
 def test_one_invalid_document_invalidates_the_whole_file() -> None:
-    text = doc("WorkloadEntry", "address: 10.0.0.1\n") + "---\n" + doc("WorkloadEntry", "adress: 10.0.0.2\n", meta="name: y")
+    text = (
+        doc("WorkloadEntry", "address: 10.0.0.1\n")
+        + "---\n"
+        + doc("WorkloadEntry", "adress: 10.0.0.2\n", meta="name: y")
+    )
     result = load_text(text, FILE)
     assert result.objects == []
-    assert [str(e) for e in result.errors][0].startswith("bad.yaml: WorkloadEntry default/y: spec.adress: unknown field")
+    assert str(result.errors[0]).startswith("bad.yaml: WorkloadEntry default/y: spec.adress: unknown field")

@@ -36,7 +36,11 @@ def test_spec_keeps_istio_structure_and_metadata() -> None:
     assert vs.labels == {"team": "payments"}
     assert vs.source == str(DATA / "networking.yaml")
     route = vs.spec["http"][1]
-    assert route["route"][0]["destination"] == {"host": "api.demo.svc.cluster.local", "subset": "v1", "port": {"number": 8080}}
+    assert route["route"][0]["destination"] == {
+        "host": "api.demo.svc.cluster.local",
+        "subset": "v1",
+        "port": {"number": 8080},
+    }
     assert route["mirrorPercentage"] == {"value": 50.0}
     assert route["timeout"] == "1.5s"
     pa = objs[("PeerAuthentication", "demo", "api-ports")]

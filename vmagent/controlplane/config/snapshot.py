@@ -160,3 +160,37 @@ class ConfigSet:
         """Objects defined by two sources, and which one is in force."""
         with self._lock:
             return list(self._shadowed)
+
+
+class StaticSource:
+    """A source holding objects given in code (tests, golden files, auto-registered entries); ``set`` replaces them."""
+
+    def __init__(self, objects: Iterable[ConfigObject] = (), name: str = "static") -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._objects = {o.key: o for o in objects}
+        self._subscribers: list[Callable[[], None]] = []
+
+    def set(self, objects: Iterable[ConfigObject]) -> None:
+        with self._lock:
+            self._objects = {o.key: o for o in objects}
+            subscribers = list(self._subscribers)
+        for cb in subscribers:
+            cb()
+
+    def objects(self) -> dict[Key, ConfigObject]:
+        with self._lock:
+            return dict(self._objects)
+
+    def errors(self) -> builtins.list[str]:
+        return []
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def start(self) -> None:
+        """Nothing to watch."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""

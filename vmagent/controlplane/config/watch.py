@@ -3,30 +3,38 @@
 Every ``interval`` (0.2 s by default) the directory is scanned (recursively, hidden entries skipped)
 and a file whose (mtime, size, inode) changed is re-read. A file that fails validation keeps its last
 good objects in force and its errors are reported by ``errors()`` and logged once per change; a deleted
-file's objects are removed. Polling needs nothing beyond the standard library and also works on network
+file's objects are removed. Files modified in the last two seconds are also compared by content hash, so
+two quick edits of the same size within one timestamp tick are not missed. Polling needs nothing beyond the standard library and also works on network
 and container file systems where inotify does not.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmagent.controlplane.config.issues import Issue
-from vmagent.controlplane.config.loader import collect_files, dedupe, load_file
+from vmagent.controlplane.config.loader import LoadResult, collect_files, dedupe, load_text
 from vmagent.controlplane.model import ConfigObject
 
 Key = tuple[str, str, str]
 Stat = tuple[int, int, int]
+# A file modified this recently may change again within the file system's timestamp granularity without
+# its (mtime, size, inode) changing, so its content hash is compared on every poll until it is older.
+RACY_NS = 2_000_000_000
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _FileState:
     stat: Stat
+    digest: bytes = b""
     objects: list[ConfigObject] = field(default_factory=list)  # last good version
     errors: list[Issue] = field(default_factory=list)  # of the current content (empty when valid)
     warnings: list[Issue] = field(default_factory=list)
@@ -84,12 +92,22 @@ class ConfigDirectory:
                 del states[f]
                 touched = True
                 log.info("config file %s removed", f)
+        now_ns = time.time_ns()
         for f, stat in current.items():
             old = states.get(f)
-            if old is not None and old.stat == stat:
+            if old is not None and old.stat == stat and now_ns - stat[0] > RACY_NS:
+                continue
+            try:
+                data = f.read_bytes()
+            except OSError as exc:
+                data = f"\0cannot read: {exc}".encode()
+            digest = hashlib.sha256(data).digest()
+            if old is not None and old.digest == digest:
+                if old.stat != stat:
+                    states[f] = dataclasses.replace(old, stat=stat)
                 continue
             touched = True
-            states[f] = self._reload(f, stat, old)
+            states[f] = self._reload(f, stat, digest, data, old)
         if not touched and root_error == self._root_error:
             return False
         ordered = sorted(states)
@@ -110,19 +128,24 @@ class ConfigDirectory:
                 cb()
         return changed
 
-    def _reload(self, path: Path, stat: Stat, old: _FileState | None) -> _FileState:
-        result = load_file(path)
+    def _reload(
+        self, path: Path, stat: Stat, digest: bytes, data: bytes, old: _FileState | None
+    ) -> _FileState:
+        try:
+            result = load_text(data.decode("utf-8"), str(path))
+        except UnicodeDecodeError as exc:
+            result = LoadResult(errors=[Issue(str(path), "", "", f"cannot read file: {exc}")])
         for w in result.warnings:
             log.warning("%s", w)
         if result.ok:
             log.info("config file %s loaded: %d objects", path, len(result.objects))
-            return _FileState(stat, result.objects, [], result.warnings)
+            return _FileState(stat, digest, result.objects, [], result.warnings)
         for e in result.errors:
             log.error("%s", e)
         kept = old.objects if old is not None else []
         if kept:
             log.error("%s: invalid, keeping its last good version (%d objects)", path, len(kept))
-        return _FileState(stat, kept, result.errors, result.warnings)
+        return _FileState(stat, digest, kept, result.errors, result.warnings)
 
     def objects(self) -> dict[Key, ConfigObject]:
         with self._lock:

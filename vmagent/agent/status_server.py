@@ -95,7 +95,9 @@ class StatusServer:
         return int(self._httpd.server_address[1])
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,), name="status-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.1,), name="status-http", daemon=True
+        )
         self._thread.start()
         log.info("status server listening on port %d", self.port)
 

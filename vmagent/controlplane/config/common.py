@@ -65,9 +65,8 @@ def check_port_name(value: dict[str, Any], path: str, ctx: Ctx) -> None:
 
 
 def _check_string_match(value: dict[str, Any], path: str, ctx: Ctx) -> None:
-    for k in ("exact", "prefix"):
-        if value.get(k) == "" and k == "prefix":
-            ctx.error(child(path, k), "must not be empty")
+    if value.get("prefix") == "":
+        ctx.error(child(path, "prefix"), "must not be empty (omit the match to match everything)")
 
 
 STRING_MATCH = Msg(

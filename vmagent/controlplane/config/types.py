@@ -128,7 +128,7 @@ class Float(Type):
         if isinstance(value, bool) or not isinstance(value, int | float):
             ctx.error(path, f"expected a number, got {show(value)}")
             return
-        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+        if value < self.lo or value > self.hi:
             ctx.error(
                 path, f"{show(value)} is out of range, expected a number between {self.lo:g} and {self.hi:g}"
             )

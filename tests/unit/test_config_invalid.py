@@ -5,10 +5,17 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
 
 from vmagent.controlplane.config.loader import load_text
 
 FILE = "bad.yaml"
+# libyaml (used when PyYAML has it) and the pure-Python parser word this problem differently.
+YAML_EOF_PROBLEM = (
+    "did not find expected ',' or ']'"
+    if yaml.__with_libyaml__
+    else "expected ',' or ']', but got '<stream end>'"
+)
 
 
 def errors(text: str) -> list[str]:
@@ -280,7 +287,7 @@ CASES = [
     (
         "YAML syntax error",
         "apiVersion: networking.istio.io/v1\nkind: [VirtualService\n",
-        ["bad.yaml: invalid YAML at line 3, column 1: expected ',' or ']', but got '<stream end>'"],
+        [f"bad.yaml: invalid YAML at line 3, column 1: {YAML_EOF_PROBLEM}"],
     ),
     (
         "duplicate YAML key",

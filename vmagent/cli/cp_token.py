@@ -14,7 +14,6 @@ from vmagent.common.durations import duration_arg
 from vmagent.common.errors import VmagentError
 from vmagent.controlplane.app import DEFAULT_STATE_DIR, StateStore
 from vmagent.controlplane.ca import CaSettings
-from vmagent.controlplane.groups import group_lookup_from_dir
 
 
 def add_subcommand(sub: Any) -> None:
@@ -66,7 +65,7 @@ def create(args: argparse.Namespace) -> int:
     ns, sep, name = args.group.partition("/")
     if not sep or not ns or not name or "/" in name:
         raise VmagentError(f"--group must be NAMESPACE/NAME, got {args.group!r}")
-    if group_lookup_from_dir(args.config_dir)(ns, name) is None:
+    if not _group_exists(args.config_dir, args.state_dir, ns, name):
         where = f"in {args.config_dir}" if args.config_dir else "(no --config-dir given)"
         raise VmagentError(f"WorkloadGroup {ns}/{name} not found {where}; create it before making tokens")
     store = _store(args)
@@ -126,3 +125,17 @@ def _default_host() -> str:
         if not a.startswith("127.") and ":" not in a:
             return a
     return socket.getfqdn()
+
+
+def _group_exists(config_dir: Path | None, state_dir: Path, namespace: str, name: str) -> bool:
+    """Whether the WorkloadGroup is in the config dir or the state store, as `serve` would see it."""
+    from vmagent.controlplane.app import config_sources
+    from vmagent.controlplane.config import ConfigSet
+    from vmagent.controlplane.registry import find_workload_group
+
+    configs = ConfigSet(config_sources(config_dir, state_dir))
+    configs.start()  # loads each source once
+    try:
+        return find_workload_group(configs, namespace, name) is not None
+    finally:
+        configs.stop()

@@ -1,13 +1,16 @@
-"""The control plane process: CA, tokens, certificate services and (as they land) registry and xDS."""
+"""The control plane process: CA, tokens, config, registry, xDS and the HTTP API."""
 
 from __future__ import annotations
 
 import datetime
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from vmagent.api import bootstrap_pb2_grpc, istio_ca_pb2_grpc
 from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, CP_MTLS_PORT, DEFAULT_TRUST_DOMAIN
@@ -17,14 +20,20 @@ from vmagent.controlplane.certrecords import CertRecords
 from vmagent.controlplane.certservice import (
     BootstrapServicer,
     CertificateIssuer,
-    GroupLookup,
     IstioCertificateServicer,
     MeshInfo,
 )
+from vmagent.controlplane.config import ConfigDirectory, ConfigSet, ConfigStore, StoreSource
+from vmagent.controlplane.config.snapshot import ConfigSource
 from vmagent.controlplane.db import StateDb
-from vmagent.controlplane.groups import group_lookup_from_dir
-from vmagent.controlplane.grpc_server import GrpcServer, server_credentials
+from vmagent.controlplane.grpc_server import server_credentials
+from vmagent.controlplane.mesh import MeshController, Translate
+from vmagent.controlplane.registry import ConfigRegistry, find_workload_group
 from vmagent.controlplane.tokens import TokenAuthority
+from vmagent.controlplane.web import HttpApi
+from vmagent.controlplane.xds.cache import SnapshotCache
+from vmagent.controlplane.xds.runner import AioServerThread
+from vmagent.controlplane.xds.server import AdsServer
 
 log = logging.getLogger(__name__)
 
@@ -66,40 +75,108 @@ class StateStore:
         self.db.close()
 
 
+def config_sources(config_dir: Path | None, state_dir: Path) -> list[ConfigSource]:
+    """The watched directory (wins on a clash) and what `vmagent-cp apply` stored."""
+    sources: list[ConfigSource] = []
+    if config_dir is not None:
+        sources.append(ConfigDirectory(config_dir))
+    sources.append(StoreSource(ConfigStore.open(state_dir)))
+    return sources
+
+
 class ControlPlane:
-    def __init__(self, opts: ServeOptions, groups: GroupLookup | None = None) -> None:
+    def __init__(self, opts: ServeOptions, translate: Translate | None = None) -> None:
         self.opts = opts
         settings = CaSettings(opts.trust_domain, opts.cert_ttl, opts.max_cert_ttl)
         self.store = StateStore(opts.state_dir, settings, opts.ca_cert, opts.ca_key)
-        self.groups = groups or group_lookup_from_dir(opts.config_dir)
-        self.grpc = GrpcServer()
-        self.grpc.bind(opts.listen, opts.mtls_listen, server_credentials(self.store.ca, opts.server_names))
-        mesh = MeshInfo(opts.trust_domain, self.grpc.mtls_port, opts.mesh_config)
+        self.configs = ConfigSet(config_sources(opts.config_dir, opts.state_dir))
+        self.registry = ConfigRegistry(self.configs, opts.trust_domain)
+        self.cache = SnapshotCache()
+        self.mesh = MeshController(self.cache, self.registry.services, translate or _default_translate(opts))
+        self.registry.subscribe(lambda: self.mesh.changed(None))
+        self.ads = AdsServer(
+            self.cache,
+            self.mesh.on_proxy_connected,
+            self.mesh.on_proxy_disconnected,
+            is_revoked=self.store.records.is_revoked,
+        )
+        tls_creds, mtls_creds = server_credentials(self.store.ca, opts.server_names)
+        self._mtls_creds = mtls_creds
         self.issuer = CertificateIssuer(
-            self.store.ca, self.store.tokens, self.store.records, self.groups, mesh
-        )
-        self.grpc.add(
-            lambda s: istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(
-                IstioCertificateServicer(self.issuer), s
-            )
-        )
-        self.grpc.add(
-            lambda s: bootstrap_pb2_grpc.add_BootstrapServicer_to_server(BootstrapServicer(self.issuer), s)
-        )
+            self.store.ca, self.store.tokens, self.store.records, self.group_lookup,
+            MeshInfo(opts.trust_domain, 0, opts.mesh_config),
+        )  # fmt: skip
+        self.tls_server = AioServerThread(opts.listen, tls_creds, self._configure_tls)
+        self.mtls_server = AioServerThread(opts.mtls_listen, mtls_creds, self._configure_mtls)
+        self.http = HttpApi(opts.http_listen)
+        self.http.add_json("/api/v1/proxies", self.ads.status)
+        self.http.add_json("/api/v1/config/errors", self.configs.errors)
+        self.http.add_json("/api/v1/certificates", lambda: [c.as_json() for c in self.store.records.issued()])
+        self.http.add_json("/api/v1/revocations", self.store.records.revocations)
         self._stopped = threading.Event()
+        self._extra_registrations: list[Callable[[grpc.aio.Server], None]] = []
+
+    def group_lookup(self, namespace: str, name: str) -> dict[str, Any] | None:
+        group = find_workload_group(self.configs, namespace, name)
+        if group is None:
+            return None
+        return {
+            "apiVersion": group.api_version,
+            "kind": group.kind,
+            "metadata": {"name": group.name, "namespace": group.namespace, "labels": group.labels},
+            "spec": group.spec,
+        }
+
+    def _configure_tls(self, server: grpc.aio.Server) -> None:
+        istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(
+            IstioCertificateServicer(self.issuer), server
+        )
+        bootstrap_pb2_grpc.add_BootstrapServicer_to_server(BootstrapServicer(self.issuer), server)
+
+    def _configure_mtls(self, server: grpc.aio.Server) -> None:
+        istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(
+            IstioCertificateServicer(self.issuer), server
+        )
+        self.ads.add_to_server(server)
+        for register in self._extra_registrations:
+            register(server)
 
     @property
     def ca_hash(self) -> str:
         return self.store.ca.root_hash
 
     def start(self) -> None:
-        self.grpc.start()
-        log.info("control plane ready; mesh root %s", self.ca_hash)
+        self.configs.start()
+        mtls_port = self.mtls_server.start()
+        self.issuer.mesh = MeshInfo(self.opts.trust_domain, mtls_port, self.opts.mesh_config)
+        self.tls_server.start()
+        self.http.start()
+        for err in self.configs.errors():
+            log.error("config: %s", err)
+        log.info(
+            "control plane ready: join (TLS) on %s, mutual TLS on %s, HTTP on %s; mesh root %s",
+            self.opts.listen, self.opts.mtls_listen, self.opts.http_listen, self.ca_hash,
+        )  # fmt: skip
 
     def stop(self) -> None:
-        self.grpc.stop()
+        if self._stopped.is_set():
+            return
+        self.http.stop()
+        self.tls_server.stop()
+        self.mtls_server.stop()
+        self.mesh.close()
+        self.configs.stop()
         self.store.close()
         self._stopped.set()
 
     def wait(self) -> None:
         self._stopped.wait()
+
+
+def _default_translate(opts: ServeOptions) -> Translate:
+    from vmagent.controlplane.xds.snapshot import Snapshot
+
+    def translate(proxy: Any, services: Any) -> Snapshot:
+        return Snapshot.from_resources({})
+
+    return translate

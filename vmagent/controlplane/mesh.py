@@ -1,0 +1,85 @@
+"""Keeps every connected proxy's xDS snapshot in step with the config and the registry.
+
+Changes (config objects, registry endpoints) trigger the push scheduler, which debounces them
+(about 100 ms, at most 1 s) and recomputes the snapshots of the proxies in scope; the cache then sends
+each proxy only the resource types that changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from envoy.config.core.v3 import base_pb2
+
+from vmagent.common.x509util import SpiffeId
+from vmagent.controlplane.model import Service
+from vmagent.controlplane.proxies import ConnectedProxy, ProxyTable, parse_node
+from vmagent.controlplane.xds.cache import SnapshotCache
+from vmagent.controlplane.xds.push import PushScheduler
+from vmagent.controlplane.xds.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+# (proxy, services) -> the proxy's complete snapshot
+Translate = Callable[[ConnectedProxy, list[Service]], Snapshot]
+
+
+class MeshController:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        services: Callable[[], list[Service]],
+        translate: Translate,
+        debounce: float = 0.1,
+        max_delay: float = 1.0,
+    ) -> None:
+        self.cache = cache
+        self.proxies = ProxyTable()
+        self._services = services
+        self._translate = translate
+        self.pushes = 0
+        self.last_error = ""
+        self._scheduler = PushScheduler(self.recompute, debounce=debounce, max_delay=max_delay)
+
+    # -- ADS callbacks ------------------------------------------------------------------------------
+
+    def on_proxy_connected(self, identity: SpiffeId, node: base_pb2.Node) -> str:
+        proxy = parse_node(identity, node)
+        self.proxies.add(proxy)
+        if self.cache.get(proxy.key) is None:
+            self._push(proxy, self._services())
+        log.info("proxy %s connected as %s", proxy.key, identity)
+        return proxy.key
+
+    def on_proxy_disconnected(self, key: str) -> None:
+        if self.proxies.remove(key):
+            self.cache.clear(key)
+            log.info("proxy %s disconnected", key)
+
+    # -- changes ------------------------------------------------------------------------------------
+
+    def changed(self, scope: Iterable[str] | None = None) -> None:
+        """Something the snapshots depend on changed (``scope``: proxy keys, None = all)."""
+        self._scheduler.trigger(scope)
+
+    def recompute(self, scope: set[str] | None) -> None:
+        services = self._services()
+        for proxy in self.proxies.all():
+            if scope is None or proxy.key in scope:
+                self._push(proxy, services)
+
+    def _push(self, proxy: ConnectedProxy, services: list[Service]) -> None:
+        try:
+            snap = self._translate(proxy, services)
+        except Exception as exc:  # a translation bug must not take the control plane down
+            self.last_error = f"{proxy.key}: {exc}"
+            log.exception("translation for %s failed; it keeps its last config", proxy.key)
+            return
+        changed = self.cache.set(proxy.key, snap)
+        if changed:
+            self.pushes += 1
+            log.debug("pushed %s to %s", sorted(changed), proxy.key)
+
+    def close(self) -> None:
+        self._scheduler.close()

@@ -5,38 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
 
-T = TypeVar("T")
-
-
-def wait_for(
-    condition: Callable[[], T | None],
-    timeout: float = 10.0,
-    interval: float = 0.05,
-    what: str = "condition",
-) -> T:
-    """Poll ``condition`` until it returns a truthy value; fail the test with ``what`` at the deadline.
-
-    Exceptions raised by ``condition`` count as "not yet" and the last one is reported.
-    """
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - reported at the deadline
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_exc!r})" if last_exc else ""
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{detail}")
-        time.sleep(interval)
+from vmagent.lab.wait import wait_for
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -56,3 +28,6 @@ def require_tool(name: str) -> str:
     if not path:
         pytest.skip(f"needs {name!r} on PATH (scripts/system-deps.sh installs it)")
     return path
+
+
+__all__ = ["free_port", "require_root", "require_tool", "wait_for"]

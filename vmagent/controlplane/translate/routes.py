@@ -1,0 +1,102 @@
+"""Outbound HTTP routes: one RouteConfiguration per port (named by the port number).
+
+Each HTTP service on the port gets a virtual host ``HOST:PORT`` whose domains are the host, its short
+names (see ``names.host_domains``) and the service's VIPs, each with and without ``:PORT``; its single
+route sends everything to ``outbound|PORT||HOST``. A domain claimed by an earlier virtual host (services
+in hostname order) is not repeated, since Envoy refuses duplicates. Unknown hosts fall to the ``*``
+virtual host: ``allow_any`` (to PassthroughCluster) with ALLOW_ANY, ``block_all`` (502) with
+REGISTRY_ONLY, as in Istio. VirtualService routing replaces the default route in issue 6
+(``service_routes`` is the hook).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+
+from vmagent.controlplane.model import Port, Service
+from vmagent.controlplane.translate import names
+from vmagent.controlplane.translate.protos import boolean, duration, u32
+from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
+
+# Istio's default retry for mesh traffic, minus status-code retries (they would hide a 503 that a
+# connection pool limit produced on purpose).
+DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled"
+DEFAULT_RETRIES = 2
+
+
+def default_route(cluster: str) -> rc.Route:
+    """Everything to ``cluster``, with no overall timeout (Envoy's default of 15 s is not Istio's)."""
+    return rc.Route(
+        name="default",
+        match=rc.RouteMatch(prefix="/"),
+        route=rc.RouteAction(
+            cluster=cluster,
+            timeout=duration(0),
+            retry_policy=rc.RetryPolicy(retry_on=DEFAULT_RETRY_ON, num_retries=u32(DEFAULT_RETRIES)),
+        ),
+    )
+
+
+def service_routes(service: Service, port: Port) -> list[rc.Route]:
+    """The routes of one service's virtual host (issue 6 derives them from VirtualServices)."""
+    return [default_route(names.outbound_cluster(port.number, service.hostname))]
+
+
+def catch_all_host(mesh: MeshOptions) -> rc.VirtualHost:
+    if mesh.outbound_traffic_policy == "REGISTRY_ONLY":
+        return rc.VirtualHost(
+            name="block_all",
+            domains=["*"],
+            routes=[
+                rc.Route(
+                    name="block_all",
+                    match=rc.RouteMatch(prefix="/"),
+                    direct_response=rc.DirectResponseAction(status=502),
+                )
+            ],
+        )
+    route = rc.Route(
+        name="allow_any",
+        match=rc.RouteMatch(prefix="/"),
+        route=rc.RouteAction(cluster=names.PASSTHROUGH_CLUSTER, timeout=duration(0)),
+    )
+    return rc.VirtualHost(name="allow_any", domains=["*"], routes=[route])
+
+
+def vip_domains(service: Service, port: int) -> list[str]:
+    out = []
+    for vip in service.addresses:
+        ip = names.ip_of(vip)
+        if ip is None:
+            continue
+        text = f"[{ip}]" if ip.version == 6 else str(ip)
+        out += [str(ip), f"{text}:{port}"]
+    return out
+
+
+def outbound_route_config(
+    port: int, services: Sequence[tuple[Service, Port]], proxy: ProxyInfo, mesh: MeshOptions
+) -> route_pb2.RouteConfiguration:
+    """The RouteConfiguration ``str(port)`` for the HTTP services ``services`` on ``port``."""
+    used = {"*"}
+    hosts: list[rc.VirtualHost] = []
+    for svc, p in sorted(services, key=lambda sp: sp[0].hostname):
+        domains = names.host_domains(svc.hostname, port, svc.namespace, proxy.namespace, mesh.dns_domain)
+        domains += vip_domains(svc, port)
+        fresh = []
+        for d in domains:
+            if d.lower() not in used:
+                used.add(d.lower())
+                fresh.append(d)
+        if not fresh:
+            continue
+        hosts.append(
+            rc.VirtualHost(name=f"{svc.hostname}:{port}", domains=fresh, routes=service_routes(svc, p))
+        )
+    hosts.append(catch_all_host(mesh))
+    return route_pb2.RouteConfiguration(
+        name=names.route_name(port), virtual_hosts=hosts, validate_clusters=boolean(False)
+    )

@@ -119,7 +119,7 @@ def baseline_cryptography(csrs: list[bytes], seconds: float) -> float:
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
             .issuer_name(ca.subject)
-            .public_key(csr.public_key())  # type: ignore[arg-type]
+            .public_key(csr.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(t)
             .not_valid_after(t + datetime.timedelta(hours=24))
@@ -325,13 +325,12 @@ def start_servers(layout: Layout, count: int) -> list[Background]:
 
 
 def create_token(layout: Layout, uses: int, ttl: str = "2h") -> dict[str, Any]:
-    _, result = run_timed(
-        [
-            venv_tool("vmagent-cp"), "token", "create", "--group", f"{NAMESPACE}/{GROUP}",
-            "--uses", str(uses), "--ttl", ttl, "--state-dir", str(layout.state_dir),
-            "--config-dir", str(layout.config_dir), "--join-address", layout.tls_address, "-o", "json",
-        ]  # fmt: skip
-    )
+    cmd = [
+        venv_tool("vmagent-cp"), "token", "create", "--group", f"{NAMESPACE}/{GROUP}",
+        "--uses", str(uses), "--ttl", ttl, "--state-dir", str(layout.state_dir),
+        "--config-dir", str(layout.config_dir), "--join-address", layout.tls_address, "-o", "json",
+    ]  # fmt: skip
+    _, result = run_timed(cmd)
     out: dict[str, Any] = json.loads(result.stdout)
     return out
 
@@ -463,7 +462,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
     throughput: dict[str, Any] = {}
     for count in args.servers:
-        progress(f"starting {count} control plane process(es) on {layout.tls_address} + {layout.mtls_address}")
+        progress(
+            f"starting {count} control plane process(es) on {layout.tls_address} + {layout.mtls_address}"
+        )
         servers = start_servers(layout, count)
         try:
             tok = create_token(layout, uses=10**9)

@@ -1,0 +1,141 @@
+"""Issued certificates and revocations in the SQLite state store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from vmagent.agent.join import make_csr
+from vmagent.common.errors import VmagentError
+from vmagent.common.x509util import SpiffeId, generate_key
+from vmagent.controlplane.ca import CaSettings, CertificateAuthority
+from vmagent.controlplane.certrecords import CertRecords, serial_hex
+from vmagent.controlplane.db import StateDb
+
+WEB = SpiffeId("cluster.local", "demo", "web")
+DB = SpiffeId("cluster.local", "demo", "db")
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ca = CertificateAuthority.load_or_create(path, CaSettings())
+        self.db: StateDb | None = None
+
+    def open(self) -> CertRecords:
+        self.close()
+        self.db = StateDb.open(self.path)
+        return CertRecords(self.db)
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    def leaf(self, identity: SpiffeId) -> x509.Certificate:
+        return self.ca.sign_workload_csr(make_csr(generate_key()), identity)[0]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "state")
+    yield s
+    s.close()
+
+
+def test_issued_certificates_are_listed_with_their_history(store: Store) -> None:
+    records = store.open()
+    first, second = store.leaf(WEB), store.leaf(WEB)
+    records.record(first, WEB, via="join", hostname="vm-1")
+    records.record(second, WEB, via="renew", previous_serial=first.serial_number)
+    records.record(store.leaf(DB), DB, via="join", hostname="vm-2")
+    issued = records.issued(WEB.uri)
+    assert [(c.serial, c.via, c.hostname, c.previous_serial) for c in issued] == [
+        (serial_hex(first.serial_number), "join", "vm-1", None),
+        (serial_hex(second.serial_number), "renew", "", serial_hex(first.serial_number)),
+    ]
+    assert issued[1].not_after == second.not_valid_after_utc.timestamp()
+    assert issued[1].as_json()["identity"] == WEB.uri
+    assert len(records.issued()) == 3
+
+
+def test_revoking_a_serial_refuses_that_certificate_only(store: Store) -> None:
+    records = store.open()
+    revoked, other = store.leaf(WEB), store.leaf(WEB)
+    assert not records.is_revoked(WEB, revoked.serial_number)
+    records.revoke_serial(serial_hex(revoked.serial_number), reason="vm-1 decommissioned")
+    assert records.is_revoked(WEB, revoked.serial_number)
+    assert not records.is_revoked(WEB, other.serial_number)
+    assert records.revocations() == [
+        {
+            "kind": "serial",
+            "value": serial_hex(revoked.serial_number),
+            "revoked_at": records.revocations()[0]["revoked_at"],
+            "reason": "vm-1 decommissioned",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda s: f"{s:X}",  # upper case
+        lambda s: f"0x{s:x}",
+        lambda s: ":".join(f"{s:040x}"[i : i + 2] for i in range(0, 40, 2)),  # openssl style, zero-padded
+    ],
+    ids=["upper", "0x", "colons-and-leading-zeros"],
+)
+def test_a_serial_is_recognised_however_it_is_written(store: Store, spelling: object) -> None:
+    records = store.open()
+    leaf = store.leaf(WEB)
+    records.revoke_serial(spelling(leaf.serial_number))  # type: ignore[operator]
+    assert records.is_revoked(WEB, leaf.serial_number)
+
+
+def test_a_serial_that_is_not_hexadecimal_is_refused(store: Store) -> None:
+    records = store.open()
+    with pytest.raises(VmagentError, match="'zz-top' is not a hexadecimal certificate serial"):
+        records.revoke_serial("zz-top")
+    assert records.revocations() == []
+
+
+def test_revoking_an_identity_refuses_every_certificate_of_it(store: Store) -> None:
+    records = store.open()
+    records.revoke_identity(WEB, reason="compromised")
+    assert records.is_revoked(WEB, store.leaf(WEB).serial_number)
+    assert records.is_revoked(WEB, store.leaf(WEB).serial_number)
+    assert not records.is_revoked(DB, store.leaf(DB).serial_number)
+    # Same namespace and account in another trust domain is another identity.
+    assert not records.is_revoked(SpiffeId("other.domain", "demo", "web"), 1)
+
+
+def test_revocations_survive_reopening_the_database(store: Store) -> None:
+    records = store.open()
+    leaf = store.leaf(DB)
+    records.revoke_identity(WEB)
+    records.revoke_serial(serial_hex(leaf.serial_number))
+    records.revoke_identity(WEB)  # twice: still one entry
+    store.close()
+
+    reopened = store.open()
+    assert reopened.is_revoked(WEB, 12345)
+    assert reopened.is_revoked(DB, leaf.serial_number)
+    assert not reopened.is_revoked(DB, leaf.serial_number + 1)
+    assert sorted((r["kind"], r["value"]) for r in reopened.revocations()) == [
+        ("identity", WEB.uri),
+        ("serial", serial_hex(leaf.serial_number)),
+    ]
+
+
+def test_a_revocation_written_by_another_connection_is_seen_at_once(store: Store) -> None:
+    # `vmagent-cp revoke` writes through its own connection while `serve` keeps its open.
+    serving = store.open()
+    cli_db = StateDb.open(store.path)
+    try:
+        CertRecords(cli_db).revoke_identity(DB)
+    finally:
+        cli_db.close()
+    assert serving.is_revoked(DB, 1)

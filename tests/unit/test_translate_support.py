@@ -116,7 +116,7 @@ def render(case: GoldenCase) -> dict[str, Any]:
         short_name(t): {n: MessageToDict(m, preserving_proto_field_name=True) for n, m in named.items()}
         for t, named in resources.items()
     }
-    out["nameTable"] = build_name_table(case.services)
+    out["nameTable"] = build_name_table(case.services, case.proxy.namespace)
     return out
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from vmagent.controlplane.model import Service
 from vmagent.controlplane.translate import names
-from vmagent.controlplane.translate.services import ip_endpoint_addresses
+from vmagent.controlplane.translate.services import ip_endpoint_addresses, visible_to
 
 
 def service_addresses(service: Service) -> list[str]:
@@ -23,14 +23,17 @@ def service_addresses(service: Service) -> list[str]:
     return ip_endpoint_addresses(service)
 
 
-def build_name_table(services: Iterable[Service]) -> dict[str, list[str]]:
+def build_name_table(services: Iterable[Service], namespace: str | None = None) -> dict[str, list[str]]:
     """``{hostname: [address, ...]}`` for every non-wildcard host with addresses, sorted.
 
+    With ``namespace`` (the proxy's), only the services visible from it (``exportTo``) are listed.
     Hostnames are lower-cased; a hostname defined in several namespaces gets the union of their
     addresses. Short names are not added here: the DNS proxy derives them for its own namespace.
     """
     table: dict[str, set[str]] = {}
     for svc in services:
+        if namespace is not None and not visible_to(svc, namespace):
+            continue
         host = svc.hostname.lower().rstrip(".")
         if not host or "*" in host:
             continue

@@ -84,6 +84,7 @@ class ControlPlane:
         if self.server is not None:
             self.server.stop(grace=0.2)
             self.server = None
+            self.servicer.close()
             self.reaper.stop()
             self.db.close()
 

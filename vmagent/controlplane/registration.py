@@ -26,6 +26,7 @@ from the last one sent.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import secrets
@@ -99,9 +100,16 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(4)
         self._last_table: dict[str, list[str]] | None = None
+        # Leaves wait up to leave_timeout for pushes: in their own threads, so that a burst of leaves
+        # cannot occupy the loop's default executor that heartbeats and reports need.
+        self._leave_pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="leave")
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         registration_pb2_grpc.add_RegistrationServicer_to_server(self, server)
+
+    def close(self) -> None:
+        """Release the leave threads (call after the gRPC server stopped)."""
+        self._leave_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def stream_count(self) -> int:
@@ -232,7 +240,8 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
             return registration_pb2.ControlMessage(ack=registration_pb2.Ack(seq=h.seq))
         if kind == "leave":
             await asyncio.to_thread(self._store.leave, ns, name, session)
-            pushed = await asyncio.to_thread(self._wait_pushed, self._leave_timeout)
+            loop = asyncio.get_running_loop()
+            pushed = await loop.run_in_executor(self._leave_pool, self._wait_pushed, self._leave_timeout)
             if not pushed:
                 return _error(
                     f"the entry {ns}/{name} was removed, but the proxies did not all confirm the change "

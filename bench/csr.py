@@ -390,6 +390,8 @@ def measure(
     server_cpu, client_cpu = used[: len(servers)], used[len(servers) :]
     latencies = [x for o in outs for x in o["latencies"]]
     ok = sum(o["ok"] for o in outs)
+    server_ms = sum(server_cpu) * 1000 / ok if ok else None
+    cpus = os.cpu_count() or 1
     return {
         "certs_per_s": rounded(ok / spec.duration, 1),
         "certs": ok,
@@ -400,6 +402,11 @@ def measure(
         "server_cpu_s": [rounded(c, 2) for c in server_cpu],
         "client_cpu_s": rounded(sum(client_cpu), 2),
         "server_connections": split,
+        # CPU time per certificate does not depend on what else runs on the machine; the projection is
+        # the rate if every core ran server processes (clients elsewhere): cores * 1000 / server ms.
+        "server_cpu_ms_per_cert": rounded(server_ms, 3) if server_ms else None,
+        "client_cpu_ms_per_cert": rounded(sum(client_cpu) * 1000 / ok, 3) if ok else None,
+        "projected_certs_per_s_all_cores": rounded(cpus * 1000 / server_ms, 1) if server_ms else None,
     }
 
 
@@ -503,6 +510,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "window_s": args.duration,
         "warmup_s": args.warmup,
     }
+    result["machine"]["loadavg_1m_at_end"] = rounded(os.getloadavg()[0], 2)
     result["bench_wall_s"] = rounded(time.perf_counter() - started, 1)
     return result
 

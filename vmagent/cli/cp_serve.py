@@ -52,6 +52,11 @@ def add_subcommand(sub: Any) -> None:
         dest="server_names",
         help="extra DNS name or IP for the server certificate (repeatable)",
     )
+    p.add_argument(
+        "--mesh-config",
+        type=Path,
+        help="YAML with Istio MeshConfig fields: outboundTrafficPolicy.mode, rootNamespace",
+    )
     p.add_argument("--kubeconfig", type=Path, help="use a Kubernetes API server as the config source")
     p.add_argument("--in-cluster", action="store_true", help="use the in-cluster Kubernetes API")
     p.set_defaults(func=run)
@@ -62,6 +67,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.kubeconfig or args.in_cluster:
         raise VmagentError("the Kubernetes source is not available in this build; use --config-dir")
+    mesh_config: dict[str, Any] = {}
+    if args.mesh_config is not None:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(args.mesh_config.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise VmagentError(f"cannot read --mesh-config {args.mesh_config}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise VmagentError(f"{args.mesh_config}: expected a mapping of MeshConfig fields")
+        mesh_config = loaded
     opts = ServeOptions(
         state_dir=args.state_dir,
         config_dir=args.config_dir,
@@ -74,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         cert_ttl=args.cert_ttl,
         max_cert_ttl=args.max_cert_ttl,
         server_names=args.server_names,
+        mesh_config=mesh_config,
     )
     cp = ControlPlane(opts)
     signal.signal(signal.SIGTERM, lambda *_: cp.stop())

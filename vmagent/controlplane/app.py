@@ -29,6 +29,7 @@ from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.grpc_server import server_credentials
 from vmagent.controlplane.mesh import MeshController, Translate
 from vmagent.controlplane.registry import ConfigRegistry, find_workload_group
+from vmagent.controlplane.snapshots import Translator, mesh_options
 from vmagent.controlplane.tokens import TokenAuthority
 from vmagent.controlplane.web import HttpApi
 from vmagent.controlplane.xds.cache import SnapshotCache
@@ -92,7 +93,8 @@ class ControlPlane:
         self.configs = ConfigSet(config_sources(opts.config_dir, opts.state_dir))
         self.registry = ConfigRegistry(self.configs, opts.trust_domain)
         self.cache = SnapshotCache()
-        self.mesh = MeshController(self.cache, self.registry.services, translate or _default_translate(opts))
+        self.translator = Translator(self.configs, mesh_options(opts.trust_domain, opts.mesh_config))
+        self.mesh = MeshController(self.cache, self.registry.services, translate or self.translator)
         self.registry.subscribe(lambda: self.mesh.changed(None))
         self.ads = AdsServer(
             self.cache,
@@ -171,12 +173,3 @@ class ControlPlane:
 
     def wait(self) -> None:
         self._stopped.wait()
-
-
-def _default_translate(opts: ServeOptions) -> Translate:
-    from vmagent.controlplane.xds.snapshot import Snapshot
-
-    def translate(proxy: Any, services: Any) -> Snapshot:
-        return Snapshot.from_resources({})
-
-    return translate

@@ -55,6 +55,7 @@ class ControlPlane:
     settings: LifecycleSettings
     port: int = field(default_factory=free_port)
     table: dict[str, list[str]] = field(default_factory=dict)
+    table_requests: list[str] = field(default_factory=list)
     wait_pushed: Callable[[float], bool] = lambda _t: True
     store_class: type[WorkloadStore] = WorkloadStore
 
@@ -70,12 +71,16 @@ class ControlPlane:
         self.changes = 0
         self.store.subscribe(self._changed)
         self.servicer = RegistrationServicer(
-            self.store, group_lookup, TD, name_table=lambda: dict(self.table), wait_pushed=self.wait_pushed
+            self.store, group_lookup, TD, name_table=self.name_table, wait_pushed=self.wait_pushed
         )
         self.reaper = Reaper(self.store, interval=0.05)
         self.reaper.start()
         self.server = AioServerThread(f"127.0.0.1:{self.port}", self.creds, self.servicer.add_to_server)
         self.server.start()
+
+    def name_table(self, namespace: str) -> dict[str, list[str]]:
+        self.table_requests.append(namespace)
+        return dict(self.table)
 
     def _changed(self) -> None:
         self.changes += 1
@@ -185,6 +190,7 @@ def test_register_creates_exactly_one_entry_and_delivers_the_name_table(
     wait_for(lambda: len(agents.tables) == 2, 5, what="the new name table")
     assert agents.tables[1]["db.example.com"] == ["192.0.2.1", "2001:db8::1"]
     assert cp.servicer.push_name_table() == 0
+    assert set(cp.table_requests) == {"demo"}  # tables are asked per namespace (exportTo)
 
 
 def _connect_once(

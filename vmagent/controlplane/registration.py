@@ -19,8 +19,9 @@ Per stream:
    ``wait_pushed(timeout)`` says the change reached the proxies, or ``Error`` if it did not in time;
 5. when the stream ends the entry is marked disconnected.
 
-``push_name_table()`` (any thread) sends the provider's table to every registered stream when it differs
-from the last one sent.
+``name_table(namespace)`` gives the table for agents of a namespace (what they may see, ``exportTo``);
+``push_name_table()`` (any thread) sends each registered stream its namespace's table when that differs
+from the last one sent to the namespace.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from vmagent.controlplane.workload_store import WorkloadStore
 log = logging.getLogger(__name__)
 
 GroupLookup = Callable[[str, str], dict[str, Any] | None]
-NameTableProvider = Callable[[], dict[str, list[str]]]
+NameTableProvider = Callable[[str], dict[str, list[str]]]  # namespace -> {hostname: [address, ...]}
 WaitPushed = Callable[[float], bool]
 IsRevoked = Callable[[SpiffeId, int], bool]
 
@@ -57,7 +58,7 @@ def _pushed_at_once(_timeout: float) -> bool:
     return True
 
 
-def _empty_table() -> dict[str, list[str]]:
+def _empty_table(_namespace: str) -> dict[str, list[str]]:
     return {}
 
 
@@ -99,7 +100,7 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         self._streams: dict[int, _Stream] = {}
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(4)
-        self._last_table: dict[str, list[str]] | None = None
+        self._last_tables: dict[str, dict[str, list[str]]] = {}  # namespace -> last table sent
         # Leaves wait up to leave_timeout for pushes: in their own threads, so that a burst of leaves
         # cannot occupy the loop's default executor that heartbeats and reports need.
         self._leave_pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="leave")
@@ -119,20 +120,27 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
     # -- name table -------------------------------------------------------------------------------
 
     def push_name_table(self) -> int:
-        """Send the current table to every registered stream if it changed; return how many got it.
+        """Send every registered stream its namespace's table if it changed; return how many got one.
 
         Safe from any thread (the provider runs in the caller's thread).
         """
-        table = {h: sorted(a) for h, a in self._name_table().items()}
         with self._lock:
-            if table == self._last_table:
-                return 0
-            self._last_table = table
-            targets = [s for s in self._streams.values() if s.entry is not None]
-        msg = name_table_message(table)
-        for s in targets:
-            s.loop.call_soon_threadsafe(s.queue.put_nowait, msg)
-        return len(targets)
+            namespaces = sorted({s.entry[0] for s in self._streams.values() if s.entry is not None})
+            # A namespace without streams gets no push, so its remembered table could go stale: forget it.
+            self._last_tables = {ns: t for ns, t in self._last_tables.items() if ns in namespaces}
+        sent = 0
+        for ns in namespaces:
+            table = _normalized(self._name_table(ns))
+            with self._lock:
+                if self._last_tables.get(ns) == table:
+                    continue
+                self._last_tables[ns] = table
+                targets = [s for s in self._streams.values() if s.entry is not None and s.entry[0] == ns]
+            msg = name_table_message(table)
+            for st in targets:
+                st.loop.call_soon_threadsafe(st.queue.put_nowait, msg)
+            sent += len(targets)
+        return sent
 
     # -- the stream -------------------------------------------------------------------------------
 
@@ -173,7 +181,7 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         stream.entry = key
         with self._lock:
             self._streams[stream_id] = stream
-            table = self._last_table
+            table = self._last_tables.get(key[0])
         try:
             await context.write(
                 registration_pb2.ControlMessage(
@@ -184,7 +192,9 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
                 )
             )
             if table is None:
-                table = await asyncio.to_thread(self._name_table)
+                table = _normalized(await asyncio.to_thread(self._name_table, key[0]))
+                with self._lock:
+                    self._last_tables.setdefault(key[0], table)
             await context.write(name_table_message(table))
             await self._serve(stream, key, session, it, context)
         finally:
@@ -334,6 +344,10 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
 
 class _Denied(Exception):
     pass
+
+
+def _normalized(table: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {h: sorted(a) for h, a in sorted(table.items())}
 
 
 def _error(message: str) -> registration_pb2.ControlMessage:

@@ -314,3 +314,17 @@ def test_the_size_limit_is_checked_on_a_real_csr_just_over_it(ca: CertificateAut
 
 def test_csr_errors_are_user_facing_errors() -> None:
     assert issubclass(CsrError, VmagentError)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="x509util.verify_chain lets cryptography's InvalidSignature escape (serve prints a traceback); "
+    "fix: catch cryptography.exceptions.InvalidSignature there too",
+)
+def test_an_operator_bundle_with_the_wrong_root_of_the_same_name_is_refused(tmp_path: Path) -> None:
+    pki = OperatorPki(tmp_path)
+    renewed_key = ec.generate_private_key(ec.SECP256R1())
+    renewed_root = _ca_cert("corp root", renewed_key)  # same name as the real issuer, another key
+    pki.cert_file.write_bytes(cert_pem(pki.mid) + cert_pem(renewed_root))
+    with pytest.raises(VmagentError, match="is not issued by"):
+        CertificateAuthority.load_or_create(tmp_path / "state", CaSettings(), pki.cert_file, pki.key_file)

@@ -24,7 +24,7 @@ spec:
   - {number: 8080, name: http, protocol: http}
   - {number: 9000, name: grpc, protocol: GRPC, targetPort: 9001}
   workloadSelector:
-    matchLabels: {app: api}
+    labels: {app: api}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry

@@ -55,7 +55,7 @@ spec:
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{number: 80, name: http, protocol: HTTP}]
-  workloadSelector: {matchLabels: {app: api}}
+  workloadSelector: {labels: {app: api}}
 """
 SETTINGS = LifecycleSettings(heartbeat_interval=5, heartbeat_timeout=15, grace_period=600, restart_window=30)
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

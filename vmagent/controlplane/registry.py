@@ -149,7 +149,7 @@ class ConfigRegistry:
         resolution = str(spec.get("resolution", "NONE"))
         hosts = [str(h) for h in as_list(spec.get("hosts"))]
         endpoints: list[Endpoint] = []
-        selector = as_dict(as_dict(spec.get("workloadSelector")).get("matchLabels"))
+        selector = as_dict(as_dict(spec.get("workloadSelector")).get("labels"))
         if spec.get("workloadSelector") is not None:
             for we in entries:
                 if we.namespace == se.namespace and labels_match(selector, _entry_labels(we)):

@@ -79,6 +79,8 @@ STRING_MATCH = Msg(
 PERCENT = Msg("Percent", {"value": PERCENT_VALUE})
 PORT_SELECTOR = Msg("PortSelector", {"number": PORT})
 WORKLOAD_SELECTOR = Msg("WorkloadSelector", {"matchLabels": LABELS})
+# ServiceEntry (and Sidecar) use networking.v1alpha3.WorkloadSelector, whose field is `labels`.
+SE_WORKLOAD_SELECTOR = Msg("WorkloadSelector", {"labels": LABELS})
 POLICY_TARGET_REF = Msg(
     "PolicyTargetReference",
     {"group": STR, "kind": F(STR, required=True), "name": F(STR, required=True), "namespace": STR},

@@ -6,7 +6,7 @@ from typing import Any
 
 from vmagent.controlplane.config.common import (
     EXPORT_TO,
-    WORKLOAD_SELECTOR,
+    SE_WORKLOAD_SELECTOR,
     as_dict,
     as_list,
     check_port_name,
@@ -108,7 +108,7 @@ SERVICE_ENTRY = Msg(
         "location": Enum("MESH_EXTERNAL", "MESH_INTERNAL"),
         "resolution": Enum(*RESOLUTIONS),
         "endpoints": ListOf(workload_entry_msg("WorkloadEntry")),
-        "workloadSelector": WORKLOAD_SELECTOR,
+        "workloadSelector": SE_WORKLOAD_SELECTOR,
         "exportTo": EXPORT_TO,
         "subjectAltNames": STRINGS,
     },

@@ -60,9 +60,17 @@ docs="$build/doc"
 rm -rf "$docs" && mkdir -p "$docs"
 cp README.md "$docs/README.md"
 cp packaging/copyright "$docs/copyright"
-printf 'vmagent (%s) stable; urgency=medium\n\n  * Release %s.\n\n -- vmagent developers <packages@vmagent.example.org>  %s\n' \
-  "$version" "$version" "$(date -R -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")" |
-  gzip -9n >"$docs/changelog.gz"
+when=$(date -u -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}" +%Y-%m-%dT%H:%M:%SZ)
+cat >"$build/changelog.yml" <<EOF
+- semver: $version-1
+  date: $when
+  packager: vmagent developers <packages@vmagent.example.org>
+  deb:
+    urgency: medium
+    distributions: [stable]
+  changes:
+    - note: Release $version, built from $(git rev-parse --short HEAD 2>/dev/null || echo "a work tree").
+EOF
 
 export VMAGENT_VERSION=$version NFPM_ARCH=$arch
 for name in $packages; do

@@ -145,6 +145,18 @@ def build_deps_tree(out: Path, prefix: str, versions: list[str], machine: str, w
         (site / "vmagent-lib.pth").write_text(f"{prefix}/lib\n")
 
 
+def normalize_modes(tree: Path) -> None:
+    """Directories 0755 and files 0644 (wheels carry stray exec bits), except the Envoy binary."""
+    for root, dirs, files in os.walk(tree):
+        os.chmod(root, 0o755)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o644)
+    for envoy in tree.glob("lib/envoy/_bin/envoy"):
+        os.chmod(envoy, 0o755)
+
+
 def compile_bytecode(tree: Path, prefix: str, versions: list[str], paths: list[Path]) -> None:
     """Compile byte code for the build interpreter's version, recording PREFIX paths in it."""
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -196,6 +208,7 @@ def main() -> int:
         for entry in os.listdir(tmp):
             shutil.move(Path(tmp) / entry, args.dest / "lib" / entry)
     compile_bytecode(args.dest, args.prefix, versions, [args.dest / "lib" / "vmagent"])
+    normalize_modes(args.dest)
     return 0
 
 

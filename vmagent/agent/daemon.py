@@ -36,6 +36,8 @@ from vmagent.agent.envoy_process import EnvoySupervisor
 from vmagent.agent.envoy_runtime import lookup_proxy_user, prepare_runtime_dir
 from vmagent.agent.identity import IdentityStore
 from vmagent.agent.paths import AgentPaths
+from vmagent.agent.probes import Prober
+from vmagent.agent.registration import RegisterInfo, RegistrationClient
 from vmagent.agent.rotation import Rotator
 from vmagent.agent.sds import SdsServer
 from vmagent.agent.status_metrics import Registry, register_process_metrics
@@ -108,6 +110,24 @@ class Agent:
             ttl_seconds=int(ident_cfg.get("cert_ttl_seconds", 0)),
         )
         self.names = NameTable(namespace=cfg.namespace)
+        self.group = _read_group(paths)
+        reg_cfg = cfg.section("registration")
+        self.registration: RegistrationClient | None = None
+        if reg_cfg.get("enabled", True):
+            template = (self.group.get("spec") or {}).get("template") or {}
+            info = RegisterInfo(
+                group=cfg.group,
+                namespace=cfg.namespace,
+                address=self.address,
+                labels={str(k): str(v) for k, v in (reg_cfg.get("labels") or {}).items()},
+                ports={str(k): int(v) for k, v in (template.get("ports") or {}).items()},
+                hostname=socket.gethostname(),
+            )
+            self.registration = RegistrationClient(self.channel.get, info, on_name_table=self._on_name_table)
+        probe = (self.group.get("spec") or {}).get("probe")
+        self.prober: Prober | None = None
+        if probe and self.registration is not None:
+            self.prober = Prober(probe, self.registration.set_health)
         self.capture = CaptureManager(self.capture_cfg) if self.capture_cfg.enabled else None
         self.capture_applied = False
         self.capture_error = ""
@@ -120,8 +140,18 @@ class Agent:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
+    def _on_name_table(self, table: dict[str, list[str]]) -> None:
+        try:
+            self.names.replace(table)
+        except VmagentError as exc:
+            log.error("name table from the control plane refused, keeping the previous one: %s", exc)
+
     def start(self) -> None:
         self.rotator.start()
+        if self.registration is not None:
+            self.registration.start()
+        if self.prober is not None:
+            self.prober.start()
         e = self.envoy_cfg
         if e.enabled:
             user = lookup_proxy_user(e.run_as) if e.run_as else None
@@ -156,8 +186,9 @@ class Agent:
 
     def _bootstrap_params(self) -> BootstrapParams:
         c, e = self.config, self.envoy_cfg
-        group = _read_group(self.paths)
+        group = self.group
         labels = {**((group.get("spec") or {}).get("metadata") or {}).get("labels", {})}
+        labels.update({str(k): str(v) for k, v in (c.section("registration").get("labels") or {}).items()})
         return BootstrapParams(
             node_ip=self.address,
             name=f"{c.group}-{self.address.replace(':', '-').replace('.', '-')}",
@@ -235,6 +266,10 @@ class Agent:
             self.xds.stop()
         if self.sds is not None:
             self.sds.stop()
+        if self.prober is not None:
+            self.prober.stop()
+        if self.registration is not None:
+            self.registration.stop()
         self.rotator.stop()
         self.channel.close()
 
@@ -280,6 +315,10 @@ class Agent:
         }
         if self.xds is not None:
             doc["xds"] = self.xds.sync_state()
+        if self.registration is not None:
+            doc["registration"] = self.registration.status()
+        if self.prober is not None:
+            doc["health"] = {"healthy": self.prober.healthy, "message": self.prober.last_message}
         if self.envoy is not None:
             doc["envoy"] = {
                 "pid": self.envoy.pid(),

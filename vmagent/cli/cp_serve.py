@@ -10,6 +10,7 @@ from typing import Any
 from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, CP_MTLS_PORT, DEFAULT_TRUST_DOMAIN
 from vmagent.common.durations import duration_arg
 from vmagent.controlplane.app import DEFAULT_STATE_DIR, ControlPlane, ServeOptions
+from vmagent.controlplane.workload_store import LifecycleSettings
 
 
 def add_subcommand(sub: Any) -> None:
@@ -91,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         max_cert_ttl=args.max_cert_ttl,
         server_names=args.server_names,
         mesh_config=mesh_config,
+        lifecycle=LifecycleSettings(
+            heartbeat_interval=min(5.0, args.heartbeat_timeout.total_seconds() / 3),
+            heartbeat_timeout=args.heartbeat_timeout.total_seconds(),
+            grace_period=args.grace_period.total_seconds(),
+        ),
     )
     cp = ControlPlane(opts)
     signal.signal(signal.SIGTERM, lambda *_: cp.stop())

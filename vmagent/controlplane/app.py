@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,12 @@ from vmagent.controlplane.config.snapshot import ConfigSource
 from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.grpc_server import server_credentials
 from vmagent.controlplane.mesh import MeshController, Translate
+from vmagent.controlplane.registration import RegistrationServicer
 from vmagent.controlplane.registry import ConfigRegistry, find_workload_group
 from vmagent.controlplane.snapshots import Translator, mesh_options
 from vmagent.controlplane.tokens import TokenAuthority
 from vmagent.controlplane.web import HttpApi
+from vmagent.controlplane.workload_store import LifecycleSettings, Reaper, WorkloadStore
 from vmagent.controlplane.xds.cache import SnapshotCache
 from vmagent.controlplane.xds.runner import AioServerThread
 from vmagent.controlplane.xds.server import AdsServer
@@ -56,6 +57,7 @@ class ServeOptions:
     max_cert_ttl: datetime.timedelta = datetime.timedelta(days=7)
     server_names: list[str] = field(default_factory=list)
     mesh_config: dict[str, Any] = field(default_factory=dict)
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
 
 
 class StateStore:
@@ -91,7 +93,12 @@ class ControlPlane:
         settings = CaSettings(opts.trust_domain, opts.cert_ttl, opts.max_cert_ttl)
         self.store = StateStore(opts.state_dir, settings, opts.ca_cert, opts.ca_key)
         self.configs = ConfigSet(config_sources(opts.config_dir, opts.state_dir))
-        self.registry = ConfigRegistry(self.configs, opts.trust_domain)
+        self.workloads = WorkloadStore(self.store.db, opts.lifecycle)
+        self.registry = ConfigRegistry(
+            self.configs, opts.trust_domain, extra_workload_entries=self.workloads.entries
+        )
+        self.workloads.subscribe(self.registry.notify_changed)
+        self.reaper = Reaper(self.workloads)
         self.cache = SnapshotCache()
         self.translator = Translator(self.configs, mesh_options(opts.trust_domain, opts.mesh_config))
         self.mesh = MeshController(self.cache, self.registry.services, translate or self.translator)
@@ -102,6 +109,15 @@ class ControlPlane:
             self.mesh.on_proxy_disconnected,
             is_revoked=self.store.records.is_revoked,
         )
+        self.registration = RegistrationServicer(
+            self.workloads,
+            self.group_lookup,
+            opts.trust_domain,
+            name_table=lambda ns: self.translator.name_table(self.registry.services(), ns),
+            wait_pushed=lambda timeout: self.mesh.wait_pushed(timeout, self._all_synced),
+            is_revoked=self.store.records.is_revoked,
+        )
+        self.registry.subscribe(self._push_names)
         tls_creds, mtls_creds = server_credentials(self.store.ca, opts.server_names)
         self._mtls_creds = mtls_creds
         self.issuer = CertificateIssuer(
@@ -112,11 +128,17 @@ class ControlPlane:
         self.mtls_server = AioServerThread(opts.mtls_listen, mtls_creds, self._configure_mtls)
         self.http = HttpApi(opts.http_listen)
         self.http.add_json("/api/v1/proxies", self.ads.status)
+        self.http.add_json("/api/v1/workloads", self.workloads.workloads_json)
         self.http.add_json("/api/v1/config/errors", self.configs.errors)
         self.http.add_json("/api/v1/certificates", lambda: [c.as_json() for c in self.store.records.issued()])
         self.http.add_json("/api/v1/revocations", self.store.records.revocations)
         self._stopped = threading.Event()
-        self._extra_registrations: list[Callable[[grpc.aio.Server], None]] = []
+
+    def _push_names(self) -> None:
+        self.registration.push_name_table()
+
+    def _all_synced(self) -> bool:
+        return all(p.get("state") == "synced" for p in self.ads.status())
 
     def group_lookup(self, namespace: str, name: str) -> dict[str, Any] | None:
         group = find_workload_group(self.configs, namespace, name)
@@ -140,8 +162,7 @@ class ControlPlane:
             IstioCertificateServicer(self.issuer), server
         )
         self.ads.add_to_server(server)
-        for register in self._extra_registrations:
-            register(server)
+        self.registration.add_to_server(server)
 
     @property
     def ca_hash(self) -> str:
@@ -149,6 +170,7 @@ class ControlPlane:
 
     def start(self) -> None:
         self.configs.start()
+        self.reaper.start()
         mtls_port = self.mtls_server.start()
         self.issuer.mesh = MeshInfo(self.opts.trust_domain, mtls_port, self.opts.mesh_config)
         self.tls_server.start()
@@ -166,6 +188,8 @@ class ControlPlane:
         self.http.stop()
         self.tls_server.stop()
         self.mtls_server.stop()
+        self.registration.close()
+        self.reaper.stop()
         self.mesh.close()
         self.configs.stop()
         self.store.close()

@@ -8,6 +8,8 @@ each proxy only the resource types that changed.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable
 
 from envoy.config.core.v3 import base_pb2
@@ -40,6 +42,9 @@ class MeshController:
         self._translate = translate
         self.pushes = 0
         self.last_error = ""
+        self._rounds_started = 0  # recompute rounds begun (each gets the next index)
+        self._last_done = -1  # index of the latest round finished
+        self._round_cond = threading.Condition()
         self._scheduler = PushScheduler(self.recompute, debounce=debounce, max_delay=max_delay)
 
     # -- ADS callbacks ------------------------------------------------------------------------------
@@ -64,10 +69,34 @@ class MeshController:
         self._scheduler.trigger(scope)
 
     def recompute(self, scope: set[str] | None) -> None:
+        with self._round_cond:
+            index = self._rounds_started
+            self._rounds_started += 1
         services = self._services()
         for proxy in self.proxies.all():
             if scope is None or proxy.key in scope:
                 self._push(proxy, services)
+        with self._round_cond:
+            self._last_done = max(self._last_done, index)
+            self._round_cond.notify_all()
+
+    def wait_pushed(self, timeout: float, synced: Callable[[], bool]) -> bool:
+        """Block until a recompute that began after this call has finished and ``synced()`` holds
+        (every proxy ACKed what it was sent); False at the deadline."""
+        deadline = time.monotonic() + timeout
+        with self._round_cond:
+            wanted = self._rounds_started  # the first round that begins after this call
+            self.changed(None)
+            while self._last_done < wanted:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._round_cond.wait(left)
+        while time.monotonic() < deadline:
+            if synced():
+                return True
+            time.sleep(0.05)
+        return synced()
 
     def _push(self, proxy: ConnectedProxy, services: list[Service]) -> None:
         try:

@@ -51,9 +51,9 @@ def make_handler(name: str, fail_every: int, status: int, delay: float) -> type[
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _reply  # noqa: N815
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _reply
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             return
 
     return Handler
@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fail-every", type=int, default=0, help="answer 503 except every Nth request")
     p.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")
     args = p.parse_args(argv)
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(args.name, args.fail_every, args.status, args.delay))
+    server = ThreadingHTTPServer(
+        (args.host, args.port), make_handler(args.name, args.fail_every, args.status, args.delay)
+    )
     server.daemon_threads = True
     print(f"echo {args.name} listening on {args.host}:{args.port}", flush=True)
     try:

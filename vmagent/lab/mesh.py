@@ -107,7 +107,9 @@ class VmHost:
 
     @property
     def runtime_dir(self) -> Path:
-        return self.workdir / "run"
+        """Under /run like the real /run/vmagent: Envoy (user vmagent-proxy) must reach its sockets and
+        bootstrap, which a private test temp dir would not allow."""
+        return Path("/run/vmagent-lab") / self.ns.name
 
     def dirs(self) -> list[str]:
         return ["--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir)]
@@ -120,13 +122,17 @@ class VmHost:
         doc: dict[str, Any] = json.loads(r.stdout)
         return doc
 
-    def curl(self, url: str, *extra: str, user: str | None = "nobody", timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    def curl(
+        self, url: str, *extra: str, user: str | None = "nobody", timeout: float = 10
+    ) -> subprocess.CompletedProcess[str]:
         """``curl`` from this VM as an ordinary user (an unmodified client); never raises on HTTP errors."""
         cmd = ["curl", "-s", "--max-time", str(int(timeout)), "-w", "\n%{http_code}", *extra, url]
         return self.ns.run(cmd, user=user, check=False, timeout=timeout + 5)
 
     def start_app(self, port: int = 8080, *extra: str) -> None:
-        app = self.ns.popen([sys.executable, "-m", "vmagent.lab.echo", "--port", str(port), "--name", self.name, *extra])
+        app = self.ns.popen(
+            [sys.executable, "-m", "vmagent.lab.echo", "--port", str(port), "--name", self.name, *extra]
+        )
         self.apps.append(app)
         LineLog(app).wait_line("listening", timeout=10)
 
@@ -146,7 +152,9 @@ class MeshLab:
 
     # -- building -----------------------------------------------------------------------------------
 
-    def add_control_plane(self, configs: dict[str, str], extra_args: list[str] | None = None) -> ControlPlaneHost:
+    def add_control_plane(
+        self, configs: dict[str, str], extra_args: list[str] | None = None
+    ) -> ControlPlaneHost:
         ns = self.lan.add_host()
         base = self.workdir / "cp"
         cp = ControlPlaneHost(ns, base, base / "config", base / "state")
@@ -177,12 +185,20 @@ class MeshLab:
         app_port: int | None = 8080,
         config: dict[str, Any] | None = None,
         start: bool = True,
+        labels: dict[str, str] | None = None,
+        register: str = "static",
     ) -> VmHost:
-        """A VM that joins ``group`` (NS/NAME), with the echo app on ``app_port`` and the agent running."""
+        """A VM that joins ``group`` (NS/NAME), with the echo app on ``app_port`` and the agent running.
+
+        ``register="static"`` writes a WorkloadEntry for the VM (``labels`` added to the group's) into the
+        control plane's config dir, as an operator would; ``"none"`` writes nothing.
+        """
         assert self.cp is not None, "add_control_plane first"
         ensure_proxy_user()
         ns = self.lan.add_host()
         vm = VmHost(name, ns, self.workdir / name, group)
+        if register == "static":
+            self.write_workload_entry(vm, labels or {})
         self._resolv_conf(ns)
         tok = self.cp.token(group)
         vm.vmagent(
@@ -196,6 +212,39 @@ class MeshLab:
             self.start_agent(vm)
         self.vms[name] = vm
         return vm
+
+    def write_workload_entry(self, vm: VmHost, labels: dict[str, str]) -> Path:
+        """An operator-written WorkloadEntry for ``vm`` from its WorkloadGroup's template."""
+        assert self.cp is not None
+        namespace, group = vm.group.split("/", 1)
+        wg = self._group(namespace, group)
+        spec = wg.get("spec") or {}
+        template = dict(spec.get("template") or {})
+        entry_labels = {
+            **(template.get("labels") or {}),
+            **((spec.get("metadata") or {}).get("labels") or {}),
+            **labels,
+        }
+        entry = {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "WorkloadEntry",
+            "metadata": {"name": vm.name, "namespace": namespace},
+            "spec": {**template, "address": vm.address, "labels": entry_labels},
+        }
+        return self.cp.write_config(f"zz-workloadentry-{vm.name}.yaml", yaml.safe_dump(entry))
+
+    def _group(self, namespace: str, name: str) -> dict[str, Any]:
+        assert self.cp is not None
+        for path in sorted(self.cp.config_dir.glob("*.y*ml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                meta = (doc or {}).get("metadata") or {}
+                if (
+                    doc.get("kind") == "WorkloadGroup"
+                    and meta.get("name") == name
+                    and meta.get("namespace", "default") == namespace
+                ):
+                    return dict(doc)
+        raise KeyError(f"WorkloadGroup {namespace}/{name} is not in the control plane's config dir")
 
     def _configure(self, vm: VmHost, overrides: dict[str, Any]) -> None:
         path = vm.config_dir / "config.yaml"
@@ -222,7 +271,7 @@ class MeshLab:
         return str(net.network_address + (net.num_addresses - 2))
 
     def start_agent(self, vm: VmHost, timeout: float = 30) -> None:
-        vm.runtime_dir.mkdir(parents=True, exist_ok=True)
+        vm.runtime_dir.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         cmd = [exe("vmagent"), "run", *vm.dirs(), "--runtime-dir", str(vm.runtime_dir)]
         vm.agent = vm.ns.popen(cmd)
         vm.agent_log = LineLog(vm.agent)
@@ -262,6 +311,8 @@ class MeshLab:
         if self.cp is not None and self.cp.process is not None and self.cp.process.poll() is None:
             self.cp.process.terminate()
         self.pool.close()
+        for vm in self.vms.values():
+            shutil.rmtree(vm.runtime_dir, ignore_errors=True)
         for d in self._resolv_dirs:
             shutil.rmtree(d, ignore_errors=True)
 

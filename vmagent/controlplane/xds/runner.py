@@ -80,6 +80,8 @@ class AioServerThread:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property

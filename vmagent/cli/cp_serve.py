@@ -54,6 +54,18 @@ def add_subcommand(sub: Any) -> None:
         help="extra DNS name or IP for the server certificate (repeatable)",
     )
     p.add_argument(
+        "--heartbeat-timeout",
+        type=duration_arg,
+        default="15s",
+        help="an auto-registered VM whose heartbeats stop this long leaves EDS (15s)",
+    )
+    p.add_argument(
+        "--grace-period",
+        type=duration_arg,
+        default="10m",
+        help="a disconnected auto-registered VM is deleted after this long (10m)",
+    )
+    p.add_argument(
         "--mesh-config",
         type=Path,
         help="YAML with Istio MeshConfig fields: outboundTrafficPolicy.mode, rootNamespace",

@@ -186,26 +186,31 @@ class MeshLab:
         config: dict[str, Any] | None = None,
         start: bool = True,
         labels: dict[str, str] | None = None,
-        register: str = "static",
+        register: str = "auto",
     ) -> VmHost:
         """A VM that joins ``group`` (NS/NAME), with the echo app on ``app_port`` and the agent running.
 
-        ``register="static"`` writes a WorkloadEntry for the VM (``labels`` added to the group's) into the
-        control plane's config dir, as an operator would; ``"none"`` writes nothing.
+        ``register="auto"``: the agent registers itself (``labels`` go into its ``registration.labels``);
+        ``"static"`` writes an operator's WorkloadEntry for the VM into the control plane's config dir and
+        turns the agent's registration off.
         """
         assert self.cp is not None, "add_control_plane first"
         ensure_proxy_user()
         ns = self.lan.add_host()
         vm = VmHost(name, ns, self.workdir / name, group)
+        overrides = dict(config or {})
         if register == "static":
             self.write_workload_entry(vm, labels or {})
+            overrides["registration"] = {"enabled": False}
+        elif labels:
+            overrides.setdefault("registration", {})["labels"] = labels
         self._resolv_conf(ns)
         tok = self.cp.token(group)
         vm.vmagent(
             "join", self.cp.join_address, "--token", tok["token"], "--ca-hash", tok["ca_hash"],
             "--address", ns.address, *vm.dirs(), "--no-start",
         )  # fmt: skip
-        self._configure(vm, config or {})
+        self._configure(vm, overrides)
         if app_port is not None:
             vm.start_app(app_port)
         if start:

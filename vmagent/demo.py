@@ -1,109 +1,88 @@
-"""``make demo``: a control plane on the embedded defaults and a VM that joins it.
+"""``make demo``: a whole mesh on this machine, on the embedded defaults.
 
-Runs everything in a temporary directory on loopback and removes it on exit or Ctrl-C.
+A control plane and two VMs, "web" and "api" (each a WorkloadGroup with a ServiceEntry selecting it),
+live in network namespaces joined by a bridge. Both VMs join with tokens and run the agent with Envoy
+and iptables capture; web then calls ``http://api.demo.svc.cluster.local:8080/`` by name, as an
+ordinary user with plain curl, and the call crosses the mesh over mutual TLS. Everything is removed on
+exit or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-WORKLOAD_GROUP = """\
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata:
-  name: web
-  namespace: demo
-spec:
-  metadata:
-    labels:
-      app: web
-  template:
-    serviceAccount: web
-    ports:
-      http: 8080
-"""
+from vmagent.lab.demo_config import DEMO_CONFIG
+from vmagent.lab.mesh import MeshLab
 
-
-def _exe(name: str) -> str:
-    return shutil.which(name, path=os.path.dirname(sys.executable)) or name
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: the control plane exited with status {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("demo: the control plane did not start listening in time")
+API_URL = "http://api.demo.svc.cluster.local:8080/hello"
 
 
 def step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
+def preflight() -> str | None:
+    """What is missing to run the demo, or None."""
+    if os.geteuid() != 0:
+        return (
+            "the demo builds network namespaces, iptables rules and a system user, so it needs root: "
+            "run `sudo make demo`"
+        )
+    missing = [tool for tool in ("ip", "iptables", "curl", "useradd") if shutil.which(tool) is None]
+    if missing:
+        return f"missing tools: {', '.join(missing)} (scripts/system-deps.sh installs them)"
+    return None
+
+
 def main() -> int:
+    problem = preflight()
+    if problem:
+        print(f"demo: {problem}", file=sys.stderr)
+        return 1
     work = Path(tempfile.mkdtemp(prefix="vmagent-demo-"))
-    cp_proc: subprocess.Popen[bytes] | None = None
+    lab = MeshLab(work, prefix="vmdemo", subnet="10.230.200.0/24")
     try:
-        cfg, state = work / "cp-config", work / "cp-state"
-        cfg.mkdir()
-        (cfg / "workloadgroup-web.yaml").write_text(WORKLOAD_GROUP)
-        tls, mtls, http = _free_port(), _free_port(), _free_port()
-        step(f"starting the control plane (state in {state})")
-        cp_cmd = [_exe("vmagent-cp"), "serve", "--config-dir", str(cfg), "--state-dir", str(state),
-                  "--listen", f"127.0.0.1:{tls}", "--mtls-listen", f"127.0.0.1:{mtls}",
-                  "--http-listen", f"127.0.0.1:{http}"]  # fmt: skip
-        print("$", shlex.join(cp_cmd))
-        cp_proc = subprocess.Popen(cp_cmd, stdout=(work / "cp.log").open("wb"), stderr=subprocess.STDOUT)
-        _wait_port(mtls, cp_proc)
+        step("starting the control plane in its own network namespace")
+        cp = lab.add_control_plane(DEMO_CONFIG)
+        print(f"control plane at {cp.address} (join on :15012, mutual TLS on :15013); config:")
+        for name in sorted(DEMO_CONFIG):
+            print(f"  {cp.config_dir / name}")
 
-        step("creating a join token for WorkloadGroup demo/web")
-        tok_cmd = [_exe("vmagent-cp"), "token", "create", "--group", "demo/web", "--state-dir", str(state),
-                   "--config-dir", str(cfg), "--join-address", f"127.0.0.1:{tls}", "-o", "json"]  # fmt: skip
-        tok = json.loads(subprocess.run(tok_cmd, check=True, capture_output=True, text=True).stdout)
-        print("join command:", tok["command"].replace(tok["token"], tok["token"][:12] + "..."))
+        for name in ("web", "api"):
+            step(f"VM {name!r}: token, `vmagent join`, then `vmagent run` (Envoy + capture)")
+            started = time.monotonic()
+            vm = lab.add_vm(name, f"demo/{name}")
+            print(f"{name} at {vm.address} ready in {time.monotonic() - started:.1f}s")
+            st = vm.status()
+            ident = st.get("identity", {})
+            print(f"  identity {ident.get('spiffe_id')}, certificate valid until {ident.get('not_after')}")
 
-        step("joining the VM (key + CSR + certificate, verified against the pinned root)")
-        vm_etc, vm_state = work / "vm-etc", work / "vm-state"
-        join_cmd = [_exe("vmagent"), *shlex.split(tok["command"])[1:], "--config-dir", str(vm_etc),
-                    "--state-dir", str(vm_state), "--no-start"]  # fmt: skip
-        started = time.monotonic()
-        subprocess.run(join_cmd, check=True)
-        print(f"(join took {time.monotonic() - started:.2f}s)")
+        web = lab.vms["web"]
+        step(f"on web, as user nobody: curl {API_URL}")
+        doc = lab.wait_reachable(web, API_URL, timeout=30)
+        print(f"answered by: {doc['name']}")
+        print(f"the api app saw x-forwarded-client-cert: {doc['headers'].get('x-forwarded-client-cert')}")
 
-        step("the VM's identity")
-        out = subprocess.run(
-            [_exe("vmagent"), "status", "--config-dir", str(vm_etc), "--state-dir", str(vm_state)],
-            check=False, capture_output=True, text=True,
-        )  # fmt: skip
-        print(out.stdout or out.stderr)
+        step("vmagent-cp workloads")
+        print(cp.cli("workloads", "--server", cp.http).stdout)
+        step("vmagent-cp proxy-status")
+        print(cp.cli("proxy-status", "--server", cp.http).stdout)
+        step("vmagent status on web")
+        print(json.dumps(web.status(), indent=2)[:3000])
+        if sys.stdin.isatty() and os.environ.get("VMAGENT_DEMO_WAIT"):
+            input("\nthe mesh is up; press Enter to tear it down ")
         return 0
     except KeyboardInterrupt:
         return 130
     finally:
-        if cp_proc and cp_proc.poll() is None:
-            cp_proc.send_signal(signal.SIGTERM)
-            cp_proc.wait(timeout=10)
+        step("tearing the mesh down")
+        lab.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -11,6 +11,7 @@ from vmagent.controlplane.model import Service
 from vmagent.controlplane.translate import clusters, inbound, listeners, routes
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.endpoints import load_assignment
+from vmagent.controlplane.translate.gateway_listeners import gateway_resources
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 from vmagent.controlplane.translate.security import effective_mtls
 from vmagent.controlplane.translate.services import visible_services
@@ -25,7 +26,8 @@ def build_proxy_resources(
     """``type URL -> {resource name -> message}`` for CDS, EDS, LDS and RDS (every type present, maybe empty).
 
     Pure and deterministic: equal inputs give equal messages in equal order. Gateway proxies get the
-    outbound clusters and endpoints only until gateway listeners arrive (issue 6).
+    outbound clusters and endpoints and the listeners and routes of the Gateways selecting them
+    (``gateway_listeners``), nothing of the sidecar's.
     """
     visible = visible_services(services, proxy.namespace)
     out: Resources = {CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}}
@@ -47,6 +49,11 @@ def build_proxy_resources(
     put(CLUSTER, clusters.passthrough_cluster(mesh).name, clusters.passthrough_cluster(mesh))
     put(CLUSTER, clusters.blackhole_cluster(mesh).name, clusters.blackhole_cluster(mesh))
     if proxy.mode == "gateway":
+        gw = gateway_resources(proxy, visible, configs, mesh)
+        for lst in gw.listeners:
+            put(LISTENER, lst.name, lst)
+        for rc in gw.routes:
+            put(ROUTE, rc.name, rc)
         return _sorted(out)
 
     for c in clusters.inbound_passthrough_clusters(proxy, mesh):

@@ -1,0 +1,231 @@
+"""Which Gateways a gateway proxy serves, their servers, and the VirtualServices bound to each server.
+
+Istio's semantics:
+
+* A Gateway selects gateway proxies by ``selector``: every label must be among the proxy's labels (its
+  WorkloadGroup labels plus its registration labels). An empty selector selects every gateway proxy.
+  Gateways of every namespace are considered (Istio's default; there is no namespace scoping).
+* A server's ``hosts`` entries are ``[NAMESPACE/]HOST``: the namespace part says which namespaces'
+  VirtualServices may bind (``*`` any, ``.`` the Gateway's own, else that namespace); no part means any.
+* A VirtualService binds to a Gateway that it names in ``gateways`` (``NS/NAME``, or ``NAME`` in the
+  VirtualService's namespace) when it is visible (``exportTo``) from the proxy's namespace. Its hosts
+  intersect the server's hosts; each intersection (the more specific of the two names) becomes a virtual
+  host domain. A short VirtualService host ``NAME`` means ``NAME.VS_NAMESPACE.svc.DOMAIN``.
+* An ``http`` route whose every match names ``gateways`` applies only on those gateways.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmagent.controlplane.model import ConfigObject
+from vmagent.controlplane.translate import names
+from vmagent.controlplane.translate.configindex import ConfigLookup
+from vmagent.controlplane.translate.destination import exported_to
+from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
+
+# Server TLS modes that terminate TLS at the gateway (the rest pass it through or do not apply).
+TERMINATING_MODES = frozenset({"SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL"})
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+@dataclass(frozen=True)
+class ServerHost:
+    """One ``hosts`` entry of a server: the namespaces it admits VirtualServices from, and the host."""
+
+    namespace: str  # "*" any, else one namespace ("." already resolved to the Gateway's)
+    host: str
+
+    def admits(self, namespace: str) -> bool:
+        return self.namespace in ("*", namespace)
+
+
+@dataclass(frozen=True)
+class Server:
+    """One server of one Gateway, as translation needs it."""
+
+    gateway_namespace: str
+    gateway_name: str
+    index: int
+    port: int
+    port_name: str
+    protocol: str  # upper case: HTTP, HTTPS, HTTP2, GRPC, TLS, TCP, ...
+    hosts: tuple[ServerHost, ...]
+    tls: Mapping[str, Any] = field(default_factory=dict)
+    bind: str = ""
+
+    @property
+    def gateway_ref(self) -> str:
+        return f"{self.gateway_namespace}/{self.gateway_name}"
+
+    @property
+    def tls_mode(self) -> str:
+        return str(self.tls.get("mode") or "SIMPLE") if self.tls else ""
+
+    @property
+    def terminates_tls(self) -> bool:
+        """HTTPS (or TLS) whose TLS ends here; the traffic inside is HTTP (HTTPS) or TCP (TLS)."""
+        return names.is_tls(self.protocol) and self.tls_mode in TERMINATING_MODES
+
+    @property
+    def serves_http(self) -> bool:
+        """The gateway speaks HTTP on this server: HTTP-like protocols, or HTTPS terminated here."""
+        if names.is_http(self.protocol):
+            return True
+        return self.protocol == "HTTPS" and self.terminates_tls
+
+    @property
+    def https_redirect(self) -> bool:
+        return bool(self.tls.get("httpsRedirect")) if self.tls else False
+
+    @property
+    def sni_hosts(self) -> list[str]:
+        """The SNI names the server's filter chain matches; empty when any name (``*``) is served."""
+        hosts = sorted({h.host for h in self.hosts})
+        return [] if "*" in hosts else hosts
+
+    def route_name(self) -> str:
+        """Istio's RDS names: ``http.PORT`` for plaintext (shared by all servers of the port),
+        ``https.PORT.PORTNAME.GATEWAY.NAMESPACE`` for each HTTPS server."""
+        if self.protocol == "HTTPS":
+            return f"https.{self.port}.{self.port_name}.{self.gateway_name}.{self.gateway_namespace}"
+        return f"http.{self.port}"
+
+
+def selects(gateway: ConfigObject, labels: Mapping[str, str]) -> bool:
+    """Whether ``gateway``'s selector matches a proxy with ``labels``."""
+    selector = {str(k): str(v) for k, v in _dict(gateway.spec.get("selector")).items()}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def gateways_for(proxy: ProxyInfo, configs: ConfigLookup) -> list[ConfigObject]:
+    """The Gateways (all namespaces, by namespace and name) whose selector matches ``proxy``."""
+    found = [g for g in configs.list("Gateway") if selects(g, proxy.labels)]
+    return sorted(found, key=lambda g: (g.namespace, g.name))
+
+
+def _server_host(text: str, gateway_ns: str) -> ServerHost:
+    ns, sep, host = text.partition("/")
+    if not sep:
+        return ServerHost("*", text)
+    return ServerHost(gateway_ns if ns == "." else ns, host)
+
+
+def servers_of(gateway: ConfigObject) -> list[Server]:
+    out = []
+    for i, raw in enumerate(_list(gateway.spec.get("servers"))):
+        s = _dict(raw)
+        port = _dict(s.get("port"))
+        if port.get("number") is None:
+            continue
+        hosts = tuple(_server_host(str(h), gateway.namespace) for h in _list(s.get("hosts")))
+        out.append(
+            Server(
+                gateway_namespace=gateway.namespace,
+                gateway_name=gateway.name,
+                index=i,
+                port=int(port["number"]),
+                port_name=str(port.get("name") or f"port-{port['number']}"),
+                protocol=str(port.get("protocol") or "TCP").upper(),
+                hosts=hosts,
+                tls=_dict(s.get("tls")),
+                bind=str(s.get("bind") or ""),
+            )
+        )
+    return out
+
+
+def proxy_servers(proxy: ProxyInfo, configs: ConfigLookup) -> list[Server]:
+    """Every server of every Gateway selecting ``proxy``, in Gateway then server order."""
+    return [s for g in gateways_for(proxy, configs) for s in servers_of(g)]
+
+
+def fqdn(host: str, namespace: str, dns_domain: str) -> str:
+    """Istio's short-name rule: ``NAME`` is ``NAME.NAMESPACE.svc.DOMAIN``; other hosts stay as written."""
+    if "." in host or host.startswith("*"):
+        return host
+    return f"{host}.{namespace}.svc.{dns_domain}"
+
+
+def intersect(a: str, b: str) -> str | None:
+    """The hosts both ``a`` and ``b`` (each exact or ``*``/``*.suffix``) name, as the more specific one."""
+    a, b = a.lower(), b.lower()
+    if a == b:
+        return a
+    if b == "*" or (b.startswith("*.") and a.endswith(b[1:])):
+        return a
+    if a == "*" or (a.startswith("*.") and b.endswith(a[1:])):
+        return b
+    return None
+
+
+def binds_to(vs: ConfigObject, server: Server) -> bool:
+    """Whether ``vs`` names the server's Gateway in ``gateways``."""
+    for ref in _list(vs.spec.get("gateways")):
+        ns, sep, name = str(ref).rpartition("/")
+        if (ns if sep else vs.namespace) == server.gateway_namespace and name == server.gateway_name:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A VirtualService bound to one server, with the domains where both meet."""
+
+    virtual_service: ConfigObject
+    domains: tuple[str, ...]
+
+
+def bindings(server: Server, proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> list[Binding]:
+    """The VirtualServices bound to ``server`` (by namespace and name) and the hosts they serve there."""
+    out = []
+    for vs in sorted(configs.list("VirtualService"), key=lambda v: (v.namespace, v.name)):
+        if not binds_to(vs, server) or not exported_to(vs, proxy.namespace):
+            continue
+        admitted = [h for h in server.hosts if h.admits(vs.namespace)]
+        domains: list[str] = []
+        for raw in _list(vs.spec.get("hosts")):
+            host = fqdn(str(raw), vs.namespace, mesh.dns_domain)
+            for sh in admitted:
+                d = intersect(host, sh.host)
+                if d is not None and d not in domains:
+                    domains.append(d)
+        if domains:
+            out.append(Binding(vs, tuple(domains)))
+    return out
+
+
+def route_applies(route: Mapping[str, Any], server: Server) -> bool:
+    """An ``http``/``tcp``/``tls`` route applies unless all of its matches name other gateways."""
+    matches = [_dict(m) for m in _list(route.get("match"))]
+    if not matches:
+        return True
+    return any(_match_applies(m, server) for m in matches)
+
+
+def _match_applies(match: Mapping[str, Any], server: Server) -> bool:
+    refs = [str(g) for g in _list(match.get("gateways"))]
+    if not refs:
+        return True
+    return any(r in (server.gateway_ref, server.gateway_name) for r in refs)
+
+
+def match_port_ok(match: Mapping[str, Any], port: int) -> bool:
+    return match.get("port") is None or int(match["port"]) == port
+
+
+def group_by_port(servers: Sequence[Server]) -> dict[int, list[Server]]:
+    """Servers grouped by port number (ports ascending; servers in their original order)."""
+    out: dict[int, list[Server]] = {}
+    for s in servers:
+        out.setdefault(s.port, []).append(s)
+    return {p: out[p] for p in sorted(out)}

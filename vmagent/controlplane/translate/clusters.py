@@ -33,6 +33,7 @@ from vmagent.controlplane.translate.protos import ads, duration, socket_address,
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 from vmagent.controlplane.translate.services import is_mesh_endpoint, subset_endpoints
 from vmagent.controlplane.translate.tls import UpstreamTls, upstream_socket
+from vmagent.controlplane.translate.trafficpolicy import apply_traffic_policy
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _MAX = 4294967295
@@ -204,6 +205,8 @@ def outbound_cluster(plan: OutboundCluster, mesh: MeshOptions) -> tuple[cluster_
         c.eds_cluster_config.CopyFrom(
             cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads(), service_name=plan.name)
         )
+    if res != "NONE":
+        apply_traffic_policy(c, plan.policy, plan.port.protocol)
     return c, auto
 
 

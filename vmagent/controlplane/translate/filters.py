@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from envoy.config.listener.v3 import listener_components_pb2 as lc
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
@@ -18,6 +20,8 @@ from vmagent.controlplane.translate.protos import boolean, typed
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 ROUTER = "envoy.filters.http.router"
+FAULT = "envoy.filters.http.fault"
+CORS = "envoy.filters.http.cors"
 
 
 def original_dst() -> lc.ListenerFilter:
@@ -55,9 +59,29 @@ def ports_predicate(ports: Sequence[int]) -> lc.ListenerFilterChainMatchPredicat
     )
 
 
-def tcp_proxy(cluster: str, stat_prefix: str | None = None) -> lc.Filter:
-    cfg = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix or cluster, cluster=cluster)
+def tcp_proxy(
+    cluster: str, stat_prefix: str | None = None, weighted: Sequence[tuple[str, int]] = ()
+) -> lc.Filter:
+    """tcp_proxy to ``cluster``, or split over ``weighted`` ``(cluster, weight)`` when it has two or more."""
+    cfg = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix or cluster)
+    if len(weighted) > 1:
+        for name, weight in weighted:
+            cfg.weighted_clusters.clusters.append(
+                tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(name=name, weight=weight)
+            )
+    else:
+        cfg.cluster = cluster
     return lc.Filter(name=TCP_PROXY, typed_config=typed(cfg))
+
+
+def fault() -> hcm.HttpFilter:
+    """The fault filter with nothing to inject; routes carry their faults as per-route config."""
+    return hcm.HttpFilter(name=FAULT, typed_config=typed(fault_pb2.HTTPFault()))
+
+
+def cors() -> hcm.HttpFilter:
+    """The CORS filter; routes carry their policies as per-route config (none: the filter does nothing)."""
+    return hcm.HttpFilter(name=CORS, typed_config=typed(cors_pb2.Cors()))
 
 
 def router() -> hcm.HttpFilter:

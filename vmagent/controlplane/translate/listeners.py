@@ -19,6 +19,10 @@ Within ``0.0.0.0_PORT`` the filter chains are matched by destination IP, then SN
   RDS under the port number; the virtual hosts pick the service by Host header;
 * everything else: the listener's default chain, passthrough or black hole as above.
 
+A VirtualService that routes a TCP-like service changes where its chain goes: the first ``tcp`` route in
+force sends it to its destinations (weighted when several); each ``tls`` match in force adds a chain
+for its ``sniHosts`` (with the service's addresses, when it has any) ahead of the service's own chain.
+
 An address claimed by two services on one port goes to the first by hostname (Envoy refuses two chains
 with equal matches). Listener filters are only added when a chain needs them: the TLS inspector for SNI
 or protocol matching, the HTTP inspector where HTTP services are.
@@ -26,7 +30,7 @@ or protocol matching, the HTTP inspector where HTTP services are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
@@ -37,9 +41,17 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from vmagent.common import constants
 from vmagent.controlplane.model import Port, Service
 from vmagent.controlplane.translate import filters, names
+from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.protos import ads, boolean, cidr, duration, socket_address
-from vmagent.controlplane.translate.proxy import MeshOptions
+from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 from vmagent.controlplane.translate.services import ip_endpoint_addresses
+from vmagent.controlplane.translate.virtualservice import (
+    Destination,
+    RouteContext,
+    select_virtual_service,
+    tcp_destinations,
+    tls_routes,
+)
 
 # Ports of the proxy and agent themselves; a service port among them gets no outbound listener.
 RESERVED_PORTS = frozenset(
@@ -65,13 +77,34 @@ class PortPlan:
     chains: list[lc.FilterChain] = field(default_factory=list)
     claimed_prefixes: set[str] = field(default_factory=set)
     claimed_sni: set[str] = field(default_factory=set)
+    claimed_ip_sni: set[tuple[str, str]] = field(default_factory=set)
     catch_all: bool = False
     needs_tls_inspector: bool = False
 
 
+@dataclass(frozen=True)
+class RoutingInputs:
+    """What VirtualService tcp/tls routing reads (absent: every service goes to its own cluster)."""
+
+    proxy: ProxyInfo
+    mesh: MeshOptions
+    configs: ConfigLookup
+    services: Mapping[str, Service]
+
+
 def tcp_destination(service: Service, port: Port) -> str:
-    """The cluster a TCP connection to ``service:port`` goes to (issue 6: VirtualService tcp/tls routes)."""
+    """The service's own cluster for ``port`` (where TCP goes without a VirtualService)."""
     return names.outbound_cluster(port.number, service.hostname)
+
+
+def _proxy_filter(dests: Sequence[Destination], stat_prefix: str | None = None) -> lc.Filter:
+    return filters.tcp_proxy(dests[0].cluster, stat_prefix, weighted=[(d.cluster, d.weight) for d in dests])
+
+
+def _routed_filter(service: Service, port: Port, vs_dests: Sequence[Destination] | None) -> lc.Filter:
+    if vs_dests:
+        return _proxy_filter(vs_dests, tcp_destination(service, port))
+    return filters.tcp_proxy(tcp_destination(service, port))
 
 
 def _prefixes(service: Service) -> list[str]:
@@ -82,8 +115,37 @@ def _prefixes(service: Service) -> list[str]:
     return sorted({str(n) for n in nets}, key=lambda t: names.sort_key_ip(t.split("/")[0]))
 
 
-def _add_tcp(plan: PortPlan, service: Service, port: Port) -> None:
+def _add_sni_chains(
+    plan: PortPlan, service: Service, routes: list[tuple[list[str], list[Destination]]], prefixes: list[str]
+) -> None:
+    """Chains for VirtualService ``tls`` matches: SNI hosts (on the service's addresses, if any)."""
+    key = ",".join(prefixes)
+    for i, (sni_hosts, dests) in enumerate(routes):
+        fresh = [h for h in sni_hosts if (key, h) not in plan.claimed_ip_sni]
+        if not fresh:
+            continue
+        plan.claimed_ip_sni.update((key, h) for h in fresh)
+        match = lc.FilterChainMatch(server_names=fresh)
+        for text in prefixes:
+            addr, length = text.split("/")
+            match.prefix_ranges.append(cidr(addr, int(length)))
+        plan.chains.append(
+            lc.FilterChain(
+                name=f"{service.hostname}|tls[{i}]", filter_chain_match=match, filters=[_proxy_filter(dests)]
+            )
+        )
+        plan.needs_tls_inspector = True
+
+
+def _add_tcp(plan: PortPlan, service: Service, port: Port, routing: RoutingInputs | None = None) -> None:
     cluster = tcp_destination(service, port)
+    vs_dests: list[Destination] | None = None
+    if routing is not None:
+        vs = select_virtual_service(service, routing.proxy, routing.configs, routing.mesh)
+        ctx = RouteContext(routing.proxy, routing.mesh, routing.configs, routing.services, port.number)
+        vs_dests = tcp_destinations(vs, ctx)
+        if names.is_tls(port.protocol):
+            _add_sni_chains(plan, service, tls_routes(vs, ctx), _prefixes(service))
     match = lc.FilterChainMatch()
     prefixes = [p for p in _prefixes(service) if p not in plan.claimed_prefixes]
     if prefixes:
@@ -104,12 +166,25 @@ def _add_tcp(plan: PortPlan, service: Service, port: Port) -> None:
     else:
         plan.catch_all = True
     plan.chains.append(
-        lc.FilterChain(name=cluster, filter_chain_match=match, filters=[filters.tcp_proxy(cluster)])
+        lc.FilterChain(
+            name=cluster, filter_chain_match=match, filters=[_routed_filter(service, port, vs_dests)]
+        )
     )
 
 
-def plan_ports(services: Sequence[Service]) -> list[PortPlan]:
-    """Group the services' ports into per-port plans (ports in ascending order)."""
+def plan_ports(
+    services: Sequence[Service],
+    proxy: ProxyInfo | None = None,
+    configs: ConfigLookup | None = None,
+    mesh: MeshOptions | None = None,
+) -> list[PortPlan]:
+    """Group the services' ports into per-port plans (ports in ascending order).
+
+    With ``proxy``, ``configs`` and ``mesh``, VirtualService ``tcp`` and ``tls`` routes are applied.
+    """
+    routing = None
+    if proxy is not None and configs is not None and mesh is not None:
+        routing = RoutingInputs(proxy, mesh, configs, {s.hostname: s for s in services})
     plans: dict[int, PortPlan] = {}
     for svc in sorted(services, key=lambda s: s.hostname):
         for port in sorted(svc.ports, key=lambda p: p.number):
@@ -119,7 +194,7 @@ def plan_ports(services: Sequence[Service]) -> list[PortPlan]:
             if names.is_http(port.protocol):
                 plan.http.append((svc, port))
             else:
-                _add_tcp(plan, svc, port)
+                _add_tcp(plan, svc, port, routing)
     return [plans[p] for p in sorted(plans)]
 
 
@@ -138,8 +213,8 @@ def fallback_chain(mesh: MeshOptions) -> lc.FilterChain:
 
 
 def outbound_http_filters() -> list[hcm.HttpFilter]:
-    """The outbound HTTP filter chain (issue 6 adds fault injection and CORS before the router)."""
-    return [filters.router()]
+    """The outbound HTTP filter chain: CORS and fault injection (configured per route), the router."""
+    return [filters.cors(), filters.fault(), filters.router()]
 
 
 def _http_chain(port: int) -> lc.FilterChain:

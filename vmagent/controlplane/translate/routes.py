@@ -5,26 +5,34 @@ names (see ``names.host_domains``) and the service's VIPs, each with and without
 route sends everything to ``outbound|PORT||HOST``. A domain claimed by an earlier virtual host (services
 in hostname order) is not repeated, since Envoy refuses duplicates. Unknown hosts fall to the ``*``
 virtual host: ``allow_any`` (to PassthroughCluster) with ALLOW_ANY, ``block_all`` (502) with
-REGISTRY_ONLY, as in Istio. VirtualService routing replaces the default route in issue 6
-(``service_routes`` is the hook).
+REGISTRY_ONLY, as in Istio.
+
+When a VirtualService routes the service (``virtualservice.select_virtual_service``), its HTTP routes in
+force on this proxy and port replace the default route (``httproute``); as in Istio, a request that
+matches none of them gets 404. A VirtualService without HTTP routes in force leaves the default route.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
 from vmagent.controlplane.model import Port, Service
 from vmagent.controlplane.translate import names
-from vmagent.controlplane.translate.protos import boolean, duration, u32
+from vmagent.controlplane.translate.configindex import ConfigLookup
+from vmagent.controlplane.translate.httproute import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_ON,
+    default_retry_policy,
+    virtual_service_routes,
+)
+from vmagent.controlplane.translate.protos import boolean, duration
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
+from vmagent.controlplane.translate.virtualservice import RouteContext, select_virtual_service
 
-# Istio's default retry for mesh traffic, minus status-code retries (they would hide a 503 that a
-# connection pool limit produced on purpose).
-DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled"
-DEFAULT_RETRIES = 2
+__all__ = ["DEFAULT_RETRIES", "DEFAULT_RETRY_ON", "default_route", "outbound_route_config", "service_routes"]
 
 
 def default_route(cluster: str) -> rc.Route:
@@ -35,14 +43,35 @@ def default_route(cluster: str) -> rc.Route:
         route=rc.RouteAction(
             cluster=cluster,
             timeout=duration(0),
-            retry_policy=rc.RetryPolicy(retry_on=DEFAULT_RETRY_ON, num_retries=u32(DEFAULT_RETRIES)),
+            retry_policy=default_retry_policy(),
         ),
     )
 
 
-def service_routes(service: Service, port: Port) -> list[rc.Route]:
-    """The routes of one service's virtual host (issue 6 derives them from VirtualServices)."""
+def service_routes(
+    service: Service,
+    port: Port,
+    proxy: ProxyInfo | None = None,
+    mesh: MeshOptions | None = None,
+    configs: ConfigLookup | None = None,
+    services: Mapping[str, Service] | None = None,
+) -> list[rc.Route]:
+    """The routes of one service's virtual host: its VirtualService's, else the default route."""
+    if proxy is not None and mesh is not None and configs is not None:
+        vs = select_virtual_service(service, proxy, configs, mesh)
+        if vs is not None:
+            ctx = RouteContext(proxy, mesh, configs, services or {service.hostname: service}, port.number)
+            routes = virtual_service_routes(vs, ctx)
+            if routes or vs.spec.get("http"):
+                return routes or [_not_found()]
     return [default_route(names.outbound_cluster(port.number, service.hostname))]
+
+
+def _not_found() -> rc.Route:
+    """A VirtualService whose HTTP routes are all out of force here: nothing matches (404, as Istio)."""
+    return rc.Route(
+        name="no_route", match=rc.RouteMatch(prefix="/"), direct_response=rc.DirectResponseAction(status=404)
+    )
 
 
 def catch_all_host(mesh: MeshOptions) -> rc.VirtualHost:
@@ -78,9 +107,20 @@ def vip_domains(service: Service, port: int) -> list[str]:
 
 
 def outbound_route_config(
-    port: int, services: Sequence[tuple[Service, Port]], proxy: ProxyInfo, mesh: MeshOptions
+    port: int,
+    services: Sequence[tuple[Service, Port]],
+    proxy: ProxyInfo,
+    mesh: MeshOptions,
+    configs: ConfigLookup | None = None,
+    visible: Sequence[Service] = (),
 ) -> route_pb2.RouteConfiguration:
-    """The RouteConfiguration ``str(port)`` for the HTTP services ``services`` on ``port``."""
+    """The RouteConfiguration ``str(port)`` for the HTTP services ``services`` on ``port``.
+
+    ``configs`` (VirtualServices, DestinationRules) and ``visible`` (all services the proxy sees, for
+    resolving route destinations) enable VirtualService routing; without them every service gets
+    the default route.
+    """
+    by_host = {s.hostname: s for s in visible}
     used = {"*"}
     hosts: list[rc.VirtualHost] = []
     for svc, p in sorted(services, key=lambda sp: sp[0].hostname):
@@ -94,7 +134,11 @@ def outbound_route_config(
         if not fresh:
             continue
         hosts.append(
-            rc.VirtualHost(name=f"{svc.hostname}:{port}", domains=fresh, routes=service_routes(svc, p))
+            rc.VirtualHost(
+                name=f"{svc.hostname}:{port}",
+                domains=fresh,
+                routes=service_routes(svc, p, proxy, mesh, configs, by_host or None),
+            )
         )
     hosts.append(catch_all_host(mesh))
     return route_pb2.RouteConfiguration(

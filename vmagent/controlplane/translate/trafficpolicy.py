@@ -1,0 +1,185 @@
+"""A DestinationRule traffic policy applied to an Envoy cluster (Istio's mapping).
+
+``apply_traffic_policy(cluster, policy, protocol)`` reads the merged policy of one port and subset
+(``DestinationPolicy.traffic_policy``; ``tls`` is handled in ``clusters``) and sets:
+
+* ``loadBalancer.simple``: ROUND_ROBIN, LEAST_REQUEST (and the old LEAST_CONN), RANDOM, PASSTHROUGH (the
+  cluster becomes ORIGINAL_DST: connections go where the client sent them). ``consistentHash`` makes the
+  cluster RING_HASH (``ringHash.minimumRingSize``, the deprecated ``minimumRingSize``) or MAGLEV
+  (``maglev.tableSize``); the hash key itself lives on the route (``route_hash_policy``).
+* ``connectionPool``: ``tcp.maxConnections`` -> circuit breaker ``max_connections``,
+  ``tcp.connectTimeout`` -> ``connect_timeout``, ``tcp.tcpKeepalive``, ``tcp.maxConnectionDuration``;
+  ``http.http1MaxPendingRequests`` -> ``max_pending_requests``, ``http.http2MaxRequests`` ->
+  ``max_requests``, ``http.maxRetries`` -> ``max_retries``, ``http.maxRequestsPerConnection`` and
+  ``http.idleTimeout`` -> the HTTP protocol options (HTTP ports only). Unset limits stay lifted to the
+  maximum, as without a rule.
+* ``outlierDetection``: ``consecutive5xxErrors`` (enforced at 100 %, or disabled by 0),
+  ``consecutiveGatewayErrors``, the deprecated ``consecutiveErrors`` (gateway errors only, as Istio
+  reads it), ``interval``, ``baseEjectionTime``, ``maxEjectionPercent``; ``minHealthPercent`` becomes
+  the cluster's healthy panic threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import address_pb2, protocol_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
+from envoy.type.v3 import percent_pb2
+from google.protobuf import wrappers_pb2
+
+from vmagent.controlplane.config.types import parse_duration
+from vmagent.controlplane.translate import names
+from vmagent.controlplane.translate.protos import duration, typed, u32
+
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_SIMPLE = {
+    "ROUND_ROBIN": cluster_pb2.Cluster.ROUND_ROBIN,
+    "LEAST_REQUEST": cluster_pb2.Cluster.LEAST_REQUEST,
+    "LEAST_CONN": cluster_pb2.Cluster.LEAST_REQUEST,
+    "RANDOM": cluster_pb2.Cluster.RANDOM,
+}
+
+
+def _d(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def seconds(value: object) -> float | None:
+    """A Go-style duration string (``"1.5s"``) in seconds, None when absent or not a duration."""
+    if not isinstance(value, str):
+        return None
+    return parse_duration(value)
+
+
+def apply_traffic_policy(cluster: cluster_pb2.Cluster, policy: Mapping[str, Any], protocol: str) -> None:
+    """Set load balancing, connection pool and outlier detection of ``policy`` on ``cluster``."""
+    _load_balancer(cluster, _d(policy.get("loadBalancer")))
+    _connection_pool(cluster, _d(policy.get("connectionPool")), protocol)
+    outlier = _d(policy.get("outlierDetection"))
+    if outlier:
+        cluster.outlier_detection.CopyFrom(outlier_detection(outlier))
+        if outlier.get("minHealthPercent") is not None:
+            cluster.common_lb_config.healthy_panic_threshold.CopyFrom(
+                percent_pb2.Percent(value=float(outlier["minHealthPercent"]))
+            )
+
+
+def _load_balancer(cluster: cluster_pb2.Cluster, lb: dict[str, Any]) -> None:
+    simple = str(lb.get("simple") or "").upper()
+    if simple in _SIMPLE:
+        cluster.lb_policy = _SIMPLE[simple]
+    elif simple == "PASSTHROUGH":
+        cluster.ClearField("eds_cluster_config")
+        cluster.ClearField("load_assignment")
+        cluster.type = cluster_pb2.Cluster.ORIGINAL_DST
+        cluster.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
+    ch = _d(lb.get("consistentHash"))
+    if not ch:
+        return
+    if ch.get("maglev") is not None:
+        cluster.lb_policy = cluster_pb2.Cluster.MAGLEV
+        size = _d(ch.get("maglev")).get("tableSize")
+        if size:
+            cluster.maglev_lb_config.table_size.CopyFrom(wrappers_pb2.UInt64Value(value=int(size)))
+        return
+    cluster.lb_policy = cluster_pb2.Cluster.RING_HASH
+    size = _d(ch.get("ringHash")).get("minimumRingSize") or ch.get("minimumRingSize")
+    if size:
+        cluster.ring_hash_lb_config.minimum_ring_size.CopyFrom(wrappers_pb2.UInt64Value(value=int(size)))
+
+
+def _set_threshold(cluster: cluster_pb2.Cluster, field: str, value: Any) -> None:
+    if value is None or int(value) <= 0:
+        return  # 0 means "unset" in Istio's API
+    if not cluster.circuit_breakers.thresholds:
+        cluster.circuit_breakers.thresholds.add()
+    getattr(cluster.circuit_breakers.thresholds[0], field).CopyFrom(u32(int(value)))
+
+
+def _connection_pool(cluster: cluster_pb2.Cluster, pool: dict[str, Any], protocol: str) -> None:
+    tcp, http = _d(pool.get("tcp")), _d(pool.get("http"))
+    _set_threshold(cluster, "max_connections", tcp.get("maxConnections"))
+    if (t := seconds(tcp.get("connectTimeout"))) is not None:
+        cluster.connect_timeout.CopyFrom(duration(t))
+    keepalive = _d(tcp.get("tcpKeepalive"))
+    if keepalive or "tcpKeepalive" in tcp:
+        ka = address_pb2.TcpKeepalive()
+        if keepalive.get("probes") is not None:
+            ka.keepalive_probes.CopyFrom(u32(int(keepalive["probes"])))
+        if (t := seconds(keepalive.get("time"))) is not None:
+            ka.keepalive_time.CopyFrom(u32(max(1, round(t))))
+        if (t := seconds(keepalive.get("interval"))) is not None:
+            ka.keepalive_interval.CopyFrom(u32(max(1, round(t))))
+        cluster.upstream_connection_options.tcp_keepalive.CopyFrom(ka)
+    _set_threshold(cluster, "max_pending_requests", http.get("http1MaxPendingRequests"))
+    _set_threshold(cluster, "max_requests", http.get("http2MaxRequests"))
+    _set_threshold(cluster, "max_retries", http.get("maxRetries"))
+    if not names.is_http(protocol):
+        return
+    common = protocol_pb2.HttpProtocolOptions()
+    if http.get("maxRequestsPerConnection"):
+        common.max_requests_per_connection.CopyFrom(u32(int(http["maxRequestsPerConnection"])))
+    if (t := seconds(http.get("idleTimeout"))) is not None:
+        common.idle_timeout.CopyFrom(duration(t))
+    if (t := seconds(tcp.get("maxConnectionDuration"))) is not None:
+        common.max_connection_duration.CopyFrom(duration(t))
+    if common.ByteSize() == 0:
+        return
+    opts = hpo.HttpProtocolOptions()
+    if HTTP_OPTIONS in cluster.typed_extension_protocol_options:
+        cluster.typed_extension_protocol_options[HTTP_OPTIONS].Unpack(opts)
+    else:
+        opts.explicit_http_config.http_protocol_options.CopyFrom(protocol_pb2.Http1ProtocolOptions())
+    opts.common_http_protocol_options.CopyFrom(common)
+    cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(typed(opts))
+
+
+def outlier_detection(od: Mapping[str, Any]) -> outlier_detection_pb2.OutlierDetection:
+    """Istio's outlier detection settings as Envoy's (other detectors stay at Envoy's defaults)."""
+    out = outlier_detection_pb2.OutlierDetection()
+    errors = od.get("consecutiveErrors")
+    if errors is not None and int(errors) > 0:
+        # The deprecated field counts gateway errors (502, 503, 504) only, as in Istio.
+        out.consecutive_gateway_failure.CopyFrom(u32(int(errors)))
+        out.enforcing_consecutive_gateway_failure.CopyFrom(u32(100))
+        out.enforcing_consecutive_5xx.CopyFrom(u32(0))
+    if (gw := od.get("consecutiveGatewayErrors")) is not None:
+        out.consecutive_gateway_failure.CopyFrom(u32(int(gw)))
+        out.enforcing_consecutive_gateway_failure.CopyFrom(u32(100 if int(gw) > 0 else 0))
+    if (five := od.get("consecutive5xxErrors")) is not None:
+        out.consecutive_5xx.CopyFrom(u32(int(five)))
+        out.enforcing_consecutive_5xx.CopyFrom(u32(100 if int(five) > 0 else 0))
+    if (t := seconds(od.get("interval"))) is not None:
+        out.interval.CopyFrom(duration(t))
+    if (t := seconds(od.get("baseEjectionTime"))) is not None:
+        out.base_ejection_time.CopyFrom(duration(t))
+    if od.get("maxEjectionPercent") is not None:
+        out.max_ejection_percent.CopyFrom(u32(int(od["maxEjectionPercent"])))
+    if od.get("consecutiveLocalOriginFailures") is not None:
+        out.consecutive_local_origin_failure.CopyFrom(u32(int(od["consecutiveLocalOriginFailures"])))
+    if od.get("splitExternalLocalOriginErrors") is not None:
+        out.split_external_local_origin_errors = bool(od["splitExternalLocalOriginErrors"])
+    return out
+
+
+def route_hash_policy(policy: Mapping[str, Any]) -> list[rc.RouteAction.HashPolicy]:
+    """The route's hash policy for a destination whose rule uses ``consistentHash`` (else empty)."""
+    ch = _d(_d(policy.get("loadBalancer")).get("consistentHash"))
+    HP = rc.RouteAction.HashPolicy
+    if ch.get("httpHeaderName"):
+        return [HP(header=HP.Header(header_name=str(ch["httpHeaderName"])))]
+    if ch.get("httpCookie"):
+        cookie = _d(ch["httpCookie"])
+        c = HP.Cookie(name=str(cookie.get("name", "")), path=str(cookie.get("path") or ""))
+        if (t := seconds(cookie.get("ttl"))) is not None:
+            c.ttl.CopyFrom(duration(t))
+        return [HP(cookie=c)]
+    if ch.get("useSourceIp"):
+        return [HP(connection_properties=HP.ConnectionProperties(source_ip=True))]
+    if ch.get("httpQueryParameterName"):
+        return [HP(query_parameter=HP.QueryParameter(name=str(ch["httpQueryParameterName"])))]
+    return []

@@ -8,6 +8,13 @@ Two secrets are served from the ``IdentityStore``, with Istio's names:
 Each ``StreamSecrets`` stream gets a response when Envoy first asks (or changes the names it asks for);
 ACKs and NACKs get none. When the store saves a rotated certificate, every open stream is pushed the new
 secrets at once, so Envoy swaps certificates in place without a restart. Key material is never logged.
+
+On a gateway (``files`` given) it also serves certificate files named by the secret — ``file-cert:CERT~KEY``,
+``file-root:CA`` and ``kubernetes://NAME[-cacert]`` (see ``vmagent.agent.gateway``) — read by the agent as
+root, so Envoy (the proxy user) needs no access to the key. The files behind each stream's secrets are
+checked every ``file_poll_interval`` seconds; when one changed (or appeared), that stream is pushed the
+new contents. A secret whose files are missing or invalid is left out of the response (with a warning),
+so the listener needing it stays warming until the files are fixed.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from vmagent.agent.envoy_runtime import prepare_socket_path, restrict_socket
+from vmagent.agent.gateway import FileCertificates, is_file_secret
 from vmagent.agent.identity import Identity, IdentityStore
 from vmagent.agent.status_metrics import Registry
 from vmagent.common.errors import VmagentError
@@ -70,6 +78,7 @@ class _Stream:
     names: tuple[str, ...] = ()
     last_nonce: str = ""
     acked_version: str = ""
+    file_fingerprint: tuple[tuple[str, int, int, int], ...] = ()
 
 
 class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[misc]
@@ -87,8 +96,15 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
         peer_gid: int | None = None,
         metrics: Registry | None = None,
         max_streams: int = 32,
+        files: FileCertificates | None = None,
+        file_poll_interval: float = 2.0,
     ) -> None:
         self._store = identity_store
+        self._files = files
+        self._file_poll_interval = file_poll_interval
+        self._poll_stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._last_good: dict[str, secret_pb2.Secret] = {}
         self._socket_path = socket_path
         self._peer_gid = peer_gid
         self._max_streams = max_streams
@@ -120,8 +136,16 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
         restrict_socket(self._socket_path, self._peer_gid)
         self._server = server
         log.info("SDS listening on %s", self._socket_path)
+        if self._files is not None:
+            self._poll_stop.clear()
+            self._poller = threading.Thread(target=self._poll_files, name="sds-files", daemon=True)
+            self._poller.start()
 
     def stop(self, grace: float = 1.0) -> None:
+        self._poll_stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+            self._poller = None
         with self._lock:
             streams = list(self._streams)
         for st in streams:
@@ -154,6 +178,55 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
         log.info("certificate rotated (serial %x); pushing to %d SDS stream(s)", ident.serial, len(streams))
         for st in streams:
             st.events.put(("rotate", None))
+
+    # --- certificate files (gateways) -----------------------------------------------------------------
+
+    def _file_names(self, names: tuple[str, ...]) -> list[str]:
+        return [n for n in names if is_file_secret(n)] if self._files is not None else []
+
+    def check_files(self) -> int:
+        """Push the streams whose certificate files changed since their last response; how many."""
+        files = self._files
+        if files is None:
+            return 0
+        with self._lock:
+            streams = list(self._streams)
+        changed = [
+            st
+            for st in streams
+            if st.last_nonce
+            and (names := self._file_names(st.names))
+            and files.fingerprint(names) != st.file_fingerprint
+        ]
+        if changed:
+            with self._lock:
+                self._generation += 1
+            log.info("certificate files changed; pushing to %d SDS stream(s)", len(changed))
+            for st in changed:
+                st.events.put(("rotate", None))
+        return len(changed)
+
+    def _file_secret(self, name: str) -> secret_pb2.Secret | None:
+        """The secret from its files now; when they are unusable (say, half-way through a renewal), the
+        last good version, so a bad write never takes a working certificate away."""
+        assert self._files is not None
+        try:
+            secret = self._files.build(name)
+        except VmagentError as exc:
+            with self._lock:
+                last = self._last_good.get(name)
+            log.warning("cannot serve secret: %s%s", exc, "; serving the last good one" if last else "")
+            return last
+        with self._lock:
+            self._last_good[name] = secret
+        return secret
+
+    def _poll_files(self) -> None:
+        while not self._poll_stop.wait(self._file_poll_interval):
+            try:
+                self.check_files()
+            except Exception:  # the poller must survive anything a file system does
+                log.exception("checking certificate files failed")
 
     # --- gRPC methods ---------------------------------------------------------------------------------
 
@@ -225,6 +298,9 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
         return None
 
     def _send(self, st: _Stream, names: tuple[str, ...]) -> discovery_pb2.DiscoveryResponse | None:
+        file_names = self._file_names(names)
+        if self._files is not None and file_names:
+            st.file_fingerprint = self._files.fingerprint(file_names)
         try:
             resp = self._response(names)
         except VmagentError as exc:
@@ -242,6 +318,11 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
             version_info=self.current_version(), type_url=SECRET_TYPE_URL, nonce=uuid.uuid4().hex
         )
         for name in names:
+            if self._files is not None and is_file_secret(name):
+                file_secret = self._file_secret(name)
+                if file_secret is not None:
+                    resp.resources.add().Pack(file_secret)
+                continue
             secret = build_secret(name, ident)
             if secret is None:
                 log.warning("Envoy asked for unknown secret %r; serving only default and ROOTCA", name)

@@ -4,6 +4,11 @@ Start order: rotation, SDS and the xDS proxy (Envoy's only links), the DNS proxy
 then Envoy. Capture is applied only once Envoy is live with its first config ACKed, so traffic is never
 redirected to a proxy that cannot take it; then systemd hears READY=1. Stop order: capture removed,
 Envoy drained, then the rest.
+
+``vmagent leave`` reaches the daemon over the control socket (``vmagent/agent/control.py``) and runs
+:meth:`Agent.leave`: deregister and wait until the control plane confirms the endpoint left EDS on every
+proxy, drain Envoy's inbound listener, remove capture, then stop (exit status 0, so systemd's
+``Restart=on-failure`` does not bring the agent back).
 """
 
 from __future__ import annotations
@@ -11,16 +16,20 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import ipaddress
+import json
 import logging
+import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from vmagent.agent.capture import CaptureManager
 from vmagent.agent.capture_config import CaptureConfig
 from vmagent.agent.config import AgentConfig, split_host_port
+from vmagent.agent.control import ControlServer, Progress, control_socket, left_marker, systemd_unit
 from vmagent.agent.cpchannel import ControlPlaneChannel
 from vmagent.agent.dns import DnsProxy
 from vmagent.agent.dns_config import DnsConfig
@@ -32,8 +41,9 @@ from vmagent.agent.envoy_bootstrap import (
     write_bootstrap,
 )
 from vmagent.agent.envoy_config import parse_envoy, parse_status
-from vmagent.agent.envoy_process import EnvoySupervisor
+from vmagent.agent.envoy_process import EnvoySupervisor, admin_request
 from vmagent.agent.envoy_runtime import lookup_proxy_user, prepare_runtime_dir
+from vmagent.agent.gateway import FileCertificates, gateway_capture, parse_gateway
 from vmagent.agent.identity import IdentityStore
 from vmagent.agent.paths import AgentPaths
 from vmagent.agent.probes import Prober
@@ -43,12 +53,15 @@ from vmagent.agent.sds import SdsServer
 from vmagent.agent.status_metrics import Registry, register_process_metrics
 from vmagent.agent.status_server import StatusServer, compose_readiness, envoy_metrics_source
 from vmagent.agent.xds_proxy import XdsProxy
+from vmagent.common import constants
 from vmagent.common.errors import VmagentError
+from vmagent.common.fsutil import atomic_write
 from vmagent.common.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
 READY_POLL = 0.1
+DRAIN_TIMEOUT = 5.0  # how long a leave waits for Envoy's inbound connections to close
 
 
 def detect_address(cp_address: str) -> str:
@@ -77,13 +90,45 @@ def exclude_control_plane(capture: CaptureConfig, cp_address: str) -> CaptureCon
     return dataclasses.replace(capture, exclude_outbound_cidrs=capture.exclude_outbound_cidrs + extra)
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="seconds")
+
+
+class LinkTimes:
+    """When the registration link last came up and went down, as observed (within about a second)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._up: bool | None = None
+        self.connected_at: float | None = None
+        self.disconnected_at: float | None = None
+
+    def observe(self, connected: bool) -> None:
+        with self._lock:
+            if connected == self._up:
+                return
+            if connected:
+                self.connected_at = time.time()
+            elif self._up is not None:  # never connected yet is not a disconnect
+                self.disconnected_at = time.time()
+            self._up = connected
+
+
 class Agent:
     def __init__(self, paths: AgentPaths, notifier: Notifier | None = None) -> None:
         self.paths = paths
         self.config = cfg = AgentConfig.load(paths.config_file)
         src = cfg.source
+        self.gateway_cfg = parse_gateway(cfg.sections.get("gateway"), src, paths.config_dir)
         self.capture_cfg = exclude_control_plane(
-            CaptureConfig.from_mapping(cfg.sections.get("capture"), src), cfg.cp_mtls_address
+            CaptureConfig.from_mapping(gateway_capture(cfg.sections.get("capture"), self.gateway_cfg), src),
+            cfg.cp_mtls_address,
         )
         self.dns_cfg = DnsConfig.from_mapping(cfg.sections.get("dns"), src)
         self.envoy_cfg = parse_envoy(cfg.sections.get("envoy"), src)
@@ -91,6 +136,11 @@ class Agent:
         self.identities = IdentityStore(paths)
         self.notifier = notifier or Notifier()
         self._stop = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+        self._leave_lock = threading.Lock()
+        self.leave_state: dict[str, Any] | None = None  # set by leave(); shown in status
+        self.link = LinkTimes()
         self.started_at = datetime.datetime.now(datetime.UTC)
         ident = self.identities.load()
         if ident.expired():
@@ -137,6 +187,7 @@ class Agent:
         self.envoy: EnvoySupervisor | None = None
         self.dns: list[DnsProxy] = []
         self.status_server: StatusServer | None = None
+        self.control: ControlServer | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -147,6 +198,7 @@ class Agent:
             log.error("name table from the control plane refused, keeping the previous one: %s", exc)
 
     def start(self) -> None:
+        left_marker(self.paths.state_dir).unlink(missing_ok=True)  # running again: a new registration
         self.rotator.start()
         if self.registration is not None:
             self.registration.start()
@@ -158,7 +210,12 @@ class Agent:
             gid = user.gid if user else None
             prepare_runtime_dir(self.paths.runtime_dir, gid)
             binary = find_envoy_binary(e.binary)
-            self.sds = SdsServer(self.identities, self.paths.sds_socket, peer_gid=gid, metrics=self.metrics)
+            g = self.gateway_cfg
+            files = FileCertificates(g, forbidden_dirs=[self.paths.state_dir]) if g.enabled else None
+            self.sds = SdsServer(
+                self.identities, self.paths.sds_socket, peer_gid=gid, metrics=self.metrics,
+                files=files, file_poll_interval=g.poll_interval_seconds,
+            )  # fmt: skip
             self.sds.start()
             self.xds = XdsProxy(self.paths.xds_socket, self.channel.get, peer_gid=gid, metrics=self.metrics)
             self.xds.start()
@@ -180,6 +237,10 @@ class Agent:
             metrics=self.metrics,
         )  # fmt: skip
         self.status_server.start()
+        if not self.paths.runtime_dir.is_dir():
+            prepare_runtime_dir(self.paths.runtime_dir, None)
+        self.control = ControlServer(control_socket(self.paths.runtime_dir), {"leave": self.leave})
+        self.control.start()
         if self.envoy is not None:
             self.envoy.start()
         log.info("agent started as %s at %s", self.identities.current().spiffe_id, self.address)
@@ -204,6 +265,7 @@ class Agent:
             status_port=self.status_cfg.port,
             delta_xds=e.delta_xds,
             mesh_id=c.trust_domain,
+            proxy_type="router" if self.gateway_cfg.enabled else "sidecar",
         )
 
     def readiness(self) -> tuple[bool, str]:
@@ -224,7 +286,9 @@ class Agent:
             if now >= next_pet:
                 self.notifier.watchdog()
                 next_pet = now + interval
-            if not self.ready:
+            if self.registration is not None:
+                self.link.observe(self.registration.connected)
+            if not self.ready and self.leave_state is None:
                 ok, reason = self.readiness()
                 if ok:
                     self._became_ready()
@@ -246,10 +310,14 @@ class Agent:
         log.info("agent ready")
 
     def stop(self) -> None:
-        if self._stop.is_set():
-            return
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
         self._stop.set()
         self.notifier.stopping()
+        if self.control is not None:
+            self.control.stop()
         if self.capture is not None and self.capture_applied:
             try:
                 self.capture.clean()
@@ -273,13 +341,129 @@ class Agent:
         self.rotator.stop()
         self.channel.close()
 
+    # -- leave ----------------------------------------------------------------------------------
+
+    def leave(self, request: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
+        """Leave the mesh (the control socket's ``leave``): deregister, drain, remove capture, stop.
+
+        ``request``: ``timeout`` (seconds to wait for the control plane's confirmation) and ``force``
+        (go on when it did not confirm). Raises VmagentError, leaving the agent running, when the
+        control plane neither confirmed nor removed the entry and ``force`` is false. A second call
+        while the first runs waits for it and returns the same result.
+        """
+        timeout = float(request.get("timeout", 30.0))
+        force = bool(request.get("force", False))
+        with self._leave_lock:
+            if self.leave_state is not None and self.leave_state["state"] == "done":
+                return dict(self.leave_state["result"])
+            started = _now()
+            self.leave_state = {"state": "deregistering", "started_at": started, "message": ""}
+            warnings: list[str] = []
+            reg = self.registration
+            entry = reg.entry_name if reg is not None else ""
+            confirmed = False
+            if reg is None:
+                if not force:
+                    self.leave_state = None
+                    raise VmagentError(
+                        "this agent does not register itself (registration.enabled is false): its "
+                        "WorkloadEntry is the operator's; delete it on the control plane, then run "
+                        "`vmagent leave --force`"
+                    )
+                warnings.append("registration is off: the operator's WorkloadEntry was not touched")
+            else:
+                progress(f"deregistering {entry or 'this workload'} and waiting for every proxy")
+                confirmed = reg.leave(timeout)
+                removed = bool(reg.status().get("left"))
+                if not confirmed and removed:
+                    warnings.append(f"the control plane removed the entry but: {reg.last_error}")
+                elif not confirmed and not force:
+                    self.leave_state = {
+                        "state": "failed", "started_at": started, "message": str(reg.last_error or ""),
+                    }  # fmt: skip
+                    raise VmagentError(
+                        f"the control plane did not confirm the leave within {timeout:g}s "
+                        f"({reg.last_error or 'no answer'}); the agent keeps running and leaves as soon as "
+                        "the control plane answers: run `vmagent leave` again, or `vmagent leave --force` "
+                        "to stop now (proxies then keep the endpoint until the heartbeat timeout)"
+                    )
+                elif not confirmed:
+                    warnings.append(f"not confirmed by the control plane: {reg.last_error or 'no answer'}")
+            if self.prober is not None:
+                self.prober.stop()
+            self.leave_state["state"] = "draining"
+            if self.envoy is not None:
+                progress("draining Envoy's inbound connections")
+                left_open = self._drain_inbound(DRAIN_TIMEOUT)
+                if left_open:
+                    warnings.append(f"{left_open} inbound connections still open after {DRAIN_TIMEOUT:g}s")
+            if self.capture is not None and self.capture_applied:
+                progress("removing traffic capture")
+                try:
+                    self.capture.clean()
+                    self.capture_applied = False
+                except VmagentError as exc:
+                    warnings.append(f"removing capture failed: {exc}")
+            result = {
+                "entry": entry,
+                "confirmed": confirmed,
+                "left_at": _now(),
+                "warnings": warnings,
+                "pid": os.getpid(),
+                "systemd_unit": systemd_unit() if os.environ.get("INVOCATION_ID") else None,
+            }
+            try:
+                doc = {k: result[k] for k in ("entry", "confirmed", "left_at")}
+                atomic_write(left_marker(self.paths.state_dir), json.dumps(doc) + "\n", 0o644)
+            except OSError as exc:
+                log.warning("cannot record the leave in %s: %s", self.paths.state_dir, exc)
+            self.leave_state = {"state": "done", "started_at": started, "message": "", "result": result}
+            log.info("left the mesh (entry %s, confirmed %s); stopping", entry or "-", confirmed)
+            self._stop.set()  # run_forever returns and run_agent stops everything else
+            return result
+
+    def _drain_inbound(self, timeout: float) -> int:
+        """Ask Envoy to drain its inbound listener and wait until its connections closed; returns how
+        many were still open at the deadline (0 when Envoy does not answer: nothing to wait for)."""
+        assert self.envoy is not None
+        port = self.envoy.admin_port
+        try:
+            status, _ = admin_request(port, "POST", "/drain_listeners?graceful&inboundonly", timeout=2)
+        except OSError as exc:
+            log.info("cannot ask Envoy to drain: %s", exc)
+            return 0
+        if status != 200:
+            log.info("Envoy refused to drain (HTTP %d)", status)
+            return 0
+        stat = f"^listener\\..*_{constants.INBOUND_PORT}\\.downstream_cx_active$"
+        deadline = time.monotonic() + timeout
+        active = 0
+        while True:
+            try:
+                code, body = admin_request(port, "GET", f"/stats?format=json&filter={stat}", timeout=1)
+                stats = json.loads(body).get("stats", []) if code == 200 else []
+                active = sum(int(s.get("value", 0)) for s in stats)
+            except (OSError, ValueError):
+                return 0
+            if active == 0 or time.monotonic() >= deadline:
+                return active
+            time.sleep(0.1)
+
     # -- status ---------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """The document of ``GET /status`` and ``vmagent status -o json`` (docs/status.md)."""
         ident = self.identities.current()
         r = self.rotator
         ok, reason = self.readiness()
+        leave = self.leave_state
+        if leave is not None:
+            state = "left" if leave["state"] == "done" else "leaving"
+        else:
+            state = "ready" if self.ready else "starting"
         doc: dict[str, Any] = {
+            "state": state,
+            "pid": os.getpid(),
             "ready": ok,
             "ready_reason": reason,
             "started_at": self.started_at.isoformat(),
@@ -300,6 +484,7 @@ class Agent:
             "control_plane": {
                 "address": self.config.cp_mtls_address,
                 "connected": bool(self.xds and self.xds.connected),
+                "registered": bool(self.registration and self.registration.connected),
                 "last_error": (self.xds.last_error if self.xds else None) or r.last_error or None,
             },
             "capture": {
@@ -312,21 +497,56 @@ class Agent:
                 "names": len(self.names),
                 **({"queries": self.dns[0].metrics.snapshot()} if self.dns else {}),
             },
+            "registration": self._registration_status(),
+            "health": self._health_status(),
+            "leave": None if leave is None else {k: leave[k] for k in ("state", "started_at", "message")},
         }
         if self.xds is not None:
             doc["xds"] = self.xds.sync_state()
-        if self.registration is not None:
-            doc["registration"] = self.registration.status()
-        if self.prober is not None:
-            doc["health"] = {"healthy": self.prober.healthy, "message": self.prober.last_message}
         if self.envoy is not None:
             doc["envoy"] = {
                 "pid": self.envoy.pid(),
                 "live": self.envoy.live(),
+                "admin_port": self.envoy.admin_port,
                 "restarts": self.envoy.restarts,
                 "last_exit_code": self.envoy.last_exit_code,
             }
         return doc
+
+    def _registration_status(self) -> dict[str, Any]:
+        reg = self.registration
+        if reg is None:
+            return {"enabled": False}
+        st = reg.status()
+        self.link.observe(bool(st["connected"]))
+        since = st.get("connected_since")
+        return {
+            "enabled": True,
+            "connected": st["connected"],
+            "entry_name": st["entry_name"] or None,
+            "connected_at": _iso(since) if since else None,
+            "disconnected_at": None if st["connected"] else _iso(self.link.disconnected_at),
+            "registrations": reg.registrations,
+            "last_error": st["last_error"],
+            "left": st["left"],
+        }
+
+    def _health_status(self) -> dict[str, Any]:
+        reg = self.registration.status() if self.registration is not None else {}
+        acked = (reg.get("health") or {}).get("acked")
+        if self.prober is None:
+            return {
+                "probe": False,
+                "healthy": True,
+                "message": "no probe in the WorkloadGroup",
+                "acked": None,
+            }
+        return {
+            "probe": True,
+            "healthy": self.prober.healthy,
+            "message": self.prober.last_message,
+            "acked": acked,
+        }
 
 
 def _read_group(paths: AgentPaths) -> dict[str, Any]:

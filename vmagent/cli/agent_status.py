@@ -10,6 +10,7 @@ from typing import Any
 import requests
 
 from vmagent.agent.config import AgentConfig
+from vmagent.agent.control import read_left_marker
 from vmagent.agent.identity import IdentityStore
 from vmagent.agent.paths import DEFAULT_CONFIG_DIR, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, AgentPaths
 from vmagent.cli.common import add_output_flag, print_json
@@ -48,10 +49,14 @@ def collect(paths: AgentPaths) -> dict[str, Any]:
     except (requests.RequestException, ValueError):
         pass
     ident = store.load()
+    left = read_left_marker(paths.state_dir)
     return {
         "running": False,
+        "state": "left" if left else "stopped",
+        "left": left,
         "ready": False,
-        "ready_reason": "the agent is not running",
+        "ready_reason": "the agent is not running"
+        + (f" (it left the mesh at {left.get('left_at')})" if left else ""),
         "identity": {
             "spiffe_id": ident.spiffe_id.uri,
             "serial": f"{ident.serial:x}",
@@ -76,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
 def render_text(doc: dict[str, Any]) -> str:
     ident = doc.get("identity", {})
+    state = doc.get("state") or ("running" if doc.get("running") else "stopped")
     lines = [
-        f"agent:          {'running' if doc.get('running') else 'not running'}",
+        f"agent:          {'running' if doc.get('running') else 'not running'} ({state})",
         f"ready:          {'yes' if doc.get('ready') else 'no'}"
         + ("" if doc.get("ready") else f" ({doc.get('ready_reason', '')})"),
         f"identity:       {ident.get('spiffe_id')}",
@@ -87,7 +93,25 @@ def render_text(doc: dict[str, Any]) -> str:
     ]
     if ident.get("last_rotation_error"):
         lines.append(f"rotation error: {ident['last_rotation_error']}")
-    for key in ("control_plane", "xds", "envoy", "capture", "dns", "health"):
+    reg = doc.get("registration")
+    if isinstance(reg, dict) and reg.get("enabled"):
+        if reg.get("connected"):
+            link = f"connected since {reg.get('connected_at')}"
+        else:
+            link = f"DISCONNECTED since {reg.get('disconnected_at') or '-'}"
+            link += f" ({reg['last_error']})" if reg.get("last_error") else ""
+        lines.append(f"registration:   {reg.get('entry_name') or '-'}, {link}")
+    health = doc.get("health")
+    if isinstance(health, dict):
+        word = "healthy" if health.get("healthy") else "UNHEALTHY"
+        acked = "" if health.get("acked") in (True, None) else ", not yet acknowledged by the control plane"
+        lines.append(f"health:         {word} ({health.get('message')}{acked})")
+    if doc.get("leave"):
+        leave = doc["leave"]
+        lines.append(f"leave:          {leave.get('state')} since {leave.get('started_at')}")
+    if isinstance(doc.get("left"), dict):
+        lines.append(f"left the mesh:  {doc['left'].get('left_at')} (entry {doc['left'].get('entry')})")
+    for key in ("control_plane", "xds", "envoy", "capture", "dns"):
         if key in doc:
             lines.append(f"{key + ':':15} {json.dumps(doc[key], sort_keys=True)}")
     return "\n".join(lines)

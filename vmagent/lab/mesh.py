@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class ControlPlaneHost:
     state_dir: Path
     process: subprocess.Popen[str] | None = None
     log: LineLog | None = None
+    command: list[str] = field(default_factory=list)  # how `serve` was started (restart_control_plane)
 
     @property
     def address(self) -> str:
@@ -129,6 +131,23 @@ class VmHost:
         cmd = ["curl", "-s", "--max-time", str(int(timeout)), "-w", "\n%{http_code}", *extra, url]
         return self.ns.run(cmd, user=user, check=False, timeout=timeout + 5)
 
+    def leave(self, *args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        """``vmagent leave`` in this VM (its dirs and runtime dir); the agent exits when it succeeds."""
+        cmd = [exe("vmagent"), "leave", *self.dirs(), "--runtime-dir", str(self.runtime_dir), *args]
+        return self.ns.run(cmd, check=check, timeout=timeout)
+
+    def stop_apps(self, timeout: float = 10) -> None:
+        """Stop this VM's apps (SIGTERM, then SIGKILL after ``timeout``) and wait until they are gone."""
+        for app in self.apps:
+            if app.poll() is None:
+                app.terminate()
+                try:
+                    app.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    app.kill()
+                    app.wait()
+        self.apps.clear()
+
     def start_app(self, port: int = 8080, *extra: str) -> None:
         app = self.ns.popen(
             [sys.executable, "-m", "vmagent.lab.echo", "--port", str(port), "--name", self.name, *extra]
@@ -166,10 +185,27 @@ class MeshLab:
             "--listen", f"0.0.0.0:{CP_GRPC_PORT}", "--mtls-listen", f"0.0.0.0:{CP_MTLS_PORT}",
             "--http-listen", f"127.0.0.1:{CP_HTTP_PORT}", *(extra_args or []),
         ]  # fmt: skip
+        cp.command = cmd
         cp.process = ns.popen(cmd)
         cp.log = LineLog(cp.process)
         cp.log.wait_line("control plane ready", timeout=30)
         self.cp = cp
+        return cp
+
+    def restart_control_plane(self, timeout: float = 30) -> ControlPlaneHost:
+        """Stop ``vmagent-cp serve`` (SIGTERM) and start it again with the same arguments and state."""
+        cp = self.cp
+        assert cp is not None and cp.command, "add_control_plane first"
+        if cp.process is not None and cp.process.poll() is None:
+            cp.process.terminate()
+            try:
+                cp.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                cp.process.kill()
+                cp.process.wait()
+        cp.process = cp.ns.popen(cp.command)
+        cp.log = LineLog(cp.process)
+        cp.log.wait_line("control plane ready", timeout=timeout)
         return cp
 
     def add_host(self, name: str) -> Netns:
@@ -281,6 +317,21 @@ class MeshLab:
         vm.agent = vm.ns.popen(cmd)
         vm.agent_log = LineLog(vm.agent)
         vm.agent_log.wait_line("agent ready", timeout=timeout)
+
+    def kill_agent(self, vm: VmHost) -> tuple[int, int | None]:
+        """SIGKILL the agent and its Envoy, as a crash or a power loss would (capture stays in place);
+        returns (agent pid, Envoy pid or None)."""
+        assert vm.agent is not None and vm.agent.poll() is None, f"the agent of {vm.name} is not running"
+        envoy = (vm.status().get("envoy") or {}).get("pid")
+        agent_pid = vm.agent.pid
+        vm.agent.send_signal(signal.SIGKILL)
+        if envoy:
+            try:
+                os.kill(int(envoy), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        vm.agent.wait(timeout=10)
+        return agent_pid, int(envoy) if envoy else None
 
     def stop_agent(self, vm: VmHost) -> None:
         if vm.agent is not None and vm.agent.poll() is None:

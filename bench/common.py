@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -147,3 +147,89 @@ class Background:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# -- shared by the xDS, agent and registration benchmarks ---------------------------------------------
+
+NETNS_ENV = "VMAGENT_BENCH_IN_NETNS"
+
+
+def rerun_in_private_netns(prefix: str, argv: Sequence[str]) -> int | None:
+    """Run this benchmark again inside a fresh network namespace of its own and return its exit status.
+
+    Envoy binds the listeners the control plane sends (15001, 15006) and the agent its well-known ports;
+    a private namespace (loopback only) keeps them from colliding with anything else on the machine.
+    Returns None when the caller should go on in this process: already inside, or not root (then the
+    benchmark runs on the host network and says so). The namespace and everything left in it are removed
+    at the end, also on Ctrl-C.
+    """
+    if os.environ.get(NETNS_ENV) == "1":
+        return None
+    if os.geteuid() != 0:
+        progress("not root: running on the host network (ports 15001/15006 must be free)")
+        return None
+    from vmagent.lab.netns import Netns, cleanup_stale
+
+    cleanup_stale(prefix)
+    ns = Netns(prefix).create()
+    progress(f"running inside network namespace {ns.name}")
+    try:
+        child = ns.popen(
+            [sys.executable, *argv], env={**os.environ, NETNS_ENV: "1"}, stdout=None, stderr=None
+        )
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+            child.wait(timeout=30)
+            return 130
+    finally:
+        ns.close()
+
+
+def in_private_netns() -> bool:
+    return os.environ.get(NETNS_ENV) == "1"
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of one process (not its children)."""
+    import psutil
+
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by one process (not its children)."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def mib(n_bytes: float) -> float:
+    return round(n_bytes / (1024 * 1024), 2)
+
+
+def summary_stats(values: Sequence[float], digits: int = 3) -> dict[str, float | int | None]:
+    """count, p50, p90, p99 and max of ``values`` (None when empty)."""
+    if not values:
+        return {"count": 0, "p50": None, "p90": None, "p99": None, "max": None}
+    return {
+        "count": len(values),
+        "p50": rounded(percentile(values, 50), digits),
+        "p90": rounded(percentile(values, 90), digits),
+        "p99": rounded(percentile(values, 99), digits),
+        "max": rounded(max(values), digits),
+    }
+
+
+def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
+    """Poll ``cond`` until it returns something truthy (returned); RuntimeError naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)

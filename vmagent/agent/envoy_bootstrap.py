@@ -63,11 +63,14 @@ class BootstrapParams:
     # How fast Envoy re-opens its ADS stream to the agent (a local socket: retrying quickly is cheap).
     xds_retry_base_ms: int = 200
     xds_retry_max_ms: int = 2000
+    # "sidecar", or "router" for a gateway (the control plane then sends the Gateways' listeners).
+    proxy_type: str = "sidecar"
 
     @property
     def node_id(self) -> str:
-        """Istio's sidecar node id: ``sidecar~IP~NAME.NS~NS.svc.DOMAIN``."""
-        return f"sidecar~{self.node_ip}~{self.name}.{self.namespace}~{self.namespace}.svc.{self.dns_domain}"
+        """Istio's node id: ``TYPE~IP~NAME.NS~NS.svc.DOMAIN`` with TYPE ``sidecar`` or ``router``."""
+        ns = self.namespace
+        return f"{self.proxy_type}~{self.node_ip}~{self.name}.{ns}~{ns}.svc.{self.dns_domain}"
 
 
 def render_bootstrap(p: BootstrapParams) -> dict[str, Any]:
@@ -83,7 +86,7 @@ def render_bootstrap(p: BootstrapParams) -> dict[str, Any]:
         "MESH_ID": p.mesh_id,
         "INSTANCE_IPS": p.node_ip,
         "ISTIO_VERSION": PROXY_VERSION,
-        "PROXY_TYPE": "sidecar",
+        "PROXY_TYPE": p.proxy_type,
         "AGENT": "vmagent",
     }
     if p.service_account:

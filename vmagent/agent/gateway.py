@@ -193,3 +193,25 @@ def _real(path: Path) -> Path:
 
 def _under(path: Path, directory: Path) -> bool:
     return path == directory or directory in path.parents
+
+
+def gateway_capture(capture: Mapping[str, Any] | None, gateway: GatewayConfig) -> Mapping[str, Any] | None:
+    """The ``capture:`` section as it applies: unchanged on a sidecar; on a gateway, capture is off
+    unless ``capture.enabled`` says otherwise, and inbound traffic is never intercepted (clients connect
+    to the gateway's listeners directly)."""
+    if not gateway.enabled:
+        return capture
+    out = dict(capture) if isinstance(capture, Mapping) else {}
+    out.setdefault("enabled", False)
+    out["inbound"] = False
+    return out
+
+
+def enable_gateway_mode(config_file: Path) -> None:
+    """Turn gateway mode on in the agent's config file (``gateway.enabled: true``), keeping the rest."""
+    from vmagent.agent.config import AgentConfig
+
+    cfg = AgentConfig.load(config_file)
+    section = cfg.section("gateway")
+    cfg.sections["gateway"] = {**section, "enabled": True}
+    cfg.save(config_file)

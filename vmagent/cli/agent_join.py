@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from vmagent.agent.gateway import enable_gateway_mode
 from vmagent.agent.join import JoinRequest, join
 from vmagent.agent.paths import DEFAULT_CONFIG_DIR, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, AgentPaths
 from vmagent.common import proc
@@ -39,6 +40,12 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument("--key-algorithm", default="ec-p256", choices=["ec-p256", "rsa-2048", "rsa-4096"])
     p.add_argument("--no-start", action="store_true", help="do not enable and start vmagent.service")
     p.add_argument(
+        "--gateway",
+        action="store_true",
+        help="run this VM as an ingress gateway: Envoy serves the Gateways that select this VM's labels, "
+        "with no traffic capture (writes gateway.enabled: true; see docs/gateway.md)",
+    )
+    p.add_argument(
         "--rejoin",
         action="store_true",
         help="replace an existing identity (for example an expired one) using a new token",
@@ -68,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         ),
         paths,
     )
+    if args.gateway:
+        enable_gateway_mode(paths.config_file)
+        print("gateway mode on: this VM's Envoy serves the Gateways that select its labels")
     if result.already_joined:
         print(
             f"already joined as {result.identity} (certificate valid until {result.not_after}); "

@@ -12,7 +12,9 @@ the TLS inspector tells TLS from plaintext. Each port of the proxy's own workloa
 
 HTTP ports go through an http_connection_manager to ``inbound|PORT||`` that sets
 ``x-forwarded-client-cert`` as Istio does (SANITIZE_SET: By and Hash always, plus Subject, URI and DNS of
-the client certificate; anything the client sent is dropped). Other ports use tcp_proxy.
+the client certificate; anything the client sent is dropped), with jwt_authn (RequestAuthentication)
+and RBAC (AuthorizationPolicy) before the router when ``policy`` is an ``InboundSecurity`` that carries
+them. Other ports use tcp_proxy behind network RBAC filters (AuthorizationPolicy with TCP semantics).
 
 Ports no service declares go through the passthrough chains (no ``destination_port``) to the original
 destination, following the workload's mode (port-level modes for such ports get their own chains).
@@ -28,10 +30,10 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 
 from vmagent.controlplane.model import Port
-from vmagent.controlplane.translate import filters, names
+from vmagent.controlplane.translate import authn, authz, filters, names
 from vmagent.controlplane.translate.protos import boolean, cidr, duration, socket_address, u32
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
-from vmagent.controlplane.translate.security import DISABLE, PERMISSIVE, STRICT, MtlsPolicy
+from vmagent.controlplane.translate.security import DISABLE, PERMISSIVE, STRICT, InboundSecurity, MtlsPolicy
 from vmagent.controlplane.translate.tls import inbound_mtls_socket
 
 HTTP_ALPN = ("h2", "http/1.1")
@@ -45,12 +47,29 @@ def inbound_ports(proxy: ProxyInfo) -> list[Port]:
     return [found[n] for n in sorted(found)]
 
 
-def inbound_http_filters(proxy: ProxyInfo, port: Port) -> list[hcm.HttpFilter]:
-    """The inbound HTTP filters (issue 6 adds jwt_authn and RBAC before the router)."""
-    return [filters.router()]
+def inbound_http_filters(
+    proxy: ProxyInfo, port: Port, security: MtlsPolicy, mesh: MeshOptions
+) -> list[hcm.HttpFilter]:
+    """The inbound HTTP filters: jwt_authn (RequestAuthentication), RBAC (AuthorizationPolicy: AUDIT,
+    DENY, ALLOW), then the router."""
+    out: list[hcm.HttpFilter] = []
+    if isinstance(security, InboundSecurity):
+        jwt = authn.jwt_filter(security.request_authentications)
+        if jwt is not None:
+            out.append(jwt)
+        out += authz.http_filters(security.authorization_policies, mesh.trust_domain)
+    return [*out, filters.router()]
 
 
-def _http_filter(proxy: ProxyInfo, port: Port) -> lc.Filter:
+def inbound_tcp_filters(cluster: str, security: MtlsPolicy, mesh: MeshOptions) -> list[lc.Filter]:
+    """Network RBAC (AuthorizationPolicy with TCP semantics), then tcp_proxy to ``cluster``."""
+    out: list[lc.Filter] = []
+    if isinstance(security, InboundSecurity):
+        out += authz.network_filters(security.authorization_policies, mesh.trust_domain, f"tcp.{cluster}")
+    return [*out, filters.tcp_proxy(cluster)]
+
+
+def _http_filter(proxy: ProxyInfo, port: Port, security: MtlsPolicy, mesh: MeshOptions) -> lc.Filter:
     cluster = names.inbound_cluster(port.number)
     cfg = filters.base_hcm(f"inbound_0.0.0.0_{port.number}")
     cfg.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
@@ -69,7 +88,7 @@ def _http_filter(proxy: ProxyInfo, port: Port) -> lc.Filter:
             validate_clusters=boolean(False),
         )
     )
-    cfg.http_filters.extend(inbound_http_filters(proxy, port))
+    cfg.http_filters.extend(inbound_http_filters(proxy, port, security, mesh))
     return filters.http_connection_manager(cfg)
 
 
@@ -77,7 +96,7 @@ def _chains(
     name: str,
     mode: str,
     match: lc.FilterChainMatch,
-    filter_: lc.Filter,
+    filters_: list[lc.Filter],
     mesh: MeshOptions,
     alpn: tuple[str, ...],
 ) -> list[lc.FilterChain]:
@@ -90,12 +109,12 @@ def _chains(
             lc.FilterChain(
                 name=f"{name}/mtls",
                 filter_chain_match=tls_match,
-                filters=[filter_],
+                filters=filters_,
                 transport_socket=inbound_mtls_socket(mesh.sds_cluster, alpn),
             )
         )
     if mode in (PERMISSIVE, DISABLE):
-        out.append(lc.FilterChain(name=f"{name}/plaintext", filter_chain_match=match, filters=[filter_]))
+        out.append(lc.FilterChain(name=f"{name}/plaintext", filter_chain_match=match, filters=filters_))
     return out
 
 
@@ -118,21 +137,22 @@ def virtual_inbound(proxy: ProxyInfo, policy: MtlsPolicy, mesh: MeshOptions) -> 
         if mode == DISABLE:
             disabled.append(port.number)
         if names.is_http(port.protocol):
-            filt, alpn = _http_filter(proxy, port), HTTP_ALPN
+            filts, alpn = [_http_filter(proxy, port, policy, mesh)], HTTP_ALPN
         else:
-            filt, alpn = filters.tcp_proxy(names.inbound_cluster(port.number)), ()
+            filts, alpn = inbound_tcp_filters(names.inbound_cluster(port.number), policy, mesh), ()
         match = lc.FilterChainMatch(destination_port=u32(port.number))
-        chains += _chains(names.inbound_cluster(port.number), mode, match, filt, mesh, alpn)
+        chains += _chains(names.inbound_cluster(port.number), mode, match, filts, mesh, alpn)
     for cluster, prefix, length in _passthrough_families(proxy):
+        tcp = inbound_tcp_filters(cluster, policy, mesh)
         for number, mode in sorted(policy.port_modes.items()):
             if number in declared:
                 continue
             if mode == DISABLE:
                 disabled.append(number)
             match = lc.FilterChainMatch(destination_port=u32(number), prefix_ranges=[cidr(prefix, length)])
-            chains += _chains(f"{cluster}|{number}", mode, match, filters.tcp_proxy(cluster), mesh, ())
+            chains += _chains(f"{cluster}|{number}", mode, match, tcp, mesh, ())
         match = lc.FilterChainMatch(prefix_ranges=[cidr(prefix, length)])
-        chains += _chains(cluster, policy.mode, match, filters.tcp_proxy(cluster), mesh, ())
+        chains += _chains(cluster, policy.mode, match, tcp, mesh, ())
     return listener_pb2.Listener(
         name=names.VIRTUAL_INBOUND,
         address=socket_address("0.0.0.0", mesh.inbound_port),

@@ -6,12 +6,18 @@ policy, which overrides the mesh-wide one (no selector, in the root namespace). 
 workload policy overrides the mode for single workload ports (UNSET inherits the workload's mode). When
 several policies compete at one level, Istio takes the oldest; objects here carry no creation time, so
 the first by name wins.
+
+The same module selects the RequestAuthentications and AuthorizationPolicies of a workload (all that
+apply are combined, unlike PeerAuthentication): those in the root namespace (mesh-wide, or for the
+workloads in any namespace whose labels their ``selector`` matches) and those in the workload's namespace
+(namespace-wide, or selecting it). ``InboundSecurity`` carries all three to the inbound listener.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.translate.configindex import ConfigLookup
@@ -32,6 +38,16 @@ class MtlsPolicy:
 
     def for_port(self, port: int) -> str:
         return self.port_modes.get(port, self.mode)
+
+
+@dataclass(frozen=True)
+class InboundSecurity(MtlsPolicy):
+    """Everything that secures the workload's inbound side: mutual TLS per port (``MtlsPolicy``), the
+    RequestAuthentications (jwt_authn) and the AuthorizationPolicies (RBAC) that apply to it, sorted by
+    namespace and name."""
+
+    request_authentications: tuple[ConfigObject, ...] = ()
+    authorization_policies: tuple[ConfigObject, ...] = ()
 
 
 def _mode(spec_mtls: object) -> str | None:
@@ -55,7 +71,47 @@ def _selects(pa: ConfigObject, labels: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in sel.items())
 
 
-def effective_mtls(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> MtlsPolicy:
+def _has_target_ref(obj: ConfigObject) -> bool:
+    spec: Mapping[str, Any] = obj.spec
+    return bool(spec.get("targetRef") or spec.get("targetRefs"))
+
+
+def applicable(kind: str, proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> list[ConfigObject]:
+    """The objects of ``kind`` (RequestAuthentication, AuthorizationPolicy) that apply to ``proxy``.
+
+    Root namespace objects apply in every namespace; a ``selector`` must match the workload's labels.
+    Objects bound with ``targetRef(s)`` (Kubernetes Gateway API) apply to no VM workload.
+    """
+    namespaces = [mesh.root_namespace]
+    if proxy.namespace != mesh.root_namespace:
+        namespaces.append(proxy.namespace)
+    out = []
+    for ns in namespaces:
+        for obj in configs.list(kind, ns):
+            if not _has_target_ref(obj) and _selects(obj, proxy.labels):
+                out.append(obj)
+    return sorted(out, key=lambda o: (o.namespace, o.name))
+
+
+def inbound_security(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> InboundSecurity:
+    """The workload's mutual TLS modes, RequestAuthentications and AuthorizationPolicies."""
+    mtls = _effective_mtls(proxy, configs, mesh)
+    return InboundSecurity(
+        mode=mtls.mode,
+        port_modes=mtls.port_modes,
+        request_authentications=tuple(applicable("RequestAuthentication", proxy, configs, mesh)),
+        authorization_policies=tuple(applicable("AuthorizationPolicy", proxy, configs, mesh)),
+    )
+
+
+def effective_mtls(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> InboundSecurity:
+    """The workload's inbound security: ``inbound_security`` (an ``MtlsPolicy`` with the request
+    authentication and authorization policies attached, so callers that pass it to the inbound listener
+    get all of it)."""
+    return inbound_security(proxy, configs, mesh)
+
+
+def _effective_mtls(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> MtlsPolicy:
     """Resolve the PeerAuthentications that apply to ``proxy``'s workload."""
     mesh_wide = [p for p in configs.list("PeerAuthentication", mesh.root_namespace) if not _match_labels(p)]
     in_ns = configs.list("PeerAuthentication", proxy.namespace)

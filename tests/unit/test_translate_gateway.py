@@ -324,3 +324,18 @@ def test_host_intersection_keeps_the_more_specific_name() -> None:
     assert intersect("shop.example.com", "*") == "shop.example.com"
     assert intersect("*.example.com", "*.shop.example.com") == "*.shop.example.com"
     assert intersect("a.example.com", "b.example.com") is None
+
+
+def test_gateway_routes_carry_the_full_virtual_service_semantics() -> None:
+    text = GATEWAY.replace(
+        "  - route:\n    - destination: {host: api.demo.svc.cluster.local, port: {number: 8080}}",
+        "  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n"
+        "    headers: {request: {set: {x-via: gateway}}}\n"
+        "    route:\n    - destination: {host: api.demo.svc.cluster.local, port: {number: 8080}}",
+    )
+    vh = build(text)[ROUTE]["https.8443.https-shop.shop.edge"].virtual_hosts[0]
+    last = vh.routes[-1]
+    assert "envoy.filters.http.fault" in last.typed_per_filter_config
+    assert [(h.header.key, h.header.value) for h in last.request_headers_to_add] == [("x-via", "gateway")]
+    chain = build(text)[LISTENER]["0.0.0.0_8443"].filter_chains[0]
+    assert "envoy.filters.http.fault" in [f.name for f in hcm_of(chain).http_filters]

@@ -11,7 +11,9 @@ Istio's semantics:
   VirtualService's namespace) when it is visible (``exportTo``) from the proxy's namespace. Its hosts
   intersect the server's hosts; each intersection (the more specific of the two names) becomes a virtual
   host domain. A short VirtualService host ``NAME`` means ``NAME.VS_NAMESPACE.svc.DOMAIN``.
-* An ``http`` route whose every match names ``gateways`` applies only on those gateways.
+* Within a bound VirtualService, the routes and matches in force on a server are chosen by the sidecar's
+  route translation with the server's Gateway as context (``gateway_routes``): a match naming
+  ``gateways`` applies only on those, a match with ``port`` only on that server port.
 """
 
 from __future__ import annotations
@@ -202,25 +204,6 @@ def bindings(server: Server, proxy: ProxyInfo, configs: ConfigLookup, mesh: Mesh
         if domains:
             out.append(Binding(vs, tuple(domains)))
     return out
-
-
-def route_applies(route: Mapping[str, Any], server: Server) -> bool:
-    """An ``http``/``tcp``/``tls`` route applies unless all of its matches name other gateways."""
-    matches = [_dict(m) for m in _list(route.get("match"))]
-    if not matches:
-        return True
-    return any(_match_applies(m, server) for m in matches)
-
-
-def _match_applies(match: Mapping[str, Any], server: Server) -> bool:
-    refs = [str(g) for g in _list(match.get("gateways"))]
-    if not refs:
-        return True
-    return any(r in (server.gateway_ref, server.gateway_name) for r in refs)
-
-
-def match_port_ok(match: Mapping[str, Any], port: int) -> bool:
-    return match.get("port") is None or int(match["port"]) == port
 
 
 def group_by_port(servers: Sequence[Server]) -> dict[int, list[Server]]:

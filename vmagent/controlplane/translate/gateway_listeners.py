@@ -38,15 +38,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from vmagent.controlplane.model import Service
 from vmagent.controlplane.translate import filters, gateway_routes, names
 from vmagent.controlplane.translate.configindex import ConfigLookup
-from vmagent.controlplane.translate.gateway import (
-    Server,
-    bindings,
-    group_by_port,
-    intersect,
-    match_port_ok,
-    proxy_servers,
-    route_applies,
-)
+from vmagent.controlplane.translate.gateway import Server, bindings, group_by_port, intersect, proxy_servers
 from vmagent.controlplane.translate.gateway_tls import server_tls_socket
 from vmagent.controlplane.translate.listeners import RESERVED_PORTS, outbound_http_filters
 from vmagent.controlplane.translate.protos import ads, boolean, socket_address
@@ -119,8 +111,9 @@ def _virtual_hosts(
 ) -> list[rc.VirtualHost]:
     hosts: dict[str, rc.VirtualHost] = {}
     for server in servers:
+        ctx = gateway_routes.route_context(server, proxy, services, configs, mesh)
         for b in bindings(server, proxy, configs, mesh):
-            routes = gateway_routes.http_routes(b.virtual_service, server, services, mesh)
+            routes = gateway_routes.http_routes(b.virtual_service, ctx)
             for domain in b.domains:
                 vh = hosts.get(domain)
                 if vh is None:
@@ -148,44 +141,31 @@ def _passthrough_chains(
     configs: ConfigLookup,
     mesh: MeshOptions,
 ) -> None:
+    ctx = gateway_routes.route_context(server, proxy, services, configs, mesh)
     for b in bindings(server, proxy, configs, mesh):
         vs = b.virtual_service
-        for i, raw in enumerate(vs.spec.get("tls") or []):
-            route = dict(raw) if isinstance(raw, dict) else {}
-            if not route_applies(route, server):
-                continue
+        for i, (sni_hosts, dests) in enumerate(gateway_routes.sni_routes(vs, ctx)):
             sni: list[str] = []
-            for m in route.get("match") or []:
-                if not isinstance(m, dict) or not match_port_ok(m, server.port):
-                    continue
-                for s in m.get("sniHosts") or []:
-                    for d in b.domains:
-                        hit = intersect(str(s), d)
-                        if hit is not None and hit not in sni:
-                            sni.append(hit)
+            for s in sni_hosts:
+                for d in b.domains:
+                    hit = intersect(s, d)
+                    if hit is not None and hit not in sni:
+                        sni.append(hit)
             if not sni:
                 continue
-            cluster = gateway_routes.tcp_destination(route, vs.namespace, services, mesh)
-            chain = _tls_chain(
-                state, f"{server.gateway_ref}.{server.index}.{vs.namespace}.{vs.name}.tls.{i}", sorted(sni),
-                filters.tcp_proxy(cluster),
-            )  # fmt: skip
+            name = f"{server.gateway_ref}.{server.index}.{vs.namespace}.{vs.name}.tls.{i}"
+            filt = gateway_routes.tcp_filter(dests, f"outbound_0.0.0.0_{server.port}")
+            chain = _tls_chain(state, name, sorted(sni), filt)
             if chain is not None:
                 state.chains.append(chain)
 
 
-def _tcp_cluster(
+def _tcp_filter(
     server: Server, proxy: ProxyInfo, services: Sequence[Service], configs: ConfigLookup, mesh: MeshOptions
-) -> str:
-    for b in bindings(server, proxy, configs, mesh):
-        for raw in b.virtual_service.spec.get("tcp") or []:
-            route = dict(raw) if isinstance(raw, dict) else {}
-            matches = [m for m in route.get("match") or [] if isinstance(m, dict)]
-            if route_applies(route, server) and (
-                not matches or any(match_port_ok(m, server.port) for m in matches)
-            ):
-                return gateway_routes.tcp_destination(route, b.virtual_service.namespace, services, mesh)
-    return names.BLACKHOLE_CLUSTER
+) -> lc.Filter:
+    ctx = gateway_routes.route_context(server, proxy, services, configs, mesh)
+    vss = [b.virtual_service for b in bindings(server, proxy, configs, mesh)]
+    return gateway_routes.first_tcp_route(vss, ctx)
 
 
 def gateway_resources(
@@ -210,13 +190,8 @@ def gateway_resources(
                     _route_config(rname, _virtual_hosts([server], proxy, services, configs, mesh))
                 )
             elif server.protocol == "TLS" and server.terminates_tls:
-                cluster = _tcp_cluster(server, proxy, services, configs, mesh)
-                chain = _tls_chain(
-                    state,
-                    f"{server.gateway_ref}.{server.index}",
-                    server.sni_hosts,
-                    filters.tcp_proxy(cluster),
-                )
+                filt = _tcp_filter(server, proxy, services, configs, mesh)
+                chain = _tls_chain(state, f"{server.gateway_ref}.{server.index}", server.sni_hosts, filt)
                 if chain is not None:
                     chain.transport_socket.CopyFrom(server_tls_socket(server.tls, mesh.sds_cluster, ()))
                     state.chains.append(chain)
@@ -232,11 +207,9 @@ def gateway_resources(
         else:
             tcp = [s for s in servers if not names.is_tls(s.protocol) and not s.serves_http]
             if tcp:
-                cluster = _tcp_cluster(tcp[0], proxy, services, configs, mesh)
+                filt = _tcp_filter(tcp[0], proxy, services, configs, mesh)
                 state.chains.append(
-                    lc.FilterChain(
-                        name=f"{tcp[0].gateway_ref}.{tcp[0].index}", filters=[filters.tcp_proxy(cluster)]
-                    )
+                    lc.FilterChain(name=f"{tcp[0].gateway_ref}.{tcp[0].index}", filters=[filt])
                 )
                 state.plaintext = True
         if not state.chains:

@@ -204,3 +204,24 @@ def test_a_half_written_renewal_keeps_the_last_good_certificate(
     k.write_bytes(self_signed("other")[1])  # the new key is there, the new certificate not yet
     got = fetch()[name].tls_certificate
     assert (got.certificate_chain.inline_bytes, got.private_key.inline_bytes) == (cert, key)
+
+
+def test_gateway_mode_turns_capture_off_unless_asked_and_never_inbound() -> None:
+    from vmagent.agent.gateway import gateway_capture
+
+    on = GatewayConfig(enabled=True)
+    assert gateway_capture({"dns": True}, on) == {"dns": True, "enabled": False, "inbound": False}
+    assert gateway_capture({"enabled": True}, on) == {"enabled": True, "inbound": False}
+    assert gateway_capture({"dns": True}, GatewayConfig()) == {"dns": True}
+
+
+def test_bootstrap_of_a_gateway_is_a_router_node(tmp_path: Path) -> None:
+    from vmagent.agent.envoy_bootstrap import BootstrapParams, render_bootstrap
+
+    p = BootstrapParams(
+        node_ip="10.0.0.9", name="ingress-10-0-0-9", namespace="edge", xds_socket=tmp_path / "x",
+        sds_socket=tmp_path / "s", proxy_type="router",
+    )  # fmt: skip
+    node = render_bootstrap(p)["node"]
+    assert node["id"] == "router~10.0.0.9~ingress-10-0-0-9.edge~edge.svc.cluster.local"
+    assert node["metadata"]["PROXY_TYPE"] == "router"

@@ -35,14 +35,15 @@ class BenchAgent:
         self._runs = 0
 
     def join(
-        self, cp: BenchControlPlane, group: str, envoy: bool = True, labels: dict[str, str] | None = None
+        self, cp: BenchControlPlane, group: str, envoy: bool = True, address: str | None = None
     ) -> float:
-        """``vmagent join`` with a single-use token, then the benchmark's config edits; returns the join's
-        wall seconds."""
+        """``vmagent join`` with a single-use token (``--address`` if given), then the benchmark's config
+        edits; returns the join's wall seconds."""
         tok = cp.token(group)
         cmd = [
             venv_tool("vmagent"), "join", cp.join_address, "--token", tok["token"], "--ca-hash", tok["ca_hash"],
             "--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir), "--no-start",
+            *(["--address", address] if address else []),
         ]  # fmt: skip
         wall, _ = run_timed(cmd)
         path = self.config_dir / "config.yaml"
@@ -58,8 +59,6 @@ class BenchAgent:
             "log_level": "warning",
         }
         cfg["status"] = {"host": "127.0.0.1", "port": self.status_port}
-        if labels:
-            cfg["registration"] = {"labels": labels}
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return wall
 

@@ -159,10 +159,10 @@ def fractional(percent: float) -> percent_pb2.FractionalPercent:
     )
 
 
-def _percentage(spec: Mapping[str, Any], old_key: str = "percent") -> float:
-    """``percentage.value``, else the deprecated integer field, else 100."""
-    if spec.get("percentage") is not None:
-        return float(_d(spec["percentage"]).get("value", 0.0))
+def _percentage(spec: Mapping[str, Any], old_key: str = "percent", key: str = "percentage") -> float:
+    """``KEY.value`` (``percentage.value``), else the deprecated integer field, else 100."""
+    if spec.get(key) is not None:
+        return float(_d(spec[key]).get("value", 0.0))
     if spec.get(old_key) is not None:
         return float(spec[old_key])
     return 100.0
@@ -258,7 +258,7 @@ def cors_policy(cors: Mapping[str, Any]) -> cors_pb2.CorsPolicy:
 def _mirrors(vs: ConfigObject, spec: Mapping[str, Any], ctx: RouteContext) -> list[Any]:
     pairs: list[tuple[Mapping[str, Any], float]] = []
     if spec.get("mirror") is not None:
-        pairs.append((_d(spec["mirror"]), _percentage(spec, "mirrorPercent")))
+        pairs.append((_d(spec["mirror"]), _percentage(spec, "mirrorPercent", "mirrorPercentage")))
     for m in _l(spec.get("mirrors")):
         md = _d(m)
         pairs.append((_d(md.get("destination")), _percentage(md, "")))

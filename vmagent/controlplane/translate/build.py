@@ -63,11 +63,11 @@ def build_proxy_resources(
         put(CLUSTER, c.name, c)
 
     put(LISTENER, "virtualOutbound", listeners.virtual_outbound(mesh))
-    for plan_port in listeners.plan_ports(visible):
+    for plan_port in listeners.plan_ports(visible, proxy, configs, mesh):
         lst = listeners.port_listener(plan_port, mesh)
         put(LISTENER, lst.name, lst)
         if plan_port.http:
-            rc = routes.outbound_route_config(plan_port.port, plan_port.http, proxy, mesh)
+            rc = routes.outbound_route_config(plan_port.port, plan_port.http, proxy, mesh, configs, visible)
             put(ROUTE, rc.name, rc)
     put(
         LISTENER, "virtualInbound", inbound.virtual_inbound(proxy, effective_mtls(proxy, configs, mesh), mesh)

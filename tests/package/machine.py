@@ -178,7 +178,9 @@ class Machine:
         cmd = ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "-q",
                f"--machine={self._name}", "--console=passive"]
         if self._netns is not None:
-            cmd.append(f"--network-namespace-path={self._netns}")
+            # nspawn keeps CAP_NET_ADMIN only for --private-network; a namespace of our own is as private,
+            # and the agent needs the capability for its iptables capture.
+            cmd += [f"--network-namespace-path={self._netns}", "--capability=CAP_NET_ADMIN"]
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True)

@@ -1,0 +1,59 @@
+"""The .rpm installed with `rpm --root` into a copy of the Debian rootfs (it has the shell, systemctl and
+useradd the scriptlets need), and erased again."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.harness import require_root, require_tool
+from tests.package.conftest import Packages
+from tests.package.machine import RootfsCache
+from vmagent.common.proc import run
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def rpm(root: Path, *args: str) -> str:
+    # --nodeps: the RPM database of a Debian tree does not know about python3.11 or iptables, which are
+    # installed there through dpkg. Scriptlets run chrooted in ROOT.
+    result = run(["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", *args], timeout=300)
+    return result.stdout + result.stderr
+
+
+def test_rpm_install_and_erase(packages: Packages, rootfs: RootfsCache, tmp_path: Path) -> None:
+    require_root()
+    require_tool("rpm")
+    root = rootfs.copy(tmp_path / "root")
+    try:
+        rpm(root, "-i", "--nodeps", str(packages.rpm))  # the file is read from the host
+
+        # %post ran: the proxy user exists, the unit is present and enabled (not started: nothing runs here).
+        passwd = (root / "etc" / "passwd").read_text()
+        assert any(line.startswith("vmagent-proxy:") for line in passwd.splitlines()), passwd
+        assert (root / "usr" / "lib" / "systemd" / "system" / "vmagent.service").is_file()
+        wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants" / "vmagent.service"
+        assert wants.is_symlink()
+        assert oct((root / "var" / "lib" / "vmagent").stat().st_mode & 0o777) == "0o700"
+        assert "vmagent-" + packages.version in rpm(root, "-q", "vmagent")
+        verify = rpm(root, "-V", "--nodeps", "vmagent")
+        assert verify.strip() == "", verify
+
+        # The launcher works from the installed tree (python3.11 of the Debian tree, chrooted).
+        usage = run(["chroot", str(root), "/usr/bin/vmagent", "--help"]).stdout
+        assert "usage: vmagent" in usage
+
+        # Configuration edited by the operator is kept (as .rpmsave); everything else goes.
+        (root / "etc" / "vmagent" / "vmagent.env").write_text("VMAGENT_OPTS=--log-level debug\n")
+        rpm(root, "-e", "vmagent")
+        assert not (root / "opt" / "vmagent").exists()
+        assert not (root / "usr" / "bin" / "vmagent").exists()
+        assert not (root / "usr" / "lib" / "systemd" / "system" / "vmagent.service").exists()
+        assert not wants.is_symlink(), "%preun did not disable the unit"
+        assert (root / "etc" / "vmagent" / "vmagent.env.rpmsave").is_file()
+        left = run(["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "-qa"]).stdout.split()
+        assert left == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

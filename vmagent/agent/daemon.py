@@ -452,7 +452,7 @@ class Agent:
     # -- status ---------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The document of ``GET /status`` and ``vmagent status -o json`` (docs/status.md)."""
+        """The document of ``GET /status`` and ``vmagent status -o json`` (documented in docs/status.md)."""
         ident = self.identities.current()
         r = self.rotator
         ok, reason = self.readiness()
@@ -485,7 +485,7 @@ class Agent:
                 "address": self.config.cp_mtls_address,
                 "connected": bool(self.xds and self.xds.connected),
                 "registered": bool(self.registration and self.registration.connected),
-                "last_error": (self.xds.last_error if self.xds else None) or r.last_error or None,
+                "last_error": self._link_error(),
             },
             "capture": {
                 "enabled": self.capture is not None,
@@ -512,6 +512,18 @@ class Agent:
                 "last_exit_code": self.envoy.last_exit_code,
             }
         return doc
+
+    def _link_error(self) -> str | None:
+        """Why a link to the control plane is down; None while both are up (an old error is history)."""
+        xds, reg = self.xds, self.registration
+        if (xds is None or xds.connected) and (reg is None or reg.connected):
+            return None
+        return (
+            (xds.last_error if xds else None)
+            or (reg.last_error if reg else None)
+            or self.rotator.last_error
+            or None
+        )
 
     def _registration_status(self) -> dict[str, Any]:
         reg = self.registration

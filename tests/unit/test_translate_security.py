@@ -12,6 +12,9 @@ from vmagent.controlplane.translate import (
     build_proxy_resources,
     effective_mtls,
 )
+from vmagent.controlplane.translate.security import (
+    InboundSecurity,
+)
 from vmagent.controlplane.xds.snapshot import LISTENER
 
 MESH = MeshOptions()
@@ -123,3 +126,28 @@ def test_inbound_http_sets_xfcc_like_istio() -> None:
     details = cfg.set_current_client_cert_details
     assert details.subject.value and details.uri and details.dns and not details.cert
     assert cfg.route_config.virtual_hosts[0].routes[0].route.cluster == "inbound|8080||"
+
+
+def test_root_namespace_selector_policy_is_not_mesh_wide() -> None:
+    """A PeerAuthentication with a selector in the root namespace selects workloads of that namespace only."""
+    assert mode(pa("istio-system", "api", "STRICT", {"app": "api"})) == "PERMISSIVE"
+
+
+def test_port_level_needs_a_workload_policy() -> None:
+    """``portLevelMtls`` of a namespace-wide policy is not applied (Istio requires a selector)."""
+    assert mode(pa("demo", "default", "STRICT", portLevelMtls={8080: {"mode": "DISABLE"}})) == "STRICT"
+
+
+def test_effective_mtls_carries_the_authorization_and_authentication_policies() -> None:
+    ap_ns = ConfigObject("AuthorizationPolicy", "security.istio.io/v1", "demo", "a", {"rules": [{}]})
+    ap_other = ConfigObject(
+        "AuthorizationPolicy",
+        "security.istio.io/v1",
+        "demo",
+        "b",
+        {"selector": {"matchLabels": {"app": "web"}}},
+    )
+    ap_root = ConfigObject("AuthorizationPolicy", "security.istio.io/v1", "istio-system", "r", {})
+    sec = effective_mtls(PROXY, ConfigIndex([ap_ns, ap_other, ap_root]), MESH)
+    assert isinstance(sec, InboundSecurity)
+    assert [o.name for o in sec.authorization_policies] == ["a", "r"]

@@ -167,3 +167,22 @@ def test_leave_refuses_a_caller_that_is_not_root(mesh: MeshLab) -> None:
     assert r.returncode == 1
     assert "run this as root" in r.stderr or "Permission denied" in r.stderr, r.stderr
     assert api1.status()["state"] == "ready"  # nothing happened
+
+
+def test_registration_with_another_groups_service_account_is_refused(mesh: MeshLab) -> None:
+    """A VM holding web's certificate but configured to register as api: refused, never an api endpoint."""
+    web = mesh.vms["web"]
+    rogue = mesh.add_vm("rogue", "demo/web", config={"workload": {"group": "api"}})
+    doc = wait_for(
+        lambda: "PERMISSION_DENIED" in str((d := rogue.status())["registration"].get("last_error")) and d,
+        timeout=20,
+        what="the refusal to show in vmagent status",
+    )
+    assert doc["registration"]["connected"] is False and doc["control_plane"]["registered"] is False
+    assert (
+        "certificate identity spiffe://cluster.local/ns/demo/sa/web may not register in WorkloadGroup "
+        "demo/api, which requires spiffe://cluster.local/ns/demo/sa/api" in doc["registration"]["last_error"]
+    )
+    assert rogue.address not in {str(w["address"]) for w in workloads(mesh)}
+    answers = {ask(web)[1] for _ in range(10)}
+    assert "rogue" not in answers

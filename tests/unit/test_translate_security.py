@@ -12,9 +12,7 @@ from vmagent.controlplane.translate import (
     build_proxy_resources,
     effective_mtls,
 )
-from vmagent.controlplane.translate.security import (
-    InboundSecurity,
-)
+from vmagent.controlplane.translate.security import InboundSecurity, inbound_security
 from vmagent.controlplane.xds.snapshot import LISTENER
 
 MESH = MeshOptions()
@@ -138,7 +136,7 @@ def test_port_level_needs_a_workload_policy() -> None:
     assert mode(pa("demo", "default", "STRICT", portLevelMtls={8080: {"mode": "DISABLE"}})) == "STRICT"
 
 
-def test_effective_mtls_carries_the_authorization_and_authentication_policies() -> None:
+def test_inbound_security_carries_the_authorization_and_authentication_policies() -> None:
     ap_ns = ConfigObject("AuthorizationPolicy", "security.istio.io/v1", "demo", "a", {"rules": [{}]})
     ap_other = ConfigObject(
         "AuthorizationPolicy",
@@ -148,6 +146,6 @@ def test_effective_mtls_carries_the_authorization_and_authentication_policies() 
         {"selector": {"matchLabels": {"app": "web"}}},
     )
     ap_root = ConfigObject("AuthorizationPolicy", "security.istio.io/v1", "istio-system", "r", {})
-    sec = effective_mtls(PROXY, ConfigIndex([ap_ns, ap_other, ap_root]), MESH)
+    sec = inbound_security(PROXY, ConfigIndex([ap_ns, ap_other, ap_root]), MESH)
     assert isinstance(sec, InboundSecurity)
     assert [o.name for o in sec.authorization_policies] == ["a", "r"]

@@ -8,12 +8,12 @@ from typing import Any
 from google.protobuf.message import Message
 
 from vmagent.controlplane.model import Service
-from vmagent.controlplane.translate import clusters, inbound, listeners, routes
+from vmagent.controlplane.translate import authn, clusters, inbound, listeners, routes
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.endpoints import load_assignment
 from vmagent.controlplane.translate.gateway_listeners import gateway_resources
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
-from vmagent.controlplane.translate.security import effective_mtls
+from vmagent.controlplane.translate.security import inbound_security
 from vmagent.controlplane.translate.services import visible_services
 from vmagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
@@ -69,9 +69,11 @@ def build_proxy_resources(
         if plan_port.http:
             rc = routes.outbound_route_config(plan_port.port, plan_port.http, proxy, mesh, configs, visible)
             put(ROUTE, rc.name, rc)
-    put(
-        LISTENER, "virtualInbound", inbound.virtual_inbound(proxy, effective_mtls(proxy, configs, mesh), mesh)
-    )
+    security = inbound_security(proxy, configs, mesh)
+    # JWKS hosts that no ServiceEntry registers still need a cluster for Envoy to fetch keys through.
+    for c in authn.jwks_clusters(security.request_authentications, out[CLUSTER].keys(), mesh):
+        put(CLUSTER, c.name, c)
+    put(LISTENER, "virtualInbound", inbound.virtual_inbound(proxy, security, mesh))
     return _sorted(out)
 
 

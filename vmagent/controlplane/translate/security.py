@@ -95,7 +95,7 @@ def applicable(kind: str, proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOpt
 
 def inbound_security(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> InboundSecurity:
     """The workload's mutual TLS modes, RequestAuthentications and AuthorizationPolicies."""
-    mtls = _effective_mtls(proxy, configs, mesh)
+    mtls = effective_mtls(proxy, configs, mesh)
     return InboundSecurity(
         mode=mtls.mode,
         port_modes=mtls.port_modes,
@@ -104,14 +104,7 @@ def inbound_security(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions)
     )
 
 
-def effective_mtls(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> InboundSecurity:
-    """The workload's inbound security: ``inbound_security`` (an ``MtlsPolicy`` with the request
-    authentication and authorization policies attached, so callers that pass it to the inbound listener
-    get all of it)."""
-    return inbound_security(proxy, configs, mesh)
-
-
-def _effective_mtls(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> MtlsPolicy:
+def effective_mtls(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> MtlsPolicy:
     """Resolve the PeerAuthentications that apply to ``proxy``'s workload."""
     mesh_wide = [p for p in configs.list("PeerAuthentication", mesh.root_namespace) if not _match_labels(p)]
     in_ns = configs.list("PeerAuthentication", proxy.namespace)

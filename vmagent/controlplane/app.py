@@ -17,6 +17,7 @@ from vmagent.common.fsutil import atomic_write, ensure_dir
 from vmagent.controlplane.ca import CaSettings, CertificateAuthority
 from vmagent.controlplane.certrecords import CertRecords
 from vmagent.controlplane.certservice import (
+    AsyncIstioCertificateServicer,
     BootstrapServicer,
     CertificateIssuer,
     IstioCertificateServicer,
@@ -25,7 +26,7 @@ from vmagent.controlplane.certservice import (
 from vmagent.controlplane.config import ConfigDirectory, ConfigSet, ConfigStore, StoreSource
 from vmagent.controlplane.config.snapshot import ConfigSource
 from vmagent.controlplane.db import StateDb
-from vmagent.controlplane.grpc_server import server_credentials
+from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
 from vmagent.controlplane.mesh import MeshController, Translate
 from vmagent.controlplane.registration import RegistrationServicer
 from vmagent.controlplane.registry import ConfigRegistry, find_workload_group
@@ -75,6 +76,7 @@ class StateStore:
         self.records = CertRecords(self.db)
 
     def close(self) -> None:
+        self.records.close()  # commits the issued-certificate rows still queued
         self.db.close()
 
 
@@ -124,7 +126,7 @@ class ControlPlane:
             self.store.ca, self.store.tokens, self.store.records, self.group_lookup,
             MeshInfo(opts.trust_domain, 0, opts.mesh_config),
         )  # fmt: skip
-        self.tls_server = AioServerThread(opts.listen, tls_creds, self._configure_tls)
+        self.tls_server = ThreadedServer(opts.listen, tls_creds, self._configure_tls)
         self.mtls_server = AioServerThread(opts.mtls_listen, mtls_creds, self._configure_mtls)
         self.http = HttpApi(opts.http_listen)
         self.http.add_json("/api/v1/proxies", self.ads.status)
@@ -151,7 +153,7 @@ class ControlPlane:
             "spec": group.spec,
         }
 
-    def _configure_tls(self, server: grpc.aio.Server) -> None:
+    def _configure_tls(self, server: grpc.Server) -> None:
         istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(
             IstioCertificateServicer(self.issuer), server
         )
@@ -159,7 +161,7 @@ class ControlPlane:
 
     def _configure_mtls(self, server: grpc.aio.Server) -> None:
         istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(
-            IstioCertificateServicer(self.issuer), server
+            AsyncIstioCertificateServicer(self.issuer), server
         )
         self.ads.add_to_server(server)
         self.registration.add_to_server(server)

@@ -49,6 +49,27 @@ ROOT_CERT_FILE = "root-cert.pem"
 ROOT_KEY_FILE = "root-key.pem"
 
 
+def _leaf_usage(key_encipherment: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_encipherment=key_encipherment,
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+# Extensions every leaf carries (immutable values, built once).
+_LEAF_BASIC = x509.BasicConstraints(ca=False, path_length=None)
+_LEAF_USAGE = _leaf_usage(key_encipherment=False)
+_LEAF_USAGE_RSA = _leaf_usage(key_encipherment=True)  # RSA keys may also encipher (TLS RSA kx)
+_LEAF_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+
+
 class CsrError(VmagentError):
     """A CSR that cannot be signed; the message says why (sent back as INVALID_ARGUMENT)."""
 
@@ -77,6 +98,11 @@ class CertificateAuthority:
         self._key = signing_key
         self._upper = chain_to_root
         self.settings = settings
+        # Fixed for the CA's life, so computed once rather than for every certificate.
+        self._issuer_name = signing_cert.subject
+        self._not_after_cap = signing_cert.not_valid_after_utc
+        self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key())
+        self._tail_pem = tuple(cert_pem(c).decode() for c in [signing_cert, *chain_to_root])
 
     # -- construction -------------------------------------------------------------------------
 
@@ -149,6 +175,11 @@ class CertificateAuthority:
         return cert_pem(self.root)
 
     @property
+    def chain_tail_pem(self) -> tuple[str, ...]:
+        """PEM of the signing certificate and those above it, root last: every chain's tail."""
+        return self._tail_pem
+
+    @property
     def root_hash(self) -> str:
         """``sha256:HEX`` of the root's SubjectPublicKeyInfo: what ``vmagent join --ca-hash`` pins."""
         return spki_hash(self.root)
@@ -162,7 +193,16 @@ class CertificateAuthority:
 
         Returns the chain leaf first, ending with the root. Raises CsrError for a bad CSR.
         """
-        csr = parse_csr(csr_pem)
+        return self.sign_csr(parse_csr(csr_pem), identity, ttl)
+
+    def sign_csr(
+        self, csr: x509.CertificateSigningRequest, identity: SpiffeId, ttl: datetime.timedelta | None = None
+    ) -> list[x509.Certificate]:
+        """Issue a certificate for ``identity`` with the key of ``csr``, which the caller has already
+        checked with :func:`parse_csr` (so a CSR is parsed and its signature verified only once).
+
+        Returns the chain leaf first, ending with the root.
+        """
         leaf = self._issue(
             csr.public_key(),  # type: ignore[arg-type]
             subject=x509.Name([]),
@@ -203,35 +243,21 @@ class CertificateAuthority:
         san_critical: bool,
     ) -> x509.Certificate:
         now = datetime.datetime.now(datetime.UTC)
-        not_after = min(now + ttl, self._cert.not_valid_after_utc)
+        not_after = min(now + ttl, self._not_after_cap)
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
-            .issuer_name(self._cert.subject)
+            .issuer_name(self._issuer_name)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - min(CLOCK_SKEW, ttl / 10))
             .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_LEAF_BASIC, critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
-                    content_commitment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
+                _LEAF_USAGE_RSA if isinstance(public_key, rsa.RSAPublicKey) else _LEAF_USAGE, critical=True
             )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), False)
+            .add_extension(_LEAF_EKU, critical=False)
+            .add_extension(self._aki, critical=False)
             .add_extension(san, critical=san_critical)
         )
         return builder.sign(self._key, hashes.SHA256())

@@ -3,11 +3,33 @@
 A revocation names either one certificate (by serial: one VM) or a whole identity (every VM of a
 WorkloadGroup's service account). Renewals and xDS streams from a revoked certificate are refused, and
 revocations survive restarts.
+
+Issuance is on the hot path of the certificate services, so two things happen off it, in one
+background thread per ``CertRecords`` (started on first use, stopped by :meth:`CertRecords.close`):
+
+* **Write-behind of ``issued_certs``.** :meth:`CertRecords.record` queues the row; the thread inserts
+  whatever has queued with one multi-row INSERT (one transaction) through the shared connection (a
+  second connection would make SQLite's file lock, with its sleeping busy handler, arbitrate between the
+  two, which costs more than it saves). Durability:
+  a certificate is returned to its caller before its row is committed, so a crash of the control plane
+  (not a clean stop: :meth:`close` writes everything queued) loses the rows of the last few
+  milliseconds. The table is an audit record: nothing is authorised from it (revocation is by serial or
+  identity in ``revocations``, committed synchronously), and with ``synchronous=NORMAL`` a power loss
+  could already lose the last commits. :meth:`issued` first waits for the rows queued before it, so a
+  reader in the same process sees its own issuances.
+* **A snapshot of ``revocations``** for :meth:`is_revoked_cached`, reloaded when the table changes,
+  checked every ``refresh_interval`` (0.5 s): a revocation by ``vmagent-cp revoke`` (another process) is
+  enforced on renewals within that interval; one made through this object at once. :meth:`is_revoked`
+  still asks the database every time.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
+import queue
+import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 
@@ -16,6 +38,12 @@ from cryptography import x509
 from vmagent.common.errors import VmagentError
 from vmagent.common.x509util import SpiffeId
 from vmagent.controlplane.db import StateDb
+
+log = logging.getLogger(__name__)
+
+_Row = tuple[str, str, str, str, float, float, str | None]
+_INSERT = "INSERT OR REPLACE INTO issued_certs VALUES (?, ?, ?, ?, ?, ?, ?)"
+_MAX_BATCH = 500  # rows per INSERT: 7 parameters each, well under SQLite's 32766
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS issued_certs (
@@ -65,10 +93,27 @@ class IssuedCert:
 
 
 class CertRecords:
-    def __init__(self, db: StateDb) -> None:
+    """Issued certificates and revocations of one state database (see the module docstring)."""
+
+    def __init__(self, db: StateDb, write_behind: bool = True, refresh_interval: float = 0.5) -> None:
+        """``write_behind=False`` commits every :meth:`record` before it returns."""
         self._db = db
         for stmt in _SCHEMA:
             db.execute(stmt)
+        self._write_behind = write_behind
+        self._refresh_interval = refresh_interval
+        self._queue: queue.SimpleQueue[_Row | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._written = threading.Condition(self._lock)
+        self._queued = self._committed = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # The revocation snapshot: generation (max rowid), revoked identity URIs, revoked serials.
+        self._rev_generation: int | None = None
+        self._rev_identities: frozenset[str] = frozenset()
+        self._rev_serials: frozenset[str] = frozenset()
+
+    # -- issued certificates ----------------------------------------------------------------------
 
     def record(
         self,
@@ -78,35 +123,108 @@ class CertRecords:
         hostname: str = "",
         previous_serial: int | None = None,
     ) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO issued_certs VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                serial_hex(leaf.serial_number),
-                identity.uri,
-                hostname,
-                via,
-                time.time(),
-                leaf.not_valid_after_utc.timestamp(),
-                serial_hex(previous_serial) if previous_serial is not None else None,
-            ),
+        """Record an issued certificate (queued for the background writer unless write-behind is off)."""
+        row: _Row = (
+            serial_hex(leaf.serial_number),
+            identity.uri,
+            hostname,
+            via,
+            time.time(),
+            leaf.not_valid_after_utc.timestamp(),
+            serial_hex(previous_serial) if previous_serial is not None else None,
         )
+        if self._write_behind:
+            with self._lock:  # ordered with close(): a row is either queued before its sentinel or direct
+                if not self._closed:
+                    self._start_thread_locked()
+                    self._queued += 1
+                    self._queue.put(row)
+                    return
+        self._db.execute(_INSERT, row)
 
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every row queued before this call is committed; False if ``timeout`` ran out."""
+        with self._written:
+            target = self._queued
+            return self._written.wait_for(lambda: self._committed >= target, timeout)
+
+    def close(self) -> None:
+        """Commit what is queued and stop the background thread (later records are written directly)."""
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._queue.put(None)
+        if thread is not None:
+            thread.join(60)
+
+    def _start_thread_locked(self) -> None:
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._run, name="cert-records", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        stopping = False
+        next_refresh = time.monotonic() + self._refresh_interval
+        while not stopping:
+            timeout = max(0.0, next_refresh - time.monotonic())
+            rows: list[_Row] = []
+            try:
+                item = self._queue.get(timeout=timeout)
+                while True:
+                    if item is None:
+                        stopping = True
+                    else:
+                        rows.append(item)
+                    if len(rows) >= _MAX_BATCH:
+                        break
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            if rows:
+                self._commit(rows)
+            if time.monotonic() >= next_refresh:
+                if self._rev_generation is not None:  # the snapshot is in use
+                    self._refresh_revocations()
+                next_refresh = time.monotonic() + self._refresh_interval
+
+    def _commit(self, rows: list[_Row]) -> None:
+        sql = _INSERT + ", (?, ?, ?, ?, ?, ?, ?)" * (len(rows) - 1)
+        params = tuple(v for row in rows for v in row)
+        delay = 0.05
+        while True:
+            try:
+                self._db.execute(sql, params)  # one statement: one transaction for the batch
+                break
+            except sqlite3.Error as exc:  # e.g. locked past busy_timeout: keep the rows, try again
+                log.error("cannot record %d issued certificates (will retry): %s", len(rows), exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        with self._written:
+            self._committed += len(rows)
+            self._written.notify_all()
+
+    # -- revocations ------------------------------------------------------------------------------
     def revoke_serial(self, serial: str, reason: str = "") -> None:
         serial = serial.lower().removeprefix("0x").replace(":", "")
         try:
             int(serial, 16)
         except ValueError as exc:
             raise VmagentError(f"{serial!r} is not a hexadecimal certificate serial") from exc
+        serial = serial.lstrip("0") or "0"
         self._db.execute(
-            "INSERT OR IGNORE INTO revocations VALUES ('serial', ?, ?, ?)",
-            (serial.lstrip("0") or "0", time.time(), reason),
+            "INSERT OR IGNORE INTO revocations VALUES ('serial', ?, ?, ?)", (serial, time.time(), reason)
         )
+        with self._lock:
+            self._rev_serials = self._rev_serials | {serial}
 
     def revoke_identity(self, identity: SpiffeId, reason: str = "") -> None:
         self._db.execute(
             "INSERT OR IGNORE INTO revocations VALUES ('identity', ?, ?, ?)",
             (identity.uri, time.time(), reason),
         )
+        with self._lock:
+            self._rev_identities = self._rev_identities | {identity.uri}
 
     def is_revoked(self, identity: SpiffeId, serial: int) -> bool:
         rows, _ = self._db.execute(
@@ -115,6 +233,41 @@ class CertRecords:
         )
         return bool(rows)
 
+    def is_revoked_cached(self, identity: SpiffeId, serial: int) -> bool:
+        """Like :meth:`is_revoked`, from the in-memory snapshot: no database access after the first call
+        (which loads it and starts the refreshing thread), so it may run on an event loop."""
+        if self._rev_generation is None:
+            self._load_revocations()
+        return identity.uri in self._rev_identities or serial_hex(serial) in self._rev_serials
+
+    def _load_revocations(self) -> None:
+        rows, _ = self._db.execute("SELECT coalesce(max(rowid), 0) FROM revocations")
+        generation = int(rows[0][0])  # type: ignore[call-overload]
+        kinds, _ = self._db.execute("SELECT kind, value FROM revocations")
+        self._set_revocations(generation, kinds)
+        with self._lock:
+            self._start_thread_locked()
+
+    def _refresh_revocations(self) -> None:
+        try:
+            found, _ = self._db.execute("SELECT coalesce(max(rowid), 0) FROM revocations")
+            generation = int(found[0][0])  # type: ignore[call-overload]
+            if generation == self._rev_generation:
+                return
+            rows, _ = self._db.execute("SELECT kind, value FROM revocations")
+        except sqlite3.Error as exc:
+            log.error("cannot reload revocations (keeping the previous list): %s", exc)
+            return
+        self._set_revocations(generation, rows)
+
+    def _set_revocations(self, generation: int, rows: list[tuple[object, ...]]) -> None:
+        identities = frozenset(str(v) for k, v in rows if k == "identity")
+        serials = frozenset(str(v) for k, v in rows if k == "serial")
+        with self._lock:  # never drop one made through this object meanwhile
+            self._rev_identities = identities | self._rev_identities
+            self._rev_serials = serials | self._rev_serials
+            self._rev_generation = generation
+
     def revocations(self) -> list[dict[str, object]]:
         rows, _ = self._db.execute(
             "SELECT kind, value, revoked_at, reason FROM revocations ORDER BY revoked_at"
@@ -122,6 +275,7 @@ class CertRecords:
         return [{"kind": k, "value": v, "revoked_at": _iso(float(t)), "reason": r} for k, v, t, r in rows]  # type: ignore[arg-type]
 
     def issued(self, identity: str | None = None) -> list[IssuedCert]:
+        self.flush()
         q = "SELECT * FROM issued_certs"
         args: tuple[str, ...] = ()
         if identity:

@@ -3,18 +3,25 @@
 Authentication decides the identity; the CSR never does:
 * on the mutual-TLS port the caller's current mesh certificate (renewal),
 * on either port a join token (``authorization: Bearer``), whose WorkloadGroup's service account is used.
+
+A join (a token use: a new VM) is logged at INFO; a renewal, the bulk of the traffic, at DEBUG, with a
+per-minute INFO summary of both; the ``issued_certs`` table has every certificate.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
+from cryptography import x509
 
 from vmagent.api import bootstrap_pb2, bootstrap_pb2_grpc, istio_ca_pb2, istio_ca_pb2_grpc
 from vmagent.common.x509util import SpiffeId, cert_pem
@@ -50,8 +57,40 @@ def _abort(context: grpc.ServicerContext, exc: _Refused) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort raises
 
 
+class _IssueLog:
+    """Counts issuances and logs one INFO summary a minute (renewals are logged one by one only at DEBUG;
+    every certificate is in the ``issued_certs`` table)."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._counts = {"join": 0, "renew": 0}
+        self._since = time.monotonic()
+
+    def count(self, via: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._counts[via] += 1
+            if now - self._since < self._interval:
+                return
+            counts, elapsed = dict(self._counts), now - self._since
+            self._counts = dict.fromkeys(self._counts, 0)
+            self._since = now
+        log.info(
+            "issued %d certificates in the last %.0f s (%d joins, %d renewals)",
+            sum(counts.values()), elapsed, counts["join"], counts["renew"],
+        )  # fmt: skip
+
+
 class CertificateIssuer:
-    """The logic shared by both services: authenticate, validate, consume, sign, record."""
+    """The logic shared by both services: authenticate, validate, consume, sign, record.
+
+    Methods raise ``_Refused``; the servicers below turn it into the gRPC status. Nothing on the
+    renewal path touches the database synchronously (revocations come from ``CertRecords``' snapshot,
+    the issued row is written behind), so :class:`AsyncIstioCertificateServicer` runs it on the event loop.
+    """
+
+    PEER_CACHE_SIZE = 10_000
 
     def __init__(
         self,
@@ -66,6 +105,10 @@ class CertificateIssuer:
         self.records = records
         self.groups = groups
         self.mesh = mesh
+        # Verified peer certificate (PEM, as the TLS layer hands it over) -> its identity and serial: a
+        # client renews over one connection many times, so each certificate is parsed once.
+        self._peers: dict[bytes, tuple[SpiffeId, int] | None] = {}
+        self._issued = _IssueLog()
 
     def identity_for_group(self, namespace: str, name: str) -> tuple[SpiffeId, dict[str, Any]]:
         group = self.groups(namespace, name)
@@ -78,9 +121,9 @@ class CertificateIssuer:
         return SpiffeId(self.mesh.trust_domain, namespace, sa), group
 
     def issue_with_token(
-        self, context: grpc.ServicerContext, csr: str, validity: int, hostname: str
-    ) -> tuple[list[Any], SpiffeId, TokenClaims, dict[str, Any]]:
-        token = bearer_token(context)
+        self, token: str | None, csr: str, validity: int, hostname: str
+    ) -> tuple[list[x509.Certificate], SpiffeId, TokenClaims, dict[str, Any]]:
+        """Verify the join token, then issue for its WorkloadGroup's identity (consuming one use)."""
         if token is None:
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "no join token (authorization: Bearer) was sent")
         try:
@@ -88,8 +131,11 @@ class CertificateIssuer:
         except TokenError as exc:
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from exc
         identity, group = self.identity_for_group(claims.namespace, claims.group)
-        chain = self._sign(csr, identity, validity, before_sign=lambda: self._consume(claims))
+        parsed = _parse(csr)
+        self._consume(claims)  # only for a CSR that will be signed
+        chain = self.ca.sign_csr(parsed, identity, _ttl(validity))
         self.records.record(chain[0], identity, via="join", hostname=hostname)
+        self._issued.count("join")
         log.info("join: issued %s serial %x to %s", identity, chain[0].serial_number, hostname or "?")
         return chain, identity, claims, group
 
@@ -99,38 +145,73 @@ class CertificateIssuer:
         except TokenError as exc:
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from exc
 
-    def renew(self, context: grpc.ServicerContext, csr: str, validity: int) -> list[Any]:
-        peer = peer_identity(context)
+    def renew(self, context: grpc.ServicerContext, csr: str, validity: int) -> list[x509.Certificate]:
+        """Issue for the identity of the caller's mesh certificate (mTLS), unless it is revoked."""
+        peer = self._peer(context)
         if peer is None:
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "no client certificate and no join token")
-        identity, cert = peer
+        identity, serial = peer
         if identity.trust_domain != self.mesh.trust_domain:
             raise _Refused(grpc.StatusCode.PERMISSION_DENIED, f"{identity} is not in this trust domain")
-        if self.records.is_revoked(identity, cert.serial_number):
-            log.warning("renewal refused: %s serial %x is revoked", identity, cert.serial_number)
+        if self.records.is_revoked_cached(identity, serial):
+            log.warning("renewal refused: %s serial %x is revoked", identity, serial)
             raise _Refused(
                 grpc.StatusCode.PERMISSION_DENIED, f"the certificate of {identity} has been revoked"
             )
-        chain = self._sign(csr, identity, validity)
-        self.records.record(chain[0], identity, via="renew", previous_serial=cert.serial_number)
-        log.info("renewed %s: serial %x -> %x", identity, cert.serial_number, chain[0].serial_number)
+        chain = self.ca.sign_csr(_parse(csr), identity, _ttl(validity))
+        self.records.record(chain[0], identity, via="renew", previous_serial=serial)
+        self._issued.count("renew")
+        log.debug("renewed %s: serial %x -> %x", identity, serial, chain[0].serial_number)
         return chain
 
-    def _sign(
-        self, csr: str, identity: SpiffeId, validity: int, before_sign: Callable[[], None] | None = None
-    ) -> list[Any]:
+    def create_certificate(
+        self, request: istio_ca_pb2.IstioCertificateRequest, context: grpc.ServicerContext
+    ) -> istio_ca_pb2.IstioCertificateResponse:
+        """``CreateCertificate``: a join token if one was sent, else the caller's mesh certificate."""
+        token = bearer_token(context)
+        if token is not None:
+            chain, *_ = self.issue_with_token(token, request.csr, request.validity_duration, "")
+        else:
+            chain = self.renew(context, request.csr, request.validity_duration)
+        return istio_ca_pb2.IstioCertificateResponse(cert_chain=self.chain_pem(chain))
+
+    def chain_pem(self, chain: list[x509.Certificate]) -> list[str]:
+        """PEM strings of an issued chain (the CA's part is encoded once, not per certificate)."""
+        return [cert_pem(chain[0]).decode(), *self.ca.chain_tail_pem]
+
+    def _peer(self, context: grpc.ServicerContext) -> tuple[SpiffeId, int] | None:
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert") if auth else None
+        if not pems:
+            return None
+        key = pems[0]
         try:
-            parse_csr(csr.encode())
-        except CsrError as exc:
-            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        if before_sign is not None:
-            before_sign()
-        ttl = datetime.timedelta(seconds=validity) if validity > 0 else None
-        return self.ca.sign_workload_csr(csr.encode(), identity, ttl)
+            return self._peers[key]
+        except KeyError:
+            pass
+        found = peer_identity(context)
+        value = (found[0], found[1].serial_number) if found is not None else None
+        if len(self._peers) >= self.PEER_CACHE_SIZE:
+            self._peers.clear()  # bounded; a renewal storm refills it with the live connections
+        self._peers[key] = value
+        return value
+
+
+def _parse(csr: str) -> x509.CertificateSigningRequest:
+    try:
+        return parse_csr(csr.encode())
+    except CsrError as exc:
+        raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def _ttl(validity: int) -> datetime.timedelta | None:
+    return datetime.timedelta(seconds=validity) if validity > 0 else None
 
 
 class IstioCertificateServicer(istio_ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[misc]
-    """``istio.v1.auth.IstioCertificateService/CreateCertificate``: token or mTLS authenticated."""
+    """``istio.v1.auth.IstioCertificateService/CreateCertificate``: token or mTLS authenticated.
+
+    For a threaded ``grpc.server`` (or a ``grpc.aio`` server's migration pool)."""
 
     def __init__(self, issuer: CertificateIssuer) -> None:
         self._issuer = issuer
@@ -139,13 +220,30 @@ class IstioCertificateServicer(istio_ca_pb2_grpc.IstioCertificateServiceServicer
         self, request: istio_ca_pb2.IstioCertificateRequest, context: grpc.ServicerContext
     ) -> istio_ca_pb2.IstioCertificateResponse:
         try:
-            if bearer_token(context) is not None:
-                chain, *_ = self._issuer.issue_with_token(context, request.csr, request.validity_duration, "")
-            else:
-                chain = self._issuer.renew(context, request.csr, request.validity_duration)
+            return self._issuer.create_certificate(request, context)
         except _Refused as exc:
             _abort(context, exc)
-        return istio_ca_pb2.IstioCertificateResponse(cert_chain=[cert_pem(c).decode() for c in chain])
+
+
+class AsyncIstioCertificateServicer(istio_ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[misc]
+    """The same service for a ``grpc.aio`` server. A renewal runs on the event loop itself (it needs no
+    database round trip, and handing each call to a thread costs more than signing it); a token-
+    authenticated call, which consumes a token use in SQLite, runs in a worker thread."""
+
+    def __init__(self, issuer: CertificateIssuer) -> None:
+        self._issuer = issuer
+
+    async def CreateCertificate(
+        self, request: istio_ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> istio_ca_pb2.IstioCertificateResponse:
+        try:
+            if bearer_token(context) is not None:
+                return await asyncio.to_thread(self._issuer.create_certificate, request, context)
+            chain = self._issuer.renew(context, request.csr, request.validity_duration)
+            return istio_ca_pb2.IstioCertificateResponse(cert_chain=self._issuer.chain_pem(chain))
+        except _Refused as exc:
+            await context.abort(exc.code, exc.message)
+            raise AssertionError("unreachable") from exc  # abort raises
 
 
 class BootstrapServicer(bootstrap_pb2_grpc.BootstrapServicer):  # type: ignore[misc]
@@ -159,13 +257,13 @@ class BootstrapServicer(bootstrap_pb2_grpc.BootstrapServicer):  # type: ignore[m
     ) -> bootstrap_pb2.JoinResponse:
         try:
             chain, identity, claims, group = self._issuer.issue_with_token(
-                context, request.csr, request.validity_duration, request.hostname
+                bearer_token(context), request.csr, request.validity_duration, request.hostname
             )
         except _Refused as exc:
             _abort(context, exc)
         mesh = self._issuer.mesh
         return bootstrap_pb2.JoinResponse(
-            cert_chain=[cert_pem(c).decode() for c in chain],
+            cert_chain=self._issuer.chain_pem(chain),
             root_cert=self._issuer.ca.root_pem.decode(),
             trust_domain=mesh.trust_domain,
             namespace=claims.namespace,

@@ -7,16 +7,16 @@ revocations survive restarts.
 Issuance is on the hot path of the certificate services, so two things happen off it, in one
 background thread per ``CertRecords`` (started on first use, stopped by :meth:`CertRecords.close`):
 
-* **Write-behind of ``issued_certs``.** :meth:`CertRecords.record` queues the row; the thread inserts
-  whatever has queued with one multi-row INSERT (one transaction) through the shared connection (a
-  second connection would make SQLite's file lock, with its sleeping busy handler, arbitrate between the
-  two, which costs more than it saves). Durability:
-  a certificate is returned to its caller before its row is committed, so a crash of the control plane
-  (not a clean stop: :meth:`close` writes everything queued) loses the rows of the last few
-  milliseconds. The table is an audit record: nothing is authorised from it (revocation is by serial or
-  identity in ``revocations``, committed synchronously), and with ``synchronous=NORMAL`` a power loss
-  could already lose the last commits. :meth:`issued` first waits for the rows queued before it, so a
-  reader in the same process sees its own issuances.
+* **Write-behind of ``issued_certs``.** :meth:`CertRecords.record` queues the row; about 50 ms after
+  the first row of a batch the thread inserts everything queued with one multi-row INSERT (one
+  transaction) through the shared connection. It lets rows gather rather than wake (and take the GIL)
+  for each, and it uses no second connection, which would make SQLite's file lock (with its sleeping
+  busy handler) arbitrate between the two. Durability: a certificate is returned to its caller before
+  its row is committed, so a crash of the control plane loses the rows of the last ~50 ms (a clean stop
+  does not: :meth:`close` writes everything queued). The table is an audit record; nothing is
+  authorised from it (revocation is by serial or identity in ``revocations``, written synchronously),
+  and with ``synchronous=NORMAL`` a power loss could already lose the last commits. :meth:`issued`
+  first waits for the rows queued before it, so a reader in the same process sees its own issuances.
 * **A snapshot of ``revocations``** for :meth:`is_revoked_cached`, reloaded when the table changes,
   checked every ``refresh_interval`` (0.5 s): a revocation by ``vmagent-cp revoke`` (another process) is
   enforced on renewals within that interval; one made through this object at once. :meth:`is_revoked`
@@ -95,9 +95,17 @@ class IssuedCert:
 class CertRecords:
     """Issued certificates and revocations of one state database (see the module docstring)."""
 
-    def __init__(self, db: StateDb, write_behind: bool = True, refresh_interval: float = 0.5) -> None:
-        """``write_behind=False`` commits every :meth:`record` before it returns."""
+    def __init__(
+        self,
+        db: StateDb,
+        write_behind: bool = True,
+        refresh_interval: float = 0.5,
+        batch_delay: float = 0.05,
+    ) -> None:
+        """``write_behind=False`` commits every :meth:`record` before it returns; otherwise rows are
+        committed about ``batch_delay`` seconds after the first of a batch was queued."""
         self._db = db
+        self._batch_delay = batch_delay
         for stmt in _SCHEMA:
             db.execute(stmt)
         self._write_behind = write_behind
@@ -171,6 +179,9 @@ class CertRecords:
             rows: list[_Row] = []
             try:
                 item = self._queue.get(timeout=timeout)
+                if item is not None and self._batch_delay > 0:
+                    # Let a batch gather instead of waking (and taking the GIL) for every row.
+                    time.sleep(self._batch_delay)
                 while True:
                     if item is None:
                         stopping = True

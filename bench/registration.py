@@ -36,6 +36,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -305,10 +306,8 @@ def out_of_eds(args: argparse.Namespace, cp: BenchControlPlane, workdir: Path, a
             time.sleep(random.uniform(0.5, 0.5 + PROBE_PERIOD_S))  # a random phase of the probe period
             t0 = time.monotonic()
             app.healthy = False
-            gone = wait_until(
-                lambda t0=t0: observers.state(False, t0), 30, "the endpoint to leave EDS", 0.005
-            )
-            e_gone = wait_until(lambda t0=t0: envoy.since(False, t0), 10, "Envoy to drop the endpoint")
+            gone = wait_until(partial(observers.state, False, t0), 30, "the endpoint to leave EDS", 0.005)
+            e_gone = wait_until(partial(envoy.since, False, t0), 10, "Envoy to drop the endpoint")
             assert isinstance(gone, list) and isinstance(e_gone, float)
             lat = [t - t0 for t in gone]
             per_observer.extend(lat)
@@ -317,10 +316,10 @@ def out_of_eds(args: argparse.Namespace, cp: BenchControlPlane, workdir: Path, a
             time.sleep(0.3)
             t1 = time.monotonic()
             app.healthy = True
-            back = wait_until(lambda t1=t1: observers.state(True, t1), 30, "the endpoint to return", 0.005)
+            back = wait_until(partial(observers.state, True, t1), 30, "the endpoint to return", 0.005)
             assert isinstance(back, list)
             back_s.append(max(back) - t1)
-            wait_until(lambda t1=t1: envoy.since(True, t1), 10, "Envoy to list the endpoint again")
+            wait_until(partial(envoy.since, True, t1), 10, "Envoy to list the endpoint again")
             progress(
                 f"  trial {trial + 1}/{args.trials}: out of all {observers.n} observers' EDS after "
                 f"{out_s[-1]:.3f}s (Envoy {envoy_out[-1]:.3f}s), back after {back_s[-1]:.3f}s"
@@ -397,20 +396,20 @@ def _reg_worker(spec: RegWorker, ready: Any, go: Any, t_go: Any, stop: Any) -> d
     go.wait()
     while time.monotonic() < t_go.value:
         time.sleep(0.0005)
-    for c in clients:
-        c.start()
+    for client in clients:
+        client.start()
     done: dict[int, float] = {}
     deadline = time.monotonic() + 120
     while len(done) < len(clients) and time.monotonic() < deadline:
         now = time.monotonic()
-        for i, c in enumerate(clients):
-            if i not in done and c.registrations >= 1:
+        for i, client in enumerate(clients):
+            if i not in done and client.registrations >= 1:
                 done[i] = now
         time.sleep(0.002)
-    errors = [c.last_error for c in clients if c.last_error]
+    errors = [client.last_error for client in clients if client.last_error]
     stop.wait(120)  # stay registered until the parent has checked the control plane
-    for c in clients:
-        c.stop()
+    for client in clients:
+        client.stop()
     for ch in channels:
         if ch is not None:
             ch.close()

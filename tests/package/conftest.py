@@ -53,22 +53,41 @@ def project_version() -> str:
         return str(tomllib.load(f)["project"]["version"])
 
 
-def build_packages(version: str, names: tuple[str, ...]) -> Packages:
+KEEP_BUILDS = 4
+
+
+def _prune_old_builds(keep: Path) -> None:
+    """Keep the newest few package builds in the cache (each is ~180 MB); drop older ones."""
+    builds = sorted(CACHE.glob("packages-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [b for b in builds if b != keep][KEEP_BUILDS:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_packages(
+    version: str, names: tuple[str, ...], formats: tuple[str, ...] = ("deb", "rpm")
+) -> Packages:
     """Run packaging/build.sh into a cache directory keyed by the sources; reuse a finished one."""
     require_tool("dpkg")
-    out = CACHE / f"packages-{source_hash()}-{version}-{'-'.join(names)}"
+    out = CACHE / f"packages-{source_hash()}-{version}-{'-'.join(names)}-{'-'.join(formats)}"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / "packages.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / ".ready").exists():
             shutil.rmtree(out, ignore_errors=True)
             venv_bin = str(Path(sys.executable).parent)
-            env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "DIST": str(out),
-                   "VMAGENT_VERSION": version, "PACKAGES": " ".join(names)}
+            env = {
+                **os.environ,
+                "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
+                "DIST": str(out),
+                "VMAGENT_VERSION": version,
+                "PACKAGES": " ".join(names),
+                "FORMATS": " ".join(formats),
+            }
             result = run([str(REPO / "packaging" / "build.sh")], env=env, timeout=1200, check=False)
             if result.returncode != 0:
                 pytest.fail(f"packaging/build.sh failed ({result.returncode}):\n{result.stderr[-4000:]}")
             (out / ".ready").touch()
+            _prune_old_builds(out)
     arch = run(["dpkg", "--print-architecture"]).stdout.strip()
     machine = {"amd64": "x86_64", "arm64": "aarch64"}[arch]
 
@@ -92,7 +111,7 @@ def packages() -> Packages:
 @pytest.fixture(scope="session")
 def previous_packages() -> Packages:
     """The agent package of the same tree under a lower version, to exercise the upgrade path."""
-    return build_packages(project_version() + PREVIOUS_VERSION_SUFFIX, ("vmagent",))
+    return build_packages(project_version() + PREVIOUS_VERSION_SUFFIX, ("vmagent",), ("deb",))
 
 
 @pytest.fixture(scope="session")

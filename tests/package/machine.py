@@ -52,7 +52,7 @@ VM_ADDR = "10.234.0.2"
 
 def apt_mirror(sources: Path = Path("/etc/apt")) -> str:
     """The Debian mirror this machine's apt uses (deb822 or one-line sources), else deb.debian.org."""
-    files = sorted(sources.glob("sources.list.d/*.sources")) + [sources / "sources.list"]
+    files = [*sorted(sources.glob("sources.list.d/*.sources")), sources / "sources.list"]
     files += sorted(sources.glob("sources.list.d/*.list"))
     for path in files:
         if not path.is_file():
@@ -87,7 +87,9 @@ class RootfsCache:
         self._cache_dir = cache_dir
         self._mirror = mirror
         self._packages = packages
-        key = hashlib.sha256(f"{RECIPE}\0{SUITE}\0{mirror}\0{','.join(sorted(packages))}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            f"{RECIPE}\0{SUITE}\0{mirror}\0{','.join(sorted(packages))}".encode()
+        ).hexdigest()[:16]
         self.path = cache_dir / f"rootfs-{key}"
 
     def ensure(self) -> Path:
@@ -147,8 +149,23 @@ class Link:
         for ns in (self.cp_ns, self.vm_ns):
             run(["ip", "netns", "add", ns])
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        run(["ip", "link", "add", self._veth_cp, "netns", self.cp_ns, "type", "veth", "peer", "name",
-             self._veth_vm, "netns", self.vm_ns])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                self._veth_cp,
+                "netns",
+                self.cp_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                self._veth_vm,
+                "netns",
+                self.vm_ns,
+            ]
+        )
         run(["ip", "-n", self.cp_ns, "addr", "add", f"{CP_ADDR}/24", "dev", self._veth_cp])
         run(["ip", "-n", self.vm_ns, "addr", "add", f"{VM_ADDR}/24", "dev", self._veth_vm])
         run(["ip", "-n", self.cp_ns, "link", "set", self._veth_cp, "up"])
@@ -175,15 +192,25 @@ class Machine:
         self.pid1 = 0
 
     def boot(self, timeout: float = 120.0) -> None:
-        cmd = ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "-q",
-               f"--machine={self._name}", "--console=passive"]
+        cmd = [
+            "systemd-nspawn",
+            "-D",
+            str(self.root),
+            "-b",
+            "--register=no",
+            "--keep-unit",
+            "-q",
+            f"--machine={self._name}",
+            "--console=passive",
+        ]
         if self._netns is not None:
             # nspawn keeps CAP_NET_ADMIN only for --private-network; a namespace of our own is as private,
             # and the agent needs the capability for its iptables capture.
             cmd += [f"--network-namespace-path={self._netns}", "--capability=CAP_NET_ADMIN"]
         with open(self._log, "wb") as log:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.pid1 = wait_for(self._find_init, timeout=30, what=f"PID 1 of {self._name} (log: {self._log})")
         deadline = time.monotonic() + timeout
         state = ""
@@ -201,7 +228,9 @@ class Machine:
     def _find_init(self) -> int | None:
         assert self._proc is not None
         if self._proc.poll() is not None:
-            raise AssertionError(f"systemd-nspawn exited with {self._proc.returncode}: {self._log.read_text()}")
+            raise AssertionError(
+                f"systemd-nspawn exited with {self._proc.returncode}: {self._log.read_text()}"
+            )
         try:
             for child in psutil.Process(self._proc.pid).children(recursive=True):
                 if child.name() == "systemd":
@@ -210,14 +239,32 @@ class Machine:
             return None
         return None
 
-    def exec(self, argv: list[str], *, check: bool = True, timeout: float = 120.0,
-             input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002
+    def exec(
+        self, argv: list[str], *, check: bool = True, timeout: float = 120.0, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the machine (all its namespaces) with a clean environment."""
         env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
-        return run(["nsenter", "-t", str(self.pid1), "-a", "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
-                    *argv], check=check, timeout=timeout, input=input, env={"PATH": CLEAN_PATH})
+        return run(
+            [
+                "nsenter",
+                "-t",
+                str(self.pid1),
+                "-a",
+                "--",
+                "env",
+                "-i",
+                *[f"{k}={v}" for k, v in env.items()],
+                *argv,
+            ],
+            check=check,
+            timeout=timeout,
+            input=input,
+            env={"PATH": CLEAN_PATH},
+        )
 
-    def sh(self, script: str, *, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    def sh(
+        self, script: str, *, check: bool = True, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
         return self.exec(["sh", "-c", script], check=check, timeout=timeout)
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -247,7 +294,9 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 
 @contextlib.contextmanager
-def booted(cache: RootfsCache, workdir: Path, tag: str, with_link: bool = True) -> Iterator[tuple[Machine, Link | None]]:
+def booted(
+    cache: RootfsCache, workdir: Path, tag: str, with_link: bool = True
+) -> Iterator[tuple[Machine, Link | None]]:
     """A booted copy of the cached rootfs (in its own network namespace), torn down on exit."""
     link = Link(tag) if with_link else None
     root = workdir / f"root-{tag}"

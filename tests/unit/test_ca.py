@@ -31,6 +31,7 @@ from vmagent.controlplane.ca import (
     CaSettings,
     CertificateAuthority,
     CsrError,
+    parse_csr,
 )
 
 IDENTITY = SpiffeId("cluster.local", "demo", "web")
@@ -202,6 +203,23 @@ def test_the_certificate_names_only_the_callers_identity_whatever_the_csr_asks_f
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert not leaf.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+
+
+def test_a_csr_parsed_once_is_signed_like_a_pem_one(tmp_path: Path) -> None:
+    pki = OperatorPki(tmp_path)
+    ca = CertificateAuthority.load_or_create(tmp_path / "state", CaSettings(), pki.cert_file, pki.key_file)
+    key = generate_key()
+    csr = parse_csr(_csr(key, sans=[x509.DNSName("evil.example.com")], cn="admin"))
+    chain = ca.sign_csr(csr, IDENTITY, datetime.timedelta(minutes=20))
+    verify_chain(chain, pki.root)
+    san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(san) == [x509.UniformResourceIdentifier(IDENTITY.uri)]
+    assert chain[0].public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
+    lifetime = chain[0].not_valid_after_utc - chain[0].not_valid_before_utc
+    assert lifetime == datetime.timedelta(minutes=21)  # 20 min asked + backdated a minute (the cap)
+    # The PEM tail every response carries is the signing certificate and those above it.
+    assert ca.chain_tail_pem == (cert_pem(pki.mid).decode(), cert_pem(pki.root).decode())
+    assert [cert_pem(c).decode() for c in chain[1:]] == list(ca.chain_tail_pem)
 
 
 def test_each_certificate_gets_a_fresh_serial(ca: CertificateAuthority) -> None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from tests.harness import wait_for
 from vmagent.agent.join import make_csr
 from vmagent.common.errors import VmagentError
 from vmagent.common.x509util import SpiffeId, generate_key
 from vmagent.controlplane.ca import CaSettings, CertificateAuthority
 from vmagent.controlplane.certrecords import CertRecords, serial_hex
-from vmagent.controlplane.db import StateDb
+from vmagent.controlplane.db import DB_NAME, StateDb
 
 WEB = SpiffeId("cluster.local", "demo", "web")
 DB = SpiffeId("cluster.local", "demo", "db")
@@ -25,12 +28,18 @@ class Store:
         self.ca = CertificateAuthority.load_or_create(path, CaSettings())
         self.db: StateDb | None = None
 
-    def open(self) -> CertRecords:
+        self.records: CertRecords | None = None
+
+    def open(self, **kwargs: float | bool) -> CertRecords:
         self.close()
         self.db = StateDb.open(self.path)
-        return CertRecords(self.db)
+        self.records = CertRecords(self.db, **kwargs)  # type: ignore[arg-type]
+        return self.records
 
     def close(self) -> None:
+        if self.records is not None:
+            self.records.close()
+            self.records = None
         if self.db is not None:
             self.db.close()
             self.db = None
@@ -139,3 +148,92 @@ def test_a_revocation_written_by_another_connection_is_seen_at_once(store: Store
     finally:
         cli_db.close()
     assert serving.is_revoked(DB, 1)
+
+
+# -- write-behind of issued certificates and the revocation snapshot ---------------------------------
+
+
+def _serials_seen_by_another_connection(store: Store) -> set[str]:
+    conn = sqlite3.connect(store.path / DB_NAME)
+    try:
+        return {r[0] for r in conn.execute("SELECT serial FROM issued_certs")}
+    finally:
+        conn.close()
+
+
+def test_issued_sees_every_certificate_recorded_before_it_from_any_thread(store: Store) -> None:
+    # A long batch delay: issued() must not wait for it, and must not miss a row queued before it.
+    records = store.open(batch_delay=30.0)
+    leaves = [store.leaf(WEB) for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda leaf=leaf: records.record(leaf, WEB, via="renew")) for leaf in leaves
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert {c.serial for c in records.issued(WEB.uri)} == {serial_hex(c.serial_number) for c in leaves}
+    assert _serials_seen_by_another_connection(store) == {serial_hex(c.serial_number) for c in leaves}
+
+
+def test_rows_still_queued_are_written_by_close_and_survive_reopening(store: Store) -> None:
+    records = store.open(batch_delay=30.0)
+    leaf = store.leaf(DB)
+    records.record(leaf, DB, via="join", hostname="vm-9")
+    store.close()  # a clean stop: CertRecords.close() then the database
+    assert _serials_seen_by_another_connection(store) == {serial_hex(leaf.serial_number)}
+    reopened = store.open()
+    assert [(c.serial, c.hostname) for c in reopened.issued()] == [(serial_hex(leaf.serial_number), "vm-9")]
+
+
+def test_written_behind_rows_reach_the_database_without_anyone_asking(store: Store) -> None:
+    records = store.open(batch_delay=0.05)
+    leaf = store.leaf(WEB)
+    records.record(leaf, WEB, via="renew", previous_serial=7)
+    wait_for(
+        lambda: serial_hex(leaf.serial_number) in _serials_seen_by_another_connection(store),
+        timeout=10,
+        what="the queued row to be committed by the background writer",
+    )
+    assert records.issued()[0].previous_serial == "7"
+
+
+def test_without_write_behind_a_record_is_committed_before_record_returns(store: Store) -> None:
+    records = store.open(write_behind=False)
+    leaf = store.leaf(WEB)
+    records.record(leaf, WEB, via="join")
+    assert _serials_seen_by_another_connection(store) == {serial_hex(leaf.serial_number)}
+
+
+def test_the_cached_revocation_check_sees_its_own_revocations_at_once(store: Store) -> None:
+    records = store.open()
+    leaf = store.leaf(WEB)
+    assert not records.is_revoked_cached(WEB, leaf.serial_number)
+    records.revoke_serial(f"0x{leaf.serial_number:X}")
+    assert records.is_revoked_cached(WEB, leaf.serial_number)
+    assert not records.is_revoked_cached(WEB, leaf.serial_number + 1)
+    records.revoke_identity(DB)
+    assert records.is_revoked_cached(DB, 1)
+    assert not records.is_revoked_cached(SpiffeId("other.domain", "demo", "db"), 1)
+
+
+def test_the_cached_revocation_check_sees_a_cli_revocation_within_the_refresh_interval(store: Store) -> None:
+    serving = store.open(refresh_interval=0.1)
+    assert not serving.is_revoked_cached(DB, 1)  # loads the snapshot and starts refreshing it
+    cli_db = StateDb.open(store.path)
+    try:
+        cli = CertRecords(cli_db)
+        cli.revoke_identity(DB)
+        cli.revoke_serial("abc")
+    finally:
+        cli_db.close()
+    wait_for(lambda: serving.is_revoked_cached(DB, 1), timeout=10, what="the identity revocation")
+    assert serving.is_revoked_cached(WEB, 0xABC)
+    assert not serving.is_revoked_cached(WEB, 0xABD)
+
+
+def test_a_snapshot_loaded_after_revocations_has_them(store: Store) -> None:
+    first = store.open()
+    first.revoke_identity(WEB)
+    store.close()
+    assert store.open().is_revoked_cached(WEB, 42)

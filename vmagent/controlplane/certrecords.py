@@ -115,6 +115,7 @@ class CertRecords:
         self._written = threading.Condition(self._lock)
         self._queued = self._committed = 0
         self._thread: threading.Thread | None = None
+        self._hurry = threading.Event()
         self._closed = False
         # The revocation snapshot: generation (max rowid), revoked identity URIs, revoked serials.
         self._rev_generation: int | None = None
@@ -154,6 +155,9 @@ class CertRecords:
         """Wait until every row queued before this call is committed; False if ``timeout`` ran out."""
         with self._written:
             target = self._queued
+            if self._committed >= target:
+                return True
+            self._hurry.set()
             return self._written.wait_for(lambda: self._committed >= target, timeout)
 
     def close(self) -> None:
@@ -163,6 +167,7 @@ class CertRecords:
             thread, self._thread = self._thread, None
             if thread is not None:
                 self._queue.put(None)
+                self._hurry.set()
         if thread is not None:
             thread.join(60)
 
@@ -179,9 +184,11 @@ class CertRecords:
             rows: list[_Row] = []
             try:
                 item = self._queue.get(timeout=timeout)
-                if item is not None and self._batch_delay > 0:
-                    # Let a batch gather instead of waking (and taking the GIL) for every row.
-                    time.sleep(self._batch_delay)
+                if item is not None and self._batch_delay > 0 and self._queue.qsize() < _MAX_BATCH:
+                    # Let a batch gather instead of waking (and taking the GIL) for every row;
+                    # flush() and close() cut the wait short.
+                    self._hurry.wait(self._batch_delay)
+                    self._hurry.clear()
                 while True:
                     if item is None:
                         stopping = True

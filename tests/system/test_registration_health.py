@@ -83,7 +83,7 @@ def ask(vm: VmHost) -> tuple[int, str]:
         return int(code or 0), ""
 
 
-def spread(web: VmHost, want: set[str], max_requests: int = 100, timeout: float = 30) -> list[str]:
+def spread(web: VmHost, want: set[str], max_requests: int = 200, timeout: float = 30) -> list[str]:
     """Requests until every VM in ``want`` answered (bounded); returns the answering names."""
     names: list[str] = []
     deadline = time.monotonic() + timeout
@@ -96,6 +96,17 @@ def spread(web: VmHost, want: set[str], max_requests: int = 100, timeout: float 
     return names
 
 
+def healthy_endpoints(vm: VmHost) -> set[str]:
+    """Addresses of the api endpoints ``vm``'s Envoy holds as healthy (admin /clusters)."""
+    out = vm.ns.run(["curl", "-s", "--max-time", "3", "http://127.0.0.1:15000/clusters"], check=False).stdout
+    prefix = "outbound|8080||api.demo.svc.cluster.local::"
+    return {
+        line.split("::")[1].rsplit(":", 1)[0]
+        for line in out.splitlines()
+        if line.startswith(prefix) and line.split("::")[2:] == ["health_flags", "healthy"]
+    }
+
+
 def workloads(mesh: MeshLab) -> list[dict[str, Any]]:
     assert mesh.cp is not None
     r = mesh.cp.cli("workloads", "-o", "json", "--server", mesh.cp.http)
@@ -104,14 +115,11 @@ def workloads(mesh: MeshLab) -> list[dict[str, Any]]:
 
 
 def test_unhealthy_vm_leaves_traffic_within_the_probe_window_and_returns(mesh: MeshLab) -> None:
-    web, api1 = mesh.vms["web"], mesh.vms["api-1"]
+    web, api1, api2 = mesh.vms["web"], mesh.vms["api-1"], mesh.vms["api-2"]
     wait_for(
-        lambda: (
-            all(w["health"] == "healthy" for w in workloads(mesh) if w["group"] == "api")
-            and len(workloads(mesh)) == 3
-        ),
-        timeout=20,
-        what="both api VMs healthy",
+        lambda: healthy_endpoints(web) == {api1.address, api2.address},
+        timeout=30,
+        what="both api VMs healthy in web's Envoy",
     )
     assert set(spread(web, {"api-1", "api-2"})) == {"api-1", "api-2"}
 
@@ -134,9 +142,13 @@ def test_unhealthy_vm_leaves_traffic_within_the_probe_window_and_returns(mesh: M
     status = api1.status()
     assert status["health"]["healthy"] is False and status["health"]["acked"] is True
 
+    assert healthy_endpoints(web) == {api2.address}
     api1.start_app(8080)
-    names = spread(web, {"api-1"}, timeout=20)
-    assert "api-1" in names, "api-1 must get traffic again once its probe passes"
+    wait_for(
+        lambda: healthy_endpoints(web) == {api1.address, api2.address},
+        timeout=PERIOD * 3 + 10,
+        what="api-1 healthy again in web's Envoy",
+    )
     sample = [ask(web) for _ in range(20)]
     assert all(code == 200 for code, _ in sample), sample
     assert {name for _, name in sample} == {"api-1", "api-2"}, sample

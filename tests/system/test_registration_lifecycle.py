@@ -105,3 +105,21 @@ def test_killed_vm_leaves_eds_within_the_heartbeat_timeout_and_is_deleted_after_
     assert GRACE_PERIOD - 1 <= deleted <= GRACE_PERIOD + REAP_SLACK + 2
     listed = json.loads(mesh.cp.cli("workloads", "-o", "json", "--server", mesh.cp.http).stdout)
     assert sorted(w["name"] for w in listed) == sorted([f"api-{api1.address}", f"web-{web.address}"])
+
+
+def test_leave_without_a_control_plane_keeps_the_agent_running_unless_forced(mesh: MeshLab) -> None:
+    assert mesh.cp is not None and mesh.cp.process is not None
+    api1 = mesh.vms["api-1"]
+    mesh.cp.process.terminate()
+    mesh.cp.process.wait(timeout=20)
+    refused = api1.leave("--timeout", "2s", check=False)
+    assert refused.returncode == 1
+    assert "the control plane did not confirm the leave within 2s" in refused.stderr
+    assert "the agent keeps running" in refused.stderr and "\n" not in refused.stderr.strip()
+    doc = api1.status()
+    assert doc["running"] is True and doc["capture"]["applied"] is True and doc["leave"]["state"] == "failed"
+    forced = api1.leave("--timeout", "1s", "--force")
+    assert "NOT confirmed by the control plane" in forced.stdout and "the agent stopped" in forced.stdout
+    assert api1.agent is not None and api1.agent.wait(timeout=10) == 0
+    rules = api1.ns.run(["iptables-save", "-t", "nat"], check=False).stdout
+    assert "VMAGENT" not in rules

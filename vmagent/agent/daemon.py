@@ -288,7 +288,8 @@ class Agent:
                 next_pet = now + interval
             if self.registration is not None:
                 self.link.observe(self.registration.connected)
-            if not self.ready and self.leave_state is None:
+            leaving = self.leave_state is not None and self.leave_state["state"] != "failed"
+            if not self.ready and not leaving:  # a leave removes capture: never apply it again
                 ok, reason = self.readiness()
                 if ok:
                     self._became_ready()
@@ -457,7 +458,7 @@ class Agent:
         r = self.rotator
         ok, reason = self.readiness()
         leave = self.leave_state
-        if leave is not None:
+        if leave is not None and leave["state"] != "failed":
             state = "left" if leave["state"] == "done" else "leaving"
         else:
             state = "ready" if self.ready else "starting"

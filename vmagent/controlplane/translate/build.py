@@ -1,14 +1,24 @@
-"""The entry point: everything one proxy gets over ADS, as typed Envoy messages."""
+"""The entry point: everything one proxy gets over ADS, as typed Envoy messages.
+
+Translation has two halves. The *outbound* half (outbound clusters and their load assignments, the
+outbound port listeners and route configurations, ``virtualOutbound``; for a gateway proxy its
+listeners and routes) depends on the proxy only through :func:`outbound_key`: its namespace (exportTo,
+DestinationRule lookup, short host names), its labels (VirtualService ``sourceLabels``, Gateway
+selectors) and its mode. The *inbound* half (``virtualInbound``, ``inbound|PORT||`` and the inbound
+passthrough clusters, JWKS clusters) depends on the workload: :func:`translation_key` names everything
+it reads. So proxies with equal keys get equal resources, and a control plane can build each half once
+per key (``snapshots.Translator`` does).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from google.protobuf.message import Message
 
 from vmagent.controlplane.model import Service
-from vmagent.controlplane.translate import authn, clusters, inbound, listeners, routes
+from vmagent.controlplane.translate import authn, clusters, inbound, listeners, names, routes
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.endpoints import load_assignment
 from vmagent.controlplane.translate.gateway_listeners import gateway_resources
@@ -18,6 +28,92 @@ from vmagent.controlplane.translate.services import visible_services
 from vmagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 Resources = dict[str, dict[str, Any]]
+OutboundKey = tuple[str, tuple[tuple[str, str], ...], str]
+
+
+def outbound_key(proxy: ProxyInfo) -> OutboundKey:
+    """What the outbound half reads from ``proxy``: namespace, labels and mode."""
+    return (proxy.namespace, tuple(sorted(proxy.labels.items())), proxy.mode)
+
+
+def translation_key(proxy: ProxyInfo) -> Hashable:
+    """What the whole translation reads from ``proxy``: equal keys give equal resources.
+
+    The outbound key plus the workload's ports, identity and inbound address, and which IP families
+    its addresses have (only IPv6 or not matters: it adds the IPv6 passthrough). Not the addresses
+    themselves nor the proxy's name, so the many proxies of one workload group share one key.
+    """
+    families = tuple(sorted({ip.version for a in proxy.ip_addresses if (ip := names.ip_of(a)) is not None}))
+    return (outbound_key(proxy), proxy.ports, proxy.identity, proxy.inbound_address, families)
+
+
+def outbound_view(proxy: ProxyInfo) -> ProxyInfo:
+    """``proxy`` reduced to its :func:`outbound_key` (the outbound half sees nothing else)."""
+    return ProxyInfo(namespace=proxy.namespace, labels=dict(proxy.labels), mode=proxy.mode)
+
+
+def _put(out: Resources, type_url: str, name: str, msg: Message) -> None:
+    if name in out[type_url]:
+        raise ValueError(f"translation produced two {type_url.rsplit('.', 1)[-1]} named {name!r}")
+    out[type_url][name] = msg
+
+
+def build_outbound_resources(
+    proxy: ProxyInfo, services: Iterable[Service], configs: ConfigLookup, mesh: MeshOptions
+) -> Resources:
+    """The outbound half for ``proxy``'s :func:`outbound_key` (types and names sorted).
+
+    Callers may share the result between proxies with the same key; nobody may mutate it.
+    """
+    view = outbound_view(proxy)
+    visible = visible_services(services, view.namespace)
+    out: Resources = {CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}}
+    for plan in clusters.plan_outbound(visible, view, configs, mesh):
+        cluster, auto_tls = clusters.outbound_cluster(plan, mesh)
+        _put(out, CLUSTER, cluster.name, cluster)
+        if plan.is_eds:
+            msg = load_assignment(plan.name, plan.service, plan.port, plan.endpoints, auto_tls)
+            _put(out, ENDPOINT, plan.name, msg)
+    _put(out, CLUSTER, names.PASSTHROUGH_CLUSTER, clusters.passthrough_cluster(mesh))
+    _put(out, CLUSTER, names.BLACKHOLE_CLUSTER, clusters.blackhole_cluster(mesh))
+    if view.mode == "gateway":
+        gw = gateway_resources(view, visible, configs, mesh)
+        for lst in gw.listeners:
+            _put(out, LISTENER, lst.name, lst)
+        for rc in gw.routes:
+            _put(out, ROUTE, rc.name, rc)
+        return _sorted(out)
+    _put(out, LISTENER, names.VIRTUAL_OUTBOUND, listeners.virtual_outbound(mesh))
+    for plan_port in listeners.plan_ports(visible, view, configs, mesh):
+        lst = listeners.port_listener(plan_port, mesh)
+        _put(out, LISTENER, lst.name, lst)
+        if plan_port.http:
+            rc = routes.outbound_route_config(plan_port.port, plan_port.http, view, mesh, configs, visible)
+            _put(out, ROUTE, rc.name, rc)
+    return _sorted(out)
+
+
+def build_inbound_resources(
+    proxy: ProxyInfo, outbound: Mapping[str, Mapping[str, Any]], configs: ConfigLookup, mesh: MeshOptions
+) -> Resources:
+    """``outbound`` (from :func:`build_outbound_resources` for ``proxy``) completed with the inbound half.
+
+    Returns new dicts (``outbound`` is not modified; its messages are reused, not copied).
+    """
+    out: Resources = {t: dict(outbound.get(t, {})) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
+    if proxy.mode == "gateway":
+        return _sorted(out)
+    for c in clusters.inbound_passthrough_clusters(proxy, mesh):
+        _put(out, CLUSTER, c.name, c)
+    for port in inbound.inbound_ports(proxy):
+        c = clusters.inbound_cluster(port, proxy, mesh)
+        _put(out, CLUSTER, c.name, c)
+    security = inbound_security(proxy, configs, mesh)
+    # JWKS hosts that no ServiceEntry registers still need a cluster for Envoy to fetch keys through.
+    for c in authn.jwks_clusters(security.request_authentications, out[CLUSTER].keys(), mesh):
+        _put(out, CLUSTER, c.name, c)
+    _put(out, LISTENER, names.VIRTUAL_INBOUND, inbound.virtual_inbound(proxy, security, mesh))
+    return _sorted(out)
 
 
 def build_proxy_resources(
@@ -25,56 +121,13 @@ def build_proxy_resources(
 ) -> Resources:
     """``type URL -> {resource name -> message}`` for CDS, EDS, LDS and RDS (every type present, maybe empty).
 
-    Pure and deterministic: equal inputs give equal messages in equal order. Gateway proxies get the
-    outbound clusters and endpoints and the listeners and routes of the Gateways selecting them
-    (``gateway_listeners``), nothing of the sidecar's.
+    Pure and deterministic: equal inputs give equal messages in equal order, and proxies with equal
+    :func:`translation_key` get equal resources. Gateway proxies get the outbound clusters and
+    endpoints and the listeners and routes of the Gateways selecting them (``gateway_listeners``),
+    nothing of the sidecar's.
     """
-    visible = visible_services(services, proxy.namespace)
-    out: Resources = {CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}}
-
-    def put(type_url: str, name: str, msg: Message) -> None:
-        if name in out[type_url]:
-            raise ValueError(f"translation produced two {type_url.rsplit('.', 1)[-1]} named {name!r}")
-        out[type_url][name] = msg
-
-    for plan in clusters.plan_outbound(visible, proxy, configs, mesh):
-        cluster, auto_tls = clusters.outbound_cluster(plan, mesh)
-        put(CLUSTER, cluster.name, cluster)
-        if plan.is_eds:
-            put(
-                ENDPOINT,
-                plan.name,
-                load_assignment(plan.name, plan.service, plan.port, plan.endpoints, auto_tls),
-            )
-    put(CLUSTER, clusters.passthrough_cluster(mesh).name, clusters.passthrough_cluster(mesh))
-    put(CLUSTER, clusters.blackhole_cluster(mesh).name, clusters.blackhole_cluster(mesh))
-    if proxy.mode == "gateway":
-        gw = gateway_resources(proxy, visible, configs, mesh)
-        for lst in gw.listeners:
-            put(LISTENER, lst.name, lst)
-        for rc in gw.routes:
-            put(ROUTE, rc.name, rc)
-        return _sorted(out)
-
-    for c in clusters.inbound_passthrough_clusters(proxy, mesh):
-        put(CLUSTER, c.name, c)
-    for port in inbound.inbound_ports(proxy):
-        c = clusters.inbound_cluster(port, proxy, mesh)
-        put(CLUSTER, c.name, c)
-
-    put(LISTENER, "virtualOutbound", listeners.virtual_outbound(mesh))
-    for plan_port in listeners.plan_ports(visible, proxy, configs, mesh):
-        lst = listeners.port_listener(plan_port, mesh)
-        put(LISTENER, lst.name, lst)
-        if plan_port.http:
-            rc = routes.outbound_route_config(plan_port.port, plan_port.http, proxy, mesh, configs, visible)
-            put(ROUTE, rc.name, rc)
-    security = inbound_security(proxy, configs, mesh)
-    # JWKS hosts that no ServiceEntry registers still need a cluster for Envoy to fetch keys through.
-    for c in authn.jwks_clusters(security.request_authentications, out[CLUSTER].keys(), mesh):
-        put(CLUSTER, c.name, c)
-    put(LISTENER, "virtualInbound", inbound.virtual_inbound(proxy, security, mesh))
-    return _sorted(out)
+    outbound = build_outbound_resources(proxy, services, configs, mesh)
+    return build_inbound_resources(proxy, outbound, configs, mesh)
 
 
 def _sorted(resources: Resources) -> Resources:

@@ -124,20 +124,24 @@ class Snapshot:
         return cls(MappingProxyType(types))
 
     @classmethod
-    def from_messages(cls, messages: Iterable[Message]) -> Snapshot:
+    def from_messages(cls, messages: Iterable[Message], packer: Packer | None = None) -> Snapshot:
         """From typed protos (Cluster, ClusterLoadAssignment, Listener, ...), named by their name field.
 
-        A name used twice within one type raises ValueError.
+        A name used twice within one type raises ValueError. With ``packer``, messages and resource
+        sets it has seen before are not packed or hashed again, and equal types share one
+        :class:`TypeResources` (see :class:`Packer`).
         """
-        grouped: dict[str, dict[str, any_pb2.Any]] = {}
+        if packer is None:
+            packer = Packer()
+        grouped: dict[str, dict[str, tuple[any_pb2.Any, str]]] = {}
         for msg in messages:
-            packed = pack(msg)
+            packed, version = packer.pack(msg)
             name = resource_name(msg)
             named = grouped.setdefault(packed.type_url, {})
             if name in named:
                 raise ValueError(f"duplicate {short_name(packed.type_url)} resource {name!r}")
-            named[name] = packed
-        return cls.from_resources(grouped)
+            named[name] = (packed, version)
+        return cls(MappingProxyType({t: packer.type_resources(named) for t, named in grouped.items()}))
 
     def get(self, type_url: str) -> TypeResources:
         """The resources of ``type_url`` (empty when the snapshot has none)."""
@@ -151,8 +155,50 @@ class Snapshot:
         """Types whose version differs from ``previous`` (all of this snapshot's types if none)."""
         if previous is None:
             return frozenset(self.types)
+        if previous is self:
+            return frozenset()
         urls = set(self.types) | set(previous.types)
         return frozenset(u for u in urls if self.version(u) != previous.version(u))
 
 
 _EMPTY = TypeResources(MappingProxyType({}), MappingProxyType({}), set_version({}))
+
+
+class Packer:
+    """Packs and hashes each message once, and shares equal resource sets between snapshots.
+
+    ``pack`` remembers messages by identity (it keeps them alive, so an id is never reused while it
+    is here): translators that hand the same message objects to many proxies' snapshots pay for
+    packing once. ``type_resources`` returns the :class:`TypeResources` built earlier for the same
+    names and versions, so snapshots of proxies that get equal resources share one copy in memory.
+    A packer grows with what it sees: use one per set of inputs (e.g. per config and registry
+    version) and drop it afterwards. Safe to share between threads (a race packs a message twice,
+    with equal results).
+    """
+
+    def __init__(self) -> None:
+        self._packed: dict[int, tuple[Message, any_pb2.Any, str]] = {}
+        self._types: dict[tuple[tuple[str, str], ...], TypeResources] = {}
+
+    def pack(self, msg: Message) -> tuple[any_pb2.Any, str]:
+        """``msg`` packed deterministically, and its :func:`resource_version`."""
+        found = self._packed.get(id(msg))
+        if found is not None and found[0] is msg:
+            return found[1], found[2]
+        packed = pack(msg)
+        entry = self._packed.setdefault(id(msg), (msg, packed, resource_version(packed)))
+        return entry[1], entry[2]
+
+    def type_resources(self, named: Mapping[str, tuple[any_pb2.Any, str]]) -> TypeResources:
+        """The :class:`TypeResources` of ``name -> (packed, version)``, shared when seen before."""
+        key = tuple((name, version) for name, (_, version) in named.items())
+        found = self._types.get(key)
+        if found is not None:
+            return found
+        versions = {name: version for name, (_, version) in named.items()}
+        built = TypeResources(
+            MappingProxyType({name: res for name, (res, _) in named.items()}),
+            MappingProxyType(versions),
+            set_version(versions),
+        )
+        return self._types.setdefault(key, built)

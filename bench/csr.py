@@ -301,8 +301,9 @@ class Layout:
         return f"{HOST}:{self.mtls_port}"
 
 
-def start_servers(layout: Layout, count: int) -> list[Background]:
-    """``count`` control planes sharing the state dir and both gRPC ports (SO_REUSEPORT)."""
+def start_servers(layout: Layout, count: int, ca_workers: int = 0) -> list[Background]:
+    """``count`` control planes sharing the state dir and both gRPC ports (SO_REUSEPORT), each with
+    ``ca_workers`` CA worker processes on the join port."""
     exe = venv_tool("vmagent-cp")
     servers: list[Background] = []
     try:
@@ -312,11 +313,14 @@ def start_servers(layout: Layout, count: int) -> list[Background]:
                 "--config-dir", str(layout.config_dir), "--state-dir", str(layout.state_dir),
                 "--listen", layout.tls_address, "--mtls-listen", layout.mtls_address,
                 "--http-listen", f"{HOST}:{free_port()}", "--cert-ttl", "24h",
+                "--ca-workers", str(ca_workers),
             ]  # fmt: skip
-            server = Background(cmd, layout.root / f"cp-{count}-{n}.log")
+            server = Background(cmd, layout.root / f"cp-{count}-{ca_workers}w-{n}.log")
             servers.append(server)
             # One at a time: the first creates the CA; a second bind on a port that is not shared fails.
             server.wait_ports(HOST, [layout.tls_port, layout.mtls_port])
+            if ca_workers:
+                _wait_workers(server, layout.tls_port, ca_workers)
     except BaseException:
         for s in servers:
             s.stop()
@@ -333,6 +337,34 @@ def create_token(layout: Layout, uses: int, ttl: str = "2h") -> dict[str, Any]:
     _, result = run_timed(cmd)
     out: dict[str, Any] = json.loads(result.stdout)
     return out
+
+
+def _server_pids(servers: list[Background]) -> list[int]:
+    """Each ``serve`` process followed by its CA worker processes."""
+    import psutil
+
+    pids: list[int] = []
+    for s in servers:
+        pids += [s.pid, *(c.pid for c in psutil.Process(s.pid).children(recursive=True))]
+    return pids
+
+
+def _wait_workers(server: Background, port: int, count: int, timeout: float = 60.0) -> None:
+    """Until ``server`` has ``count`` child processes, each listening on ``port``."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = psutil.Process(server.pid).children()
+        listening = [
+            c
+            for c in children
+            if any(x.status == psutil.CONN_LISTEN and x.laddr.port == port for x in c.net_connections("tcp"))
+        ]
+        if len(listening) >= count:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{count} CA workers did not listen on {port} within {timeout:g}s")
 
 
 def _cpu_seconds(pids: list[int]) -> list[float]:
@@ -368,7 +400,7 @@ def measure(
             ready.get(timeout=120)
         t0.value = time.monotonic() + 0.2
         go.set()
-        server_pids = [s.pid for s in servers]
+        server_pids = _server_pids(servers)
         client_pids = [p.pid for p in procs if p.pid is not None]
         _sleep_until(t0.value + spec.warmup)
         cpu0 = _cpu_seconds(server_pids + client_pids)
@@ -387,7 +419,7 @@ def measure(
     if fatal:
         raise RuntimeError(f"{mode} clients failed: {fatal[0]}")
     used = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
-    server_cpu, client_cpu = used[: len(servers)], used[len(servers) :]
+    server_cpu, client_cpu = used[: len(server_pids)], used[len(server_pids) :]
     latencies = [x for o in outs for x in o["latencies"]]
     ok = sum(o["ok"] for o in outs)
     server_ms = sum(server_cpu) * 1000 / ok if ok else None
@@ -468,21 +500,28 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "duration": args.duration,
     }
     throughput: dict[str, Any] = {}
-    for count in args.servers:
+    # (server processes, CA workers each, modes): CA workers serve only the join port, so only the
+    # token-authenticated mode can reach them.
+    runs = [(count, 0, args.modes) for count in args.servers]
+    if "token" in args.modes:
+        runs += [(1, w, ["token"]) for w in args.ca_workers if w > 0]
+    for count, workers, modes in runs:
         progress(
-            f"starting {count} control plane process(es) on {layout.tls_address} + {layout.mtls_address}"
+            f"starting {count} control plane process(es) with {workers} CA worker(s) each on "
+            f"{layout.tls_address} + {layout.mtls_address}"
         )
-        servers = start_servers(layout, count)
+        servers = start_servers(layout, count, workers)
         try:
             tok = create_token(layout, uses=10**9)
             root_pem = (layout.state_dir / "root-cert.pem").read_bytes()
             spec_args.update(token=tok["token"], root_pem=root_pem)
-            for mode in args.modes:
+            for mode in modes:
                 progress(f"{mode}: {args.clients} clients x {args.inflight} in flight, {args.duration:g}s")
                 m = measure(layout, servers, mode, spec_args, args.clients)
                 m["ratio_to_baseline"] = rounded(m["certs_per_s"] / base, 3)
-                progress(f"{mode} with {count} server(s): {json.dumps(m)}")
-                throughput[f"{mode}_{count}proc"] = m
+                key = f"{mode}_{count}proc" + (f"_{workers}workers" if workers else "")
+                progress(f"{key}: {json.dumps(m)}")
+                throughput[key] = m
         finally:
             for s in servers:
                 s.stop()
@@ -525,6 +564,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--csrs", type=int, default=64, help="distinct pre-generated CSRs (64)")
     p.add_argument("--servers", type=int, nargs="+", default=[1, 2], help="server process counts (1 2)")
     p.add_argument("--modes", nargs="+", default=["renew", "token"], choices=["renew", "token"])
+    p.add_argument(
+        "--ca-workers",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="also measure token joins against one server with this many CA workers (1); none: skip",
+    )
     p.add_argument("--join-runs", type=int, default=7, help="vmagent join runs for the median (7)")
     p.add_argument("--baseline-seconds", type=float, default=2.0, help="per baseline (2s)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (server logs) and print its path")

@@ -70,6 +70,13 @@ def add_subcommand(sub: Any) -> None:
         type=Path,
         help="YAML with Istio MeshConfig fields: outboundTrafficPolicy.mode, rootNamespace",
     )
+    p.add_argument(
+        "--ca-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also serve joins (the --listen port) from N extra processes, for more signing cores (0)",
+    )
     p.add_argument("--kubeconfig", type=Path, help="use a Kubernetes API server as the config source")
     p.add_argument("--in-cluster", action="store_true", help="use the in-cluster Kubernetes API")
     p.set_defaults(func=run)
@@ -104,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         max_cert_ttl=args.max_cert_ttl,
         server_names=args.server_names,
         mesh_config=mesh_config,
+        ca_workers=args.ca_workers,
         lifecycle=LifecycleSettings(
             heartbeat_interval=min(5.0, args.heartbeat_timeout.total_seconds() / 3),
             heartbeat_timeout=args.heartbeat_timeout.total_seconds(),

@@ -15,6 +15,7 @@ from vmagent.api import bootstrap_pb2_grpc, istio_ca_pb2_grpc
 from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, CP_MTLS_PORT, DEFAULT_TRUST_DOMAIN
 from vmagent.common.fsutil import atomic_write, ensure_dir
 from vmagent.controlplane.ca import CaSettings, CertificateAuthority
+from vmagent.controlplane.caworkers import CaWorkers, WorkerSpec
 from vmagent.controlplane.certrecords import CertRecords
 from vmagent.controlplane.certservice import (
     AsyncIstioCertificateServicer,
@@ -59,6 +60,7 @@ class ServeOptions:
     server_names: list[str] = field(default_factory=list)
     mesh_config: dict[str, Any] = field(default_factory=dict)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    ca_workers: int = 0  # extra processes serving the join port (see caworkers.py)
 
 
 class StateStore:
@@ -134,6 +136,7 @@ class ControlPlane:
         self.http.add_json("/api/v1/config/errors", self.configs.errors)
         self.http.add_json("/api/v1/certificates", lambda: [c.as_json() for c in self.store.records.issued()])
         self.http.add_json("/api/v1/revocations", self.store.records.revocations)
+        self.ca_workers: CaWorkers | None = None
         self._stopped = threading.Event()
 
     def _push_names(self) -> None:
@@ -175,7 +178,12 @@ class ControlPlane:
         self.reaper.start()
         mtls_port = self.mtls_server.start()
         self.issuer.mesh = MeshInfo(self.opts.trust_domain, mtls_port, self.opts.mesh_config)
-        self.tls_server.start()
+        tls_port = self.tls_server.start()
+        if self.opts.ca_workers > 0:
+            self.ca_workers = CaWorkers(
+                WorkerSpec.for_options(self.opts, tls_port, mtls_port), self.opts.ca_workers
+            )
+            self.ca_workers.start()
         self.http.start()
         for err in self.configs.errors():
             log.error("config: %s", err)
@@ -188,6 +196,8 @@ class ControlPlane:
         if self._stopped.is_set():
             return
         self.http.stop()
+        if self.ca_workers is not None:
+            self.ca_workers.stop()
         self.tls_server.stop()
         self.mtls_server.stop()
         self.registration.close()

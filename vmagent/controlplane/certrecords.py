@@ -26,12 +26,16 @@ background thread per ``CertRecords`` (started on first use, stopped by :meth:`C
 from __future__ import annotations
 
 import datetime
+import fcntl
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
 
 from cryptography import x509
 
@@ -64,6 +68,46 @@ _SCHEMA = [
         PRIMARY KEY (kind, value)
     )""",
 ]
+
+
+class WriteLock:
+    """Serialises the certificate path's writes to one state database across threads and processes
+    (``serve`` and its CA workers), with ``flock`` on a file beside the database.
+
+    SQLite alone would let them race for its write lock, and a writer that finds the database locked
+    sleeps 1, 2, 5, 10... ms before trying again: a burst of joins served by several processes then
+    spends its time asleep. A process waiting on ``flock`` wakes as soon as the holder lets go.
+    """
+
+    def __init__(self, db_file: Path | None) -> None:
+        """``db_file=None`` (an in-memory database): between threads only."""
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        if db_file is not None:
+            self._fd = os.open(f"{db_file}-ca-write.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def __enter__(self) -> WriteLock:
+        self._thread_lock.acquire()
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._thread_lock.release()
+                raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def close(self) -> None:
+        with self._thread_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def serial_hex(serial: int) -> str:
@@ -108,6 +152,9 @@ class CertRecords:
         self._batch_delay = batch_delay
         for stmt in _SCHEMA:
             db.execute(stmt)
+        # Taken around every write of the certificate path: the batches below, revocations and (by the
+        # certificate service) token use counts.
+        self.write_lock = WriteLock(_db_file(db))
         self._write_behind = write_behind
         self._refresh_interval = refresh_interval
         self._queue: queue.SimpleQueue[_Row | None] = queue.SimpleQueue()
@@ -170,6 +217,7 @@ class CertRecords:
                 self._hurry.set()
         if thread is not None:
             thread.join(60)
+        self.write_lock.close()
 
     def _start_thread_locked(self) -> None:
         if self._thread is None and not self._closed:
@@ -212,7 +260,8 @@ class CertRecords:
         delay = 0.05
         while True:
             try:
-                self._db.execute(sql, params)  # one statement: one transaction for the batch
+                with self.write_lock:
+                    self._db.execute(sql, params)  # one statement: one transaction for the batch
                 break
             except sqlite3.Error as exc:  # e.g. locked past busy_timeout: keep the rows, try again
                 log.error("cannot record %d issued certificates (will retry): %s", len(rows), exc)
@@ -230,17 +279,19 @@ class CertRecords:
         except ValueError as exc:
             raise VmagentError(f"{serial!r} is not a hexadecimal certificate serial") from exc
         serial = serial.lstrip("0") or "0"
-        self._db.execute(
-            "INSERT OR IGNORE INTO revocations VALUES ('serial', ?, ?, ?)", (serial, time.time(), reason)
-        )
+        with self.write_lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO revocations VALUES ('serial', ?, ?, ?)", (serial, time.time(), reason)
+            )
         with self._lock:
             self._rev_serials = self._rev_serials | {serial}
 
     def revoke_identity(self, identity: SpiffeId, reason: str = "") -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO revocations VALUES ('identity', ?, ?, ?)",
-            (identity.uri, time.time(), reason),
-        )
+        with self.write_lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO revocations VALUES ('identity', ?, ?, ?)",
+                (identity.uri, time.time(), reason),
+            )
         with self._lock:
             self._rev_identities = self._rev_identities | {identity.uri}
 
@@ -300,6 +351,15 @@ class CertRecords:
             q, args = q + " WHERE spiffe_id = ?", (identity,)
         rows, _ = self._db.execute(q + " ORDER BY issued_at", args)
         return [IssuedCert(*r) for r in rows]  # type: ignore[arg-type]
+
+
+def _db_file(db: StateDb) -> Path | None:
+    """The file behind ``db``, or None for an in-memory database."""
+    rows, _ = db.execute("PRAGMA database_list")
+    for _seq, name, file in rows:
+        if name == "main" and file:
+            return Path(str(file))
+    return None
 
 
 def _iso(ts: float) -> str:

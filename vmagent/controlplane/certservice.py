@@ -132,7 +132,8 @@ class CertificateIssuer:
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from exc
         identity, group = self.identity_for_group(claims.namespace, claims.group)
         parsed = _parse(csr)
-        self._consume(claims)  # only for a CSR that will be signed
+        with self.records.write_lock:  # shared with CA workers: see certrecords.WriteLock
+            self._consume(claims)  # only for a CSR that will be signed
         chain = self.ca.sign_csr(parsed, identity, _ttl(validity))
         self.records.record(chain[0], identity, via="join", hostname=hostname)
         self._issued.count("join")
@@ -273,3 +274,9 @@ class BootstrapServicer(bootstrap_pb2_grpc.BootstrapServicer):  # type: ignore[m
             mtls_port=mesh.mtls_port,
             mesh_config_json=json.dumps(mesh.mesh_config, sort_keys=True),
         )
+
+
+def add_join_services(server: grpc.Server, issuer: CertificateIssuer) -> None:
+    """Everything the join (TLS) port serves, on a threaded server: CreateCertificate and Join."""
+    istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(IstioCertificateServicer(issuer), server)
+    bootstrap_pb2_grpc.add_BootstrapServicer_to_server(BootstrapServicer(issuer), server)

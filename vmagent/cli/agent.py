@@ -17,15 +17,8 @@ SUBCOMMANDS = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    modules = [m for m in SUBCOMMANDS if _exists(m)]
-    parser = build_parser("vmagent", "Join this VM to the mesh and run its proxy.", modules)
+    parser = build_parser("vmagent", "Join this VM to the mesh and run its proxy.", SUBCOMMANDS)
     return run_cli("vmagent", parser, argv)
-
-
-def _exists(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from vmagent.cli.agent import _exists
 from vmagent.cli.common import build_parser, run_cli
 
 SUBCOMMANDS = [
@@ -19,8 +18,7 @@ SUBCOMMANDS = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    modules = [m for m in SUBCOMMANDS if _exists(m)]
-    parser = build_parser("vmagent-cp", "The vmagent control plane: mesh CA, registry and xDS.", modules)
+    parser = build_parser("vmagent-cp", "The vmagent control plane: mesh CA, registry and xDS.", SUBCOMMANDS)
     return run_cli("vmagent-cp", parser, argv)
 
 

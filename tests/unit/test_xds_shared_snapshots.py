@@ -21,8 +21,13 @@ from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.proxies import ConnectedProxy
 from vmagent.controlplane.registry import ConfigRegistry
 from vmagent.controlplane.snapshots import Translator
-from vmagent.controlplane.translate import MeshOptions, all_messages, build_proxy_resources
-from vmagent.controlplane.translate.build import outbound_key, translation_key
+from vmagent.controlplane.translate import MeshOptions, Resources, all_messages, build_proxy_resources
+from vmagent.controlplane.translate.build import (
+    label_keys_read,
+    outbound_key,
+    translation_key,
+    with_labels_read,
+)
 from vmagent.controlplane.xds.cache import SnapshotCache
 from vmagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Packer, Snapshot
 
@@ -131,7 +136,9 @@ class Mesh:
         return Snapshot.from_messages(all_messages(resources))
 
 
-def vm(ip: str, labels: dict[str, str] | None = None, name: str = "", gateway: bool = False) -> ConnectedProxy:
+def vm(
+    ip: str, labels: dict[str, str] | None = None, name: str = "", gateway: bool = False
+) -> ConnectedProxy:
     ident = SpiffeId(TRUST, "demo", "web")
     kind = "router" if gateway else "sidecar"
     return ConnectedProxy(
@@ -143,6 +150,12 @@ def vm(ip: str, labels: dict[str, str] | None = None, name: str = "", gateway: b
         labels=dict(labels if labels is not None else {"app": "web"}),
         gateway=gateway,
     )
+
+
+def serialized(resources: Resources) -> dict[str, dict[str, bytes]]:
+    return {
+        t: {n: m.SerializeToString(deterministic=True) for n, m in r.items()} for t, r in resources.items()
+    }
 
 
 def assert_same_content(got: Snapshot, want: Snapshot) -> None:
@@ -176,6 +189,24 @@ def test_other_labels_get_their_own_routes_and_still_share_endpoints() -> None:
     assert sp.get(ENDPOINT) is sc.get(ENDPOINT)
     name = "outbound|8080||api.demo.svc.cluster.local"
     assert sp.get(CLUSTER).resources[name] is sc.get(CLUSTER).resources[name]
+
+
+def test_labels_no_config_selects_on_do_not_split_the_sharing() -> None:
+    mesh = Mesh()
+    a = vm("10.0.1.1", {"app": "web", "host": "vm-1"})
+    b = vm("10.0.1.2", {"app": "web", "host": "vm-2"})
+    sa, sb = mesh.translate(a), mesh.translate(b)
+    assert sa is sb
+    assert_same_content(sa, mesh.reference(a))
+    # Once a VirtualService matches on that label, the two VMs get different routes.
+    selective = MESH.replace("sourceLabels: {track: canary}", "sourceLabels: {host: vm-2}")
+    mesh.source.set(objects(selective))
+    sa, sb = mesh.translate(a), mesh.translate(b)
+    assert sa is not sb
+    assert b"/canary" in sb.get(ROUTE).resources["8080"].value
+    assert b"/canary" not in sa.get(ROUTE).resources["8080"].value
+    assert_same_content(sa, mesh.reference(a))
+    assert_same_content(sb, mesh.reference(b))
 
 
 def test_a_vm_serving_a_service_gets_its_inbound_side_and_shares_the_outbound_side() -> None:
@@ -250,7 +281,19 @@ def test_translation_reads_only_what_its_key_names(path: Path) -> None:
     moved = dataclasses.replace(case.proxy, ip_addresses=ips, name="elsewhere")
     assert translation_key(moved) == translation_key(case.proxy)
     other = build_proxy_resources(moved, case.services, case.configs, case.mesh)
-    assert {t: {n: m.SerializeToString(deterministic=True) for n, m in r.items()} for t, r in base.items()} == {
-        t: {n: m.SerializeToString(deterministic=True) for n, m in r.items()} for t, r in other.items()
-    }
+    assert serialized(base) == serialized(other)
     assert outbound_key(moved) == outbound_key(case.proxy)
+
+
+@pytest.mark.parametrize("path", golden_cases(), ids=lambda p: p.stem)
+def test_labels_outside_the_selected_keys_change_nothing(path: Path) -> None:
+    """Every label key translation reads is among ``label_keys_read``: dropping the others (and adding
+    one nobody selects on) gives the same resources."""
+    case = load_case(path)
+    keys = label_keys_read(case.configs)
+    extra = dataclasses.replace(case.proxy, labels={**case.proxy.labels, "unselected.example/vm": "vm-7"})
+    reduced = with_labels_read(extra, keys)
+    assert "unselected.example/vm" not in reduced.labels
+    assert serialized(build_proxy_resources(reduced, case.services, case.configs, case.mesh)) == serialized(
+        case.build()
+    )

@@ -25,8 +25,10 @@ from vmagent.controlplane.translate.build import (
     Resources,
     build_inbound_resources,
     build_outbound_resources,
+    label_keys_read,
     outbound_key,
     translation_key,
+    with_labels_read,
 )
 from vmagent.controlplane.xds.snapshot import Packer, Snapshot
 
@@ -59,8 +61,10 @@ class _Inputs:
     by_address: dict[str, list[Service]] = field(default_factory=dict)
     outbound: dict[OutboundKey, Resources] = field(default_factory=dict)
     snapshots: dict[Hashable, Snapshot] = field(default_factory=dict)
+    label_keys: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        self.label_keys = label_keys_read(self.configs)
         for svc in self.services:
             for address in {ep.address for ep in svc.endpoints}:
                 self.by_address.setdefault(address, []).append(svc)
@@ -124,6 +128,8 @@ class Translator:
         inputs = self._current(services)
         # Only the services with an endpoint at the proxy's address can give it inbound ports.
         info = self.proxy_info(proxy, inputs.by_address.get(proxy.ip, []), inputs.configs)
+        # Labels no config selects on (e.g. a per-VM registration label) must not split the sharing.
+        info = with_labels_read(info, inputs.label_keys)
         key = translation_key(info)
         snap = inputs.snapshots.get(key)
         if snap is not None:

@@ -13,6 +13,7 @@ per key (``snapshots.Translator`` does).
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf.message import Message
@@ -31,6 +32,55 @@ Resources = dict[str, dict[str, Any]]
 OutboundKey = tuple[str, tuple[tuple[str, str], ...], str]
 
 
+# The config kinds whose fields select proxies by label, and where: translation reads a proxy's labels
+# only through these (VirtualService sourceLabels anywhere in its routes, Gateway selector, the
+# workload selector of the security policies).
+_SELECTOR_PATHS: Mapping[str, tuple[str, ...]] = {
+    "Gateway": ("selector",),
+    "PeerAuthentication": ("selector", "matchLabels"),
+    "RequestAuthentication": ("selector", "matchLabels"),
+    "AuthorizationPolicy": ("selector", "matchLabels"),
+}
+
+
+def label_keys_read(configs: ConfigLookup) -> frozenset[str]:
+    """Every label key by which ``configs`` select proxies: labels outside it cannot change a proxy's
+    resources, so :func:`outbound_key` and :func:`translation_key` may leave them out."""
+    keys: set[str] = set()
+    for kind, path in _SELECTOR_PATHS.items():
+        for obj in configs.list(kind):
+            node: Any = obj.spec
+            for step in path:
+                node = node.get(step) if isinstance(node, Mapping) else None
+            if isinstance(node, Mapping):
+                keys.update(str(k) for k in node)
+    for vs in configs.list("VirtualService"):
+        keys.update(_source_label_keys(vs.spec))
+    return frozenset(keys)
+
+
+def _source_label_keys(node: Any) -> set[str]:
+    """The keys of every ``sourceLabels`` map anywhere in ``node`` (a VirtualService spec)."""
+    found: set[str] = set()
+    if isinstance(node, Mapping):
+        labels = node.get("sourceLabels")
+        if isinstance(labels, Mapping):
+            found.update(str(k) for k in labels)
+        for value in node.values():
+            found |= _source_label_keys(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= _source_label_keys(item)
+    return found
+
+
+def with_labels_read(proxy: ProxyInfo, label_keys: frozenset[str]) -> ProxyInfo:
+    """``proxy`` with only the labels in ``label_keys`` (from :func:`label_keys_read`): the same resources."""
+    if all(k in label_keys for k in proxy.labels):
+        return proxy
+    return replace(proxy, labels={k: v for k, v in proxy.labels.items() if k in label_keys})
+
+
 def outbound_key(proxy: ProxyInfo) -> OutboundKey:
     """What the outbound half reads from ``proxy``: namespace, labels and mode."""
     return (proxy.namespace, tuple(sorted(proxy.labels.items())), proxy.mode)
@@ -41,7 +91,8 @@ def translation_key(proxy: ProxyInfo) -> Hashable:
 
     The outbound key plus the workload's ports, identity and inbound address, and which IP families
     its addresses have (only IPv6 or not matters: it adds the IPv6 passthrough). Not the addresses
-    themselves nor the proxy's name, so the many proxies of one workload group share one key.
+    themselves nor the proxy's name, so the many proxies of one workload group share one key (use
+    :func:`with_labels_read` first to make labels no config selects on irrelevant too).
     """
     families = tuple(sorted({ip.version for a in proxy.ip_addresses if (ip := names.ip_of(a)) is not None}))
     return (outbound_key(proxy), proxy.ports, proxy.identity, proxy.inbound_address, families)

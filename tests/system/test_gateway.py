@@ -58,6 +58,8 @@ spec:
       privateKey: {key}
   - port: {{number: 8080, name: http-shop, protocol: HTTP}}
     hosts: ["{HOST}"]
+  - port: {{number: 80, name: http-priv, protocol: HTTP}}
+    hosts: ["{HOST}"]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -187,6 +189,18 @@ def test_plain_http_server_routes_by_host(gwlab: GatewayLab) -> None:
     assert doc["name"] == "api"
     code, _ = _answer(_curl(gwlab, "-H", "Host: nobody.example.com", url))
     assert code == 404
+
+
+def test_privileged_port_80_is_served_by_the_unprivileged_proxy_user(gwlab: GatewayLab) -> None:
+    """Envoy runs as vmagent-proxy; in gateway mode it gets CAP_NET_BIND_SERVICE to listen on port 80."""
+    url = f"http://{gwlab.gw.address}:80/hello"
+    doc = _wait_200(gwlab, lambda: _curl(gwlab, "-H", f"Host: {HOST}", url), "plain HTTP on port 80")
+    assert doc["name"] == "api"
+    pid = gwlab.gw.status()["envoy"]["pid"]
+    uid_line = next(
+        ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("Uid:")
+    )
+    assert uid_line.split()[1] != "0", "Envoy must not run as root"
 
 
 def test_a_replaced_certificate_is_served_without_a_restart(gwlab: GatewayLab) -> None:

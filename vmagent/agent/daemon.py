@@ -224,6 +224,7 @@ class Agent:
             self.envoy = EnvoySupervisor(
                 binary, bootstrap, user.name if user else None, e.admin_port,
                 concurrency=e.concurrency, log_level=e.log_level, metrics=self.metrics,
+                bind_privileged_ports=self.gateway_cfg.enabled,
             )  # fmt: skip
         if self.dns_cfg.enabled:
             self.dns = self.dns_cfg.build(self.names)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import shutil
 import signal
 import subprocess
 import threading
@@ -74,13 +75,19 @@ class EnvoySupervisor:
         term_timeout: float = 5.0,
         extra_args: list[str] | None = None,
         metrics: Registry | None = None,
+        bind_privileged_ports: bool = False,
     ) -> None:
+        """``bind_privileged_ports``: give Envoy (running as ``run_as_user``) the ambient capability
+        CAP_NET_BIND_SERVICE, through ``setpriv``, so an ingress gateway can listen on 80 and 443."""
         if not binary.is_file():
             raise VmagentError(f"Envoy binary {binary} does not exist; install Envoy or fix envoy.binary")
         self.binary = binary
         self.bootstrap_path = bootstrap_path
         self.admin_port = admin_port
         self._user = lookup_proxy_user(run_as_user) if run_as_user else None
+        self._bind_privileged = bind_privileged_ports
+        if bind_privileged_ports and self._user is not None and shutil.which("setpriv") is None:
+            raise VmagentError("gateway mode on privileged ports needs setpriv (util-linux) on PATH")
         self._concurrency = concurrency
         self._log_level = log_level
         self._restart_initial = restart_initial
@@ -196,11 +203,24 @@ class EnvoySupervisor:
 
     def _spawn(self) -> None:
         kwargs: dict[str, object] = {}
-        if self._user is not None:
+        cmd = self.command()
+        if self._user is not None and self._bind_privileged:
+            # setpriv switches user and keeps CAP_NET_BIND_SERVICE as an ambient capability across exec.
+            cmd = [
+                str(shutil.which("setpriv")),
+                f"--reuid={self._user.uid}",
+                f"--regid={self._user.gid}",
+                "--clear-groups",
+                "--inh-caps=+net_bind_service",
+                "--ambient-caps=+net_bind_service",
+                "--",
+                *cmd,
+            ]
+        elif self._user is not None:
             kwargs = {"user": self._user.uid, "group": self._user.gid, "extra_groups": []}
         try:
             proc = subprocess.Popen(  # a supervised daemon, not a command: proc.run does not apply
-                self.command(),
+                cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

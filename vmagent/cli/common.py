@@ -53,3 +53,28 @@ def add_output_flag(parser: argparse.ArgumentParser, choices: Sequence[str] = ("
 
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def fetch_list(server: str, path: str, what: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """GET ``{server}{path}`` from the control plane's HTTP API, expecting a JSON list of ``what``.
+
+    VmagentError (one line, exit 1) when the server is unreachable or the answer is not such a list.
+    """
+    import requests
+
+    url = server.rstrip("/") + path
+    try:
+        resp = requests.get(url, timeout=timeout)
+    except requests.RequestException as exc:
+        raise VmagentError(
+            f"cannot reach the control plane at {server}: {exc}; is vmagent-cp serve running?"
+        ) from exc
+    if resp.status_code != 200:
+        raise VmagentError(f"GET {url} returned HTTP {resp.status_code}: {resp.text.strip()[:200]}")
+    try:
+        data = resp.json()
+    except ValueError as exc:
+        raise VmagentError(f"GET {url} did not return JSON") from exc
+    if not isinstance(data, list):
+        raise VmagentError(f"GET {url} returned {type(data).__name__}, expected a list of {what}")
+    return data

@@ -10,11 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import requests
-
-from vmagent.cli.common import add_output_flag, print_json
+from vmagent.cli.common import add_output_flag, fetch_list, print_json
 from vmagent.common.constants import CP_HTTP_PORT
-from vmagent.common.errors import VmagentError
 
 DEFAULT_SERVER = f"http://127.0.0.1:{CP_HTTP_PORT}"
 PATH = "/api/v1/workloads"
@@ -30,23 +27,8 @@ def add_subcommand(subparsers: Any) -> None:
 
 
 def fetch(server: str, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The workload list from ``{server}/api/v1/workloads``; VmagentError when unreachable or malformed."""
-    url = server.rstrip("/") + PATH
-    try:
-        resp = requests.get(url, timeout=timeout)
-    except requests.RequestException as exc:
-        raise VmagentError(
-            f"cannot reach the control plane at {server}: {exc}; is vmagent-cp serve running?"
-        ) from exc
-    if resp.status_code != 200:
-        raise VmagentError(f"GET {url} returned HTTP {resp.status_code}: {resp.text.strip()[:200]}")
-    try:
-        data = resp.json()
-    except ValueError as exc:
-        raise VmagentError(f"GET {url} did not return JSON") from exc
-    if not isinstance(data, list):
-        raise VmagentError(f"GET {url} returned {type(data).__name__}, expected a list of workloads")
-    return data
+    """The workload list from the control plane's HTTP API; VmagentError when unreachable or malformed."""
+    return fetch_list(server, PATH, "workloads", timeout)
 
 
 def _connected(w: dict[str, Any]) -> str:

@@ -39,3 +39,35 @@ def bearer_token(context: grpc.ServicerContext) -> str | None:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
     return None
+
+
+class Unauthenticated(Exception):
+    """The caller presented no usable workload certificate; ``code`` is the gRPC status to end with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def require_workload_identity(
+    context: grpc.ServicerContext | grpc.aio.ServicerContext, service: str
+) -> tuple[SpiffeId, x509.Certificate]:
+    """The caller's SPIFFE id and certificate on the mutual-TLS port, for streams that need one.
+
+    Raises Unauthenticated (UNAUTHENTICATED) without a client certificate or without exactly one
+    SPIFFE URI SAN; ``service`` names the service in the message.
+    """
+    pems = context.auth_context().get("x509_pem_cert") or []
+    if not pems:
+        raise Unauthenticated(
+            grpc.StatusCode.UNAUTHENTICATED, f"{service} needs a client certificate (mutual TLS)"
+        )
+    try:
+        cert = x509.load_pem_x509_certificate(pems[0])
+        uris = spiffe_ids(cert)
+        if len(uris) != 1:
+            raise VmagentError(f"client certificate has {len(uris)} SPIFFE URI SANs, want exactly 1")
+        return SpiffeId.parse(uris[0]), cert
+    except (ValueError, VmagentError) as exc:
+        raise Unauthenticated(grpc.StatusCode.UNAUTHENTICATED, f"no workload identity: {exc}") from exc

@@ -39,8 +39,8 @@ import grpc
 from cryptography import x509
 
 from vmagent.api import registration_pb2, registration_pb2_grpc
-from vmagent.common.errors import VmagentError
-from vmagent.common.x509util import SpiffeId, spiffe_ids
+from vmagent.common.x509util import SpiffeId
+from vmagent.controlplane.authn import Unauthenticated, require_workload_identity
 from vmagent.controlplane.workload_entry import Registration, RegistrationRefused, entry_name
 from vmagent.controlplane.workload_store import WorkloadStore
 
@@ -286,19 +286,10 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
     # -- authentication and authorization ----------------------------------------------------------
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> tuple[SpiffeId, x509.Certificate]:
-        pems = context.auth_context().get("x509_pem_cert") or []
-        if not pems:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, "registration needs a client certificate (mutual TLS port)"
-            )
         try:
-            cert = x509.load_pem_x509_certificate(pems[0])
-            uris = spiffe_ids(cert)
-            if len(uris) != 1:
-                raise VmagentError(f"client certificate has {len(uris)} SPIFFE URI SANs, want exactly 1")
-            identity = SpiffeId.parse(uris[0])
-        except (ValueError, VmagentError) as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"no workload identity: {exc}")
+            identity, cert = require_workload_identity(context, "registration")
+        except Unauthenticated as exc:
+            await context.abort(exc.code, exc.message)
         if self._is_revoked is not None and await asyncio.to_thread(
             self._is_revoked, identity, cert.serial_number
         ):

@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import grpc
-from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from vmagent.common.errors import VmagentError
-from vmagent.common.x509util import SpiffeId, spiffe_ids
+from vmagent.common.x509util import SpiffeId
+from vmagent.controlplane.authn import Unauthenticated, require_workload_identity
 from vmagent.controlplane.xds.cache import SnapshotCache
 from vmagent.controlplane.xds.status import StatusRegistry, StreamStatus
 from vmagent.controlplane.xds.stream import DeltaStream, ProtocolError, SotwStream
@@ -123,19 +123,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         await self._serve(request_iterator, context, "delta")
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> tuple[SpiffeId, int]:
-        pems = context.auth_context().get("x509_pem_cert") or []
-        if not pems:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, "ADS needs a client certificate (mutual TLS)"
-            )
         try:
-            cert = x509.load_pem_x509_certificate(pems[0])
-            uris = spiffe_ids(cert)
-            if len(uris) != 1:
-                raise VmagentError(f"client certificate has {len(uris)} SPIFFE URI SANs, want exactly 1")
-            identity = SpiffeId.parse(uris[0])
-        except (ValueError, VmagentError) as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"no workload identity: {exc}")
+            identity, cert = require_workload_identity(context, "ADS")
+        except Unauthenticated as exc:
+            await context.abort(exc.code, exc.message)
         if self._is_revoked is not None and await asyncio.to_thread(
             self._is_revoked, identity, cert.serial_number
         ):

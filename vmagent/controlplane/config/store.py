@@ -12,10 +12,11 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmagent.controlplane.config.polling import PollingSource
 from vmagent.controlplane.db import open_db
 from vmagent.controlplane.model import ConfigObject
 
@@ -146,21 +147,17 @@ class ConfigStore:
         ]
 
 
-class StoreSource:
+class StoreSource(PollingSource):
     """Follows a ``ConfigStore`` (also changes made by other processes) by polling its generation."""
 
     name = "state store"
 
     def __init__(self, store: ConfigStore, interval: float = 0.2) -> None:
         self._store = store
-        self._interval = interval
-        self._lock = threading.Lock()
+        super().__init__(interval)
         self._objects: dict[Key, ConfigObject] = {}
         self._generation = -1
         self._errors: list[str] = []
-        self._subscribers: list[Callable[[], None]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def poll(self) -> bool:
         """Reload when the store's generation moved; True when the objects changed."""
@@ -192,28 +189,3 @@ class StoreSource:
     def errors(self) -> list[str]:
         with self._lock:
             return list(self._errors)
-
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            self._subscribers.append(callback)
-
-    def start(self) -> None:
-        """Load the current objects, then poll in a daemon thread until ``stop()``."""
-        self.poll()
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="config-store-watch", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.poll()
-            except Exception:
-                log.exception("state store watch failed")

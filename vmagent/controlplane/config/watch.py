@@ -15,12 +15,12 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmagent.controlplane.config.issues import Issue
 from vmagent.controlplane.config.loader import LoadResult, collect_files, dedupe, load_text
+from vmagent.controlplane.config.polling import PollingSource
 from vmagent.controlplane.model import ConfigObject
 
 Key = tuple[str, str, str]
@@ -40,23 +40,19 @@ class _FileState:
     warnings: list[Issue] = field(default_factory=list)
 
 
-class ConfigDirectory:
+class ConfigDirectory(PollingSource):
     """The config directory as a config source (see ``ConfigSource``)."""
 
     name = "config directory"
 
     def __init__(self, root: Path, interval: float = 0.2) -> None:
         self.root = root
-        self._interval = interval
-        self._lock = threading.Lock()
+        super().__init__(interval)
         self._poll_lock = threading.Lock()
         self._files: dict[Path, _FileState] = {}
         self._objects: dict[Key, ConfigObject] = {}
         self._dup_errors: list[Issue] = []
         self._root_error = ""
-        self._subscribers: list[Callable[[], None]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def poll(self) -> bool:
         """Scan once; True when the directory's objects changed (subscribers were then called)."""
@@ -162,28 +158,3 @@ class ConfigDirectory:
     def warnings(self) -> list[str]:
         with self._lock:
             return [str(w) for f in sorted(self._files) for w in self._files[f].warnings]
-
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            self._subscribers.append(callback)
-
-    def start(self) -> None:
-        """Load the directory once, then keep polling in a daemon thread until ``stop()``."""
-        self.poll()
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="config-dir-watch", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.poll()
-            except Exception:
-                log.exception("config directory watch failed")

@@ -11,7 +11,8 @@ Measured, all end to end over gRPC with TLS on loopback, ECDSA P-256 CSRs:
   enough uses) -- what a burst of first joins costs.
 
 each with one and with two server processes bound to the same ports (gRPC sets SO_REUSEPORT on Linux;
-the benchmark reports how the connections and the CPU time were split between the two). Several client
+the benchmark reports how the connections and the CPU time were split between the two), and ``token``
+once more against one server with ``--ca-workers`` CA worker processes (they serve only the join port). Several client
 processes with pre-generated CSRs keep a fixed number of calls in flight; only completions inside the
 timed window are counted. Baselines measured in the same run make the figures comparable across
 machines: the rate at which one process issues certificates with the ``cryptography`` package alone

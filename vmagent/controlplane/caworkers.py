@@ -288,8 +288,9 @@ def main() -> int:
     threading.Thread(target=watch_stdin, name="parent-watch", daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    ready, sys.stdout = sys.stdout, sys.stderr  # nobody reads the pipe after "ready": keep it quiet
     try:
-        serve_worker(spec, stop, sys.stdout)
+        serve_worker(spec, stop, ready)
     except VmagentError as exc:
         logging.getLogger(__name__).error("CA worker cannot serve: %s", exc)
         return 1

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 
 from tests.unit.test_translate_support import golden_cases, load_case
 from vmagent.common.x509util import SpiffeId
+from vmagent.controlplane import snapshots
 from vmagent.controlplane.config import ConfigSet
 from vmagent.controlplane.config.loader import load_text
 from vmagent.controlplane.config.snapshot import StaticSource
+from vmagent.controlplane.mesh import MeshController
 from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.proxies import ConnectedProxy
 from vmagent.controlplane.registry import ConfigRegistry
 from vmagent.controlplane.snapshots import Translator
 from vmagent.controlplane.translate import MeshOptions, Resources, all_messages, build_proxy_resources
 from vmagent.controlplane.translate.build import (
+    build_outbound_resources,
     label_keys_read,
     outbound_key,
     translation_key,
@@ -297,3 +301,35 @@ def test_labels_outside_the_selected_keys_change_nothing(path: Path) -> None:
     assert serialized(build_proxy_resources(reduced, case.services, case.configs, case.mesh)) == serialized(
         case.build()
     )
+
+
+def test_a_push_round_builds_once_per_key_and_every_proxy_gets_its_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mesh = Mesh()
+    builds: list[str] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Resources:
+        builds.append("outbound")
+        return build_outbound_resources(*args, **kwargs)
+
+    monkeypatch.setattr(snapshots, "build_outbound_resources", counting)
+    cache = SnapshotCache()
+    controller = MeshController(cache, mesh.registry.services, mesh.translator)
+    try:
+        group = [vm(f"10.0.2.{i}") for i in range(1, 51)]
+        canary = vm("10.0.3.1", {"app": "web", "track": "canary"})
+        for p in [*group, canary]:
+            controller.proxies.add(p)
+        controller.recompute(None)
+        assert len(builds) == 2  # the group's outbound key and the canary's
+        assert len({id(cache.get(p.key)) for p in group}) == 1
+        mesh.source.set(objects(MESH + "---\n" + entry("api-2", "10.0.0.11")))
+        controller.recompute(None)
+        assert len(builds) == 4
+        for p in (group[0], group[-1], canary):
+            got = cache.get(p.key)
+            assert got is not None
+            assert_same_content(got, mesh.reference(p))
+    finally:
+        controller.close()

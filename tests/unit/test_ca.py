@@ -334,11 +334,6 @@ def test_csr_errors_are_user_facing_errors() -> None:
     assert issubclass(CsrError, VmagentError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="x509util.verify_chain lets cryptography's InvalidSignature escape (serve prints a traceback); "
-    "fix: catch cryptography.exceptions.InvalidSignature there too",
-)
 def test_an_operator_bundle_with_the_wrong_root_of_the_same_name_is_refused(tmp_path: Path) -> None:
     pki = OperatorPki(tmp_path)
     renewed_key = ec.generate_private_key(ec.SECP256R1())

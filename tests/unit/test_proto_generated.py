@@ -14,4 +14,6 @@ def test_generated_code_matches_proto(tmp_path: Path) -> None:
     for new in produced:
         committed = generate.API_DIR / new.name
         assert committed.exists(), f"{new.name} is not committed; run `make proto`"
-        assert committed.read_bytes() == new.read_bytes(), f"{new.name} drifted from its .proto; run `make proto`"
+        assert committed.read_bytes() == new.read_bytes(), (
+            f"{new.name} drifted from its .proto; run `make proto`"
+        )

@@ -99,12 +99,6 @@ def test_a_chain_from_another_root_is_refused(pki: Pki) -> None:
         verify_chain([other.leaf, other.mid], pki.root)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="verify_chain lets cryptography's InvalidSignature escape when the issuer NAME matches but "
-    "the key does not (two control planes both name their root 'vmagent mesh root CA'); fix: also "
-    "catch cryptography.exceptions.InvalidSignature in x509util.verify_chain",
-)
 def test_a_chain_from_a_root_with_the_same_name_but_another_key_is_refused(pki: Pki) -> None:
     impostor = Pki()  # same subject names, different keys
     with pytest.raises(VmagentError, match="is not issued by"):

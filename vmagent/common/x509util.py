@@ -114,7 +114,7 @@ def verify_chain(chain: list[x509.Certificate], root: x509.Certificate) -> None:
     for child, parent in itertools.pairwise(links):
         try:
             child.verify_directly_issued_by(parent)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, InvalidSignature) as exc:
             raise VmagentError(
                 f"certificate {child.subject.rfc4514_string()!r} is not issued by "
                 f"{parent.subject.rfc4514_string()!r}: {exc}"

@@ -36,6 +36,7 @@ from vmagent.controlplane.tokens import TokenAuthority
 from vmagent.controlplane.web import HttpApi
 from vmagent.controlplane.workload_store import LifecycleSettings, Reaper, WorkloadStore
 from vmagent.controlplane.xds.cache import SnapshotCache
+from vmagent.controlplane.xds.push import PushScheduler
 from vmagent.controlplane.xds.runner import AioServerThread
 from vmagent.controlplane.xds.server import AdsServer
 
@@ -121,6 +122,8 @@ class ControlPlane:
             wait_pushed=lambda timeout: self.mesh.wait_pushed(timeout, self._all_synced),
             is_revoked=self.store.records.is_revoked,
         )
+        # A burst of registrations changes the registry once per VM: send name tables once per burst.
+        self._names = PushScheduler(self._send_names, debounce=0.1, max_delay=1.0)
         self.registry.subscribe(self._push_names)
         tls_creds, mtls_creds = server_credentials(self.store.ca, opts.server_names)
         self._mtls_creds = mtls_creds
@@ -140,6 +143,9 @@ class ControlPlane:
         self._stopped = threading.Event()
 
     def _push_names(self) -> None:
+        self._names.trigger(None)
+
+    def _send_names(self, _scope: set[str] | None) -> None:
         self.registration.push_name_table()
 
     def _all_synced(self) -> bool:
@@ -200,6 +206,7 @@ class ControlPlane:
             self.ca_workers.stop()
         self.tls_server.stop()
         self.mtls_server.stop()
+        self._names.close()
         self.registration.close()
         self.reaper.stop()
         self.mesh.close()

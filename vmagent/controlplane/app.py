@@ -30,7 +30,7 @@ from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
 from vmagent.controlplane.mesh import MeshController, Translate
 from vmagent.controlplane.registration import RegistrationServicer
-from vmagent.controlplane.registry import ConfigRegistry, find_workload_group
+from vmagent.controlplane.registry import ConfigRegistry, workload_group_document
 from vmagent.controlplane.snapshots import Translator, mesh_options
 from vmagent.controlplane.tokens import TokenAuthority
 from vmagent.controlplane.web import HttpApi
@@ -152,15 +152,7 @@ class ControlPlane:
         return all(p.get("state") == "synced" for p in self.ads.status())
 
     def group_lookup(self, namespace: str, name: str) -> dict[str, Any] | None:
-        group = find_workload_group(self.configs, namespace, name)
-        if group is None:
-            return None
-        return {
-            "apiVersion": group.api_version,
-            "kind": group.kind,
-            "metadata": {"name": group.name, "namespace": group.namespace, "labels": group.labels},
-            "spec": group.spec,
-        }
+        return workload_group_document(self.configs, namespace, name)
 
     def _configure_tls(self, server: grpc.Server) -> None:
         istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(

@@ -219,7 +219,7 @@ def serve_worker(spec: WorkerSpec, stop: threading.Event, ready: IO[str]) -> Non
     from vmagent.controlplane.certservice import CertificateIssuer, MeshInfo, add_join_services
     from vmagent.controlplane.config import ConfigSet
     from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
-    from vmagent.controlplane.registry import find_workload_group
+    from vmagent.controlplane.registry import workload_group_document
 
     settings = CaSettings(
         spec.trust_domain,
@@ -235,15 +235,7 @@ def serve_worker(spec: WorkerSpec, stop: threading.Event, ready: IO[str]) -> Non
     configs = ConfigSet(config_sources(Path(spec.config_dir) if spec.config_dir else None, store.state_dir))
 
     def group_lookup(namespace: str, name: str) -> dict[str, Any] | None:
-        group = find_workload_group(configs, namespace, name)
-        if group is None:
-            return None
-        return {
-            "apiVersion": group.api_version,
-            "kind": group.kind,
-            "metadata": {"name": group.name, "namespace": group.namespace, "labels": group.labels},
-            "spec": group.spec,
-        }
+        return workload_group_document(configs, namespace, name)
 
     issuer = CertificateIssuer(
         store.ca,

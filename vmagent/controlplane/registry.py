@@ -48,6 +48,20 @@ def find_workload_group(configs: ConfigView, namespace: str, name: str) -> Confi
     return configs.get("WorkloadGroup", namespace, name)
 
 
+def workload_group_document(configs: ConfigView, namespace: str, name: str) -> dict[str, Any] | None:
+    """The WorkloadGroup as the YAML document users wrote (apiVersion, kind, metadata, spec), or None;
+    what joins and registrations are checked against and what a joining VM receives."""
+    group = find_workload_group(configs, namespace, name)
+    if group is None:
+        return None
+    return {
+        "apiVersion": group.api_version,
+        "kind": group.kind,
+        "metadata": {"name": group.name, "namespace": group.namespace, "labels": group.labels},
+        "spec": group.spec,
+    }
+
+
 def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
     return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
 

@@ -17,7 +17,7 @@ def add_subcommand(sub: Any) -> None:
         "revoke",
         help="revoke a workload certificate or identity",
         description="Revoke one VM's certificate (--serial, see `vmagent-cp workloads`) or every "
-        "certificate of an identity (--identity). Renewals and xDS for it are refused from then on, "
+        "certificate of an identity (--identity). Renewals (within half a second) and new xDS and registration streams for it are refused from then on, "
         "across restarts; the VM needs a new join token (`vmagent join --rejoin`).",
     )
     g = p.add_mutually_exclusive_group(required=True)

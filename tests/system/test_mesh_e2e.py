@@ -122,3 +122,25 @@ def test_proxy_status_shows_both_proxies_synced(mesh: MeshLab) -> None:
     proxies = wait_for(synced, timeout=20, what="two synced proxies")
     identities = sorted(str(p["identity"]) for p in proxies)
     assert identities == ["spiffe://cluster.local/ns/demo/sa/api", WEB_ID]
+
+
+def test_revoked_workload_loses_its_xds_stream(mesh: MeshLab) -> None:
+    """Runs last in this module: it leaves api unable to reach the control plane."""
+    assert mesh.cp is not None
+    api_id = "spiffe://cluster.local/ns/demo/sa/api"
+    mesh.cp.cli("revoke", "--identity", api_id, "--state-dir", str(mesh.cp.state_dir))
+
+    def api_gone() -> bool:
+        r = mesh.cp.cli("proxy-status", "-o", "json", "--server", mesh.cp.http, check=False)
+        return api_id not in [p.get("identity") for p in json.loads(r.stdout or "[]")]
+
+    wait_for(api_gone, timeout=15, what="the revoked api proxy to be disconnected")
+    # Its reconnects are refused, and the agent says why.
+    api = mesh.vms["api"]
+
+    def reason() -> str | None:
+        err = str(api.status().get("control_plane", {}).get("last_error") or "")
+        return err if "revoked" in err else None
+
+    assert "revoked" in wait_for(reason, timeout=20, what="api's status to show the revocation")
+    assert api_gone()

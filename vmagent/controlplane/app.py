@@ -31,6 +31,7 @@ from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
 from vmagent.controlplane.mesh import MeshController, Translate
 from vmagent.controlplane.registration import RegistrationServicer
 from vmagent.controlplane.registry import ConfigRegistry, workload_group_document
+from vmagent.controlplane.revocation_watch import RevocationWatcher
 from vmagent.controlplane.snapshots import Translator, mesh_options
 from vmagent.controlplane.tokens import TokenAuthority
 from vmagent.controlplane.web import HttpApi
@@ -133,6 +134,11 @@ class ControlPlane:
         )  # fmt: skip
         self.tls_server = ThreadedServer(opts.listen, tls_creds, self._configure_tls)
         self.mtls_server = AioServerThread(opts.mtls_listen, mtls_creds, self._configure_mtls)
+        self.revocations = RevocationWatcher(
+            lambda: {str(r["value"]) for r in self.store.records.revocations() if r["kind"] == "identity"},
+            lambda: [(p.key, p.identity.uri) for p in self.mesh.proxies.all()],
+            self.ads.disconnect,
+        )
         self.http = HttpApi(opts.http_listen)
         self.http.add_json("/api/v1/proxies", self.ads.status)
         self.http.add_json("/api/v1/workloads", self.workloads.workloads_json)
@@ -174,6 +180,7 @@ class ControlPlane:
     def start(self) -> None:
         self.configs.start()
         self.reaper.start()
+        self.revocations.start()
         mtls_port = self.mtls_server.start()
         self.issuer.mesh = MeshInfo(self.opts.trust_domain, mtls_port, self.opts.mesh_config)
         tls_port = self.tls_server.start()
@@ -198,6 +205,7 @@ class ControlPlane:
             self.ca_workers.stop()
         self.tls_server.stop()
         self.mtls_server.stop()
+        self.revocations.stop()
         self._names.close()
         self.registration.close()
         self.reaper.stop()

@@ -1,0 +1,415 @@
+"""Data-plane latency at a fixed request rate: client -> server directly, and through both proxies with mTLS.
+
+Run as root from the repository root with the project venv: ``python bench/dataplane.py`` (``--help``).
+Progress goes to stderr; the last stdout line is one JSON object (documented in docs/benchmarks.md).
+Missing Debian packages (nginx-light, nghttp2-client for h2load, hey) are installed with apt-get first.
+
+The mesh is the lab's (vmagent.lab.mesh.MeshLab, namespaces on one bridged LAN 10.230.50.0/24): a real
+control plane with the demo config, a "client" VM joined as demo/web and a "server" VM joined as demo/api,
+each running ``vmagent run`` with capture on and Envoy as vmagent-proxy. The server's application is
+nginx (one worker, a fixed ``return 200`` body) listening on three ports, run as an ordinary user:
+
+* 8080, the api service's port, captured: the mesh path;
+* 8081, excluded from capture on both VMs (client ``exclude_outbound_ports``, server
+  ``exclude_inbound_ports``): the direct baseline over exactly the same namespaces, veths, bridge and
+  nginx process, with only the proxies left out;
+* 8082, excluded from inbound capture on the server only and registered as a MESH_EXTERNAL ServiceEntry
+  (``plain-api.bench.test``, TLS off): the client's Envoy alone, plaintext to the application.
+
+Scenarios (each a load-generator run from inside a namespace as user ``nobody``, so capture applies):
+
+* ``app``: server namespace -> 127.0.0.1:8081 (the application alone, loopback);
+* ``direct``: client namespace -> SERVER_IP:8081;
+* ``client_proxy``: client namespace -> plain-api.bench.test:8082 (capture -> client Envoy -> nginx);
+* ``mesh``: client namespace -> api.demo.svc.cluster.local:8080 (capture -> client Envoy -> mTLS ->
+  capture -> server Envoy -> nginx), STRICT PeerAuthentication on the server.
+
+Every run is ``--warmup`` seconds of load followed by ``--duration`` measured seconds at ``--rate``
+requests/s over ``--connections`` keep-alive connections (HTTP/1.1); a round runs every scenario once,
+``--repeats`` rounds interleave them so that drifts of a shared machine hit all alike, and the reported
+percentiles are medians over the rounds. ``added_ms`` is the median over rounds of (scenario - direct)
+measured in the same round. Each run also checks its path on the proxies' counters (a direct run must
+not touch either Envoy's listeners; a mesh run must complete TLS handshakes on the server's inbound
+listener), and records the CPU each Envoy, nginx and the load generator spent per request.
+
+The HTTP filters on the outbound and inbound chains are read from each Envoy's /config_dump.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` and ``vmagent`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import cpu_seconds, emit, machine, median, progress, rounded
+from bench.loadgen import DEBIAN_PACKAGES, GENERATORS, LoadGenerator, LoadRun, LoadSpec
+from bench.nginxapp import NGINX, NginxApp, ensure_debian_packages
+from bench.pathinfo import request_path
+from vmagent.lab.demo_config import DEMO_CONFIG, STRICT_API
+from vmagent.lab.mesh import MeshLab, VmHost
+from vmagent.lab.netns import Netns
+from vmagent.lab.wait import wait_for
+
+LAB_PREFIX = "vmdp"
+LAB_SUBNET = "10.230.50.0/24"
+MESH_PORT = 8080
+DIRECT_PORT = 8081
+PLAIN_PORT = 8082
+MESH_HOST = "api.demo.svc.cluster.local"
+PLAIN_HOST = "plain-api.bench.test"
+SCENARIOS = ("app", "direct", "client_proxy", "mesh")
+PERCENTILES = ("p50", "p90", "p99", "p999")
+# Istio's published figure for two sidecars on the same Envoy (the issue's target), in ms.
+TARGET_ADDED_MS = {"p90": 0.23, "p99": 0.30}
+USER = "nobody"
+
+PLAIN_CONFIG = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: plain-api
+  namespace: demo
+spec:
+  hosts:
+  - {host}
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports:
+  - number: {port}
+    name: http
+    protocol: HTTP
+  endpoints:
+  - address: {address}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: plain-api
+  namespace: demo
+spec:
+  host: {host}
+  trafficPolicy:
+    tls:
+      mode: DISABLE
+"""
+
+# Envoy counters that tell which proxies a run went through (summed over the matching names): every
+# outbound listener's connections on the client (virtualOutbound hands a connection to 0.0.0.0_PORT,
+# which counts it), the inbound listener's connections and TLS handshakes on the server.
+CX_OUT = r"^listener\.0\.0\.0\.0_\d+\.downstream_cx_total$"
+CX_IN = r"^listener\.0\.0\.0\.0_15006\.downstream_cx_total$"
+TLS_IN = r"^listener\.0\.0\.0\.0_15006\.ssl\.handshake$"
+
+
+def envoy_counters(vm: VmHost, patterns: list[str]) -> dict[str, int]:
+    """Per pattern, the sum of ``vm``'s Envoy counters whose names match it."""
+    r = vm.ns.run(["curl", "-s", "--max-time", "5", "http://127.0.0.1:15000/stats?usedonly"], timeout=10)
+    found = dict.fromkeys(patterns, 0)
+    compiled = [(p, re.compile(p)) for p in patterns]
+    for line in r.stdout.splitlines():
+        key, _, value = line.partition(": ")
+        if not value.strip().isdigit():
+            continue
+        for p, rx in compiled:
+            if rx.match(key):
+                found[p] += int(value)
+    return found
+
+
+def envoy_pid(vm: VmHost) -> int:
+    pid = (vm.status().get("envoy") or {}).get("pid")
+    if not pid:
+        raise RuntimeError(f"no Envoy pid in `vmagent status` of {vm.name}")
+    return int(pid)
+
+
+class DataplaneBench:
+    """The lab, the application and the load generator; ``setup()``, then ``run(scenario)``, ``close()``."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.lab = MeshLab(workdir / "lab", prefix=LAB_PREFIX, subnet=LAB_SUBNET)
+        self.scratch = LoadGenerator.make_scratch(USER)
+        self.loadgen = LoadGenerator(args.loadgen, self.scratch, user=USER)
+        self.app: NginxApp | None = None
+        self.client: VmHost | None = None
+        self.server: VmHost | None = None
+        self._pids: dict[str, list[int]] = {}
+
+    # -- setting up ----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        a = self.args
+        envoy = {"concurrency": a.envoy_concurrency, "log_level": "warning"}
+        self.lab.add_control_plane({**DEMO_CONFIG, "30-strict-api.yaml": STRICT_API})
+        progress("control plane up; joining the server VM (demo/api) and the client VM (demo/web)")
+        self.server = self.lab.add_vm(
+            "server", "demo/api", app_port=None,
+            config={"capture": {"exclude_inbound_ports": [DIRECT_PORT, PLAIN_PORT]}, "envoy": envoy},
+        )  # fmt: skip
+        self.client = self.lab.add_vm(
+            "client", "demo/web", app_port=None,
+            config={"capture": {"exclude_outbound_ports": [DIRECT_PORT]}, "envoy": envoy},
+        )  # fmt: skip
+        assert self.lab.cp is not None
+        self.lab.cp.write_config(
+            "40-plain-api.yaml",
+            PLAIN_CONFIG.format(host=PLAIN_HOST, port=PLAIN_PORT, address=self.server.address),
+        )
+        self.app = NginxApp(
+            self.server.ns, self.scratch / "nginx", [MESH_PORT, DIRECT_PORT, PLAIN_PORT], a.body_bytes, USER
+        )
+        self.app.start()
+        progress(
+            f"nginx up in the server VM ({self.server.address}); client VM {self.client.address}; "
+            "waiting for each path to answer 200"
+        )
+        for scenario in SCENARIOS:
+            ns, url = self.target(scenario)
+            self._wait_ok(ns, url)
+        self._pids = {
+            "client_envoy": [envoy_pid(self.client)],
+            "server_envoy": [envoy_pid(self.server)],
+            "nginx": self.app.pids(),
+        }
+
+    def _wait_ok(self, ns: Netns, url: str, timeout: float = 60.0) -> None:
+        def ok() -> bool:
+            cmd = ["curl", "-s", "-o", "/dev/null", "--max-time", "3", "-w", "%{http_code}", url]
+            return ns.run(cmd, user=USER, check=False, timeout=10).stdout.strip() == "200"
+
+        wait_for(ok, timeout=timeout, interval=0.2, what=f"200 from {url} in {ns.name}")
+
+    def target(self, scenario: str) -> tuple[Netns, str]:
+        """The namespace the load comes from and the URL it asks, per scenario."""
+        assert self.client is not None and self.server is not None
+        if scenario == "app":
+            return self.server.ns, f"http://127.0.0.1:{DIRECT_PORT}/"
+        if scenario == "direct":
+            return self.client.ns, f"http://{self.server.address}:{DIRECT_PORT}/"
+        if scenario == "client_proxy":
+            return self.client.ns, f"http://{PLAIN_HOST}:{PLAIN_PORT}/"
+        if scenario == "mesh":
+            return self.client.ns, f"http://{MESH_HOST}:{MESH_PORT}/"
+        raise ValueError(f"unknown scenario {scenario!r}")
+
+    # -- measuring -----------------------------------------------------------------------------------
+
+    def _counters(self) -> dict[str, int]:
+        assert self.client is not None and self.server is not None
+        out = {f"client.{k}": v for k, v in envoy_counters(self.client, [CX_OUT]).items()}
+        out.update({f"server.{k}": v for k, v in envoy_counters(self.server, [CX_IN, TLS_IN]).items()})
+        return out
+
+    def _cpu(self) -> dict[str, float]:
+        return {name: sum(cpu_seconds(p) for p in pids) for name, pids in self._pids.items()}
+
+    def run(self, scenario: str) -> dict[str, Any]:
+        """One warmed-up, measured run of ``scenario``: latency, pacing, CPU per request, path check."""
+        a = self.args
+        ns, url = self.target(scenario)
+        spec = LoadSpec(url, a.rate, a.connections, a.duration, a.warmup)
+        before, cpu0 = self._counters(), self._cpu()
+        load: LoadRun = self.loadgen.run(ns, spec)
+        cpu1, after = self._cpu(), self._counters()
+        out = load.summary()
+        offered = a.rate * (a.warmup + a.duration)
+        out["cpu_ms_per_request"] = {k: rounded((cpu1[k] - cpu0[k]) * 1000 / offered, 4) for k in cpu0}
+        delta = {k: after[k] - before[k] for k in before}
+        out["path"] = {
+            "client_outbound_connections": delta[f"client.{CX_OUT}"],
+            "server_inbound_connections": delta[f"server.{CX_IN}"],
+            "server_inbound_tls_handshakes": delta[f"server.{TLS_IN}"],
+        }
+        out["path"]["as_expected"] = self._path_ok(scenario, out["path"])
+        return out
+
+    @staticmethod
+    def _path_ok(scenario: str, path: dict[str, int]) -> bool:
+        through_client = path["client_outbound_connections"] > 0
+        through_server = path["server_inbound_connections"] > 0
+        if scenario in ("app", "direct"):
+            return not through_client and not through_server
+        if scenario == "client_proxy":
+            return through_client and not through_server
+        return through_client and through_server and path["server_inbound_tls_handshakes"] > 0
+
+    def request_path(self) -> dict[str, Any]:
+        assert self.client is not None and self.server is not None
+        return request_path(self.client.ns, self.server.ns, MESH_PORT, MESH_HOST)
+
+    def close(self) -> None:
+        if self.app is not None:
+            self.app.stop()
+        try:
+            self.lab.close()
+        finally:
+            self.loadgen.close()
+
+
+# -- putting the figures together -------------------------------------------------------------------
+
+
+def aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per scenario: medians over rounds of each percentile, CPU per request, and, against the direct run
+    of the same round, the added milliseconds (median of the paired differences) and the ratios."""
+    out: dict[str, Any] = {}
+    direct = runs.get("direct", [])
+    for scenario, rs in runs.items():
+        lat = [r["latency_ms"] for r in rs if r["latency_ms"].get("count")]
+        entry: dict[str, Any] = {
+            "median_ms": {p: rounded(median([x[p] for x in lat])) for p in PERCENTILES} if lat else {},
+            "achieved_rps": [r["pacing"].get("achieved_rps") for r in rs],
+            "non_2xx_or_failed": sum(
+                r["failed"] + sum(v for k, v in r["statuses"].items() if not k.startswith("2")) for r in rs
+            ),
+            "path_as_expected": all(r["path"]["as_expected"] for r in rs),
+            "cpu_ms_per_request": {
+                k: rounded(median([r["cpu_ms_per_request"][k] for r in rs]), 4)
+                for k in rs[0]["cpu_ms_per_request"]
+            },
+        }
+        if direct and scenario != "direct" and len(direct) == len(rs):
+            pairs = list(zip(rs, direct, strict=True))
+            entry["added_ms_vs_direct"] = {
+                p: rounded(median([s["latency_ms"][p] - d["latency_ms"][p] for s, d in pairs]))
+                for p in PERCENTILES
+            }
+            entry["ratio_to_direct"] = {
+                p: rounded(median([s["latency_ms"][p] / d["latency_ms"][p] for s, d in pairs]), 2)
+                for p in PERCENTILES
+            }
+        out[scenario] = entry
+    return out
+
+
+def summarize(agg: dict[str, Any]) -> dict[str, Any]:
+    s: dict[str, Any] = {"target_added_ms": TARGET_ADDED_MS}
+    if "direct" in agg:
+        s["direct_ms"] = agg["direct"]["median_ms"]
+    if "app" in agg:
+        s["app_alone_ms"] = agg["app"]["median_ms"]
+    if "mesh" in agg:
+        s["mesh_ms"] = agg["mesh"]["median_ms"]
+    mesh = agg.get("mesh", {})
+    if "added_ms_vs_direct" in mesh:
+        added = mesh["added_ms_vs_direct"]
+        s["added_ms"] = added
+        s["ratio_to_direct"] = mesh["ratio_to_direct"]
+        s["meets_p90_target"] = added["p90"] <= TARGET_ADDED_MS["p90"]
+        s["meets_p99_target"] = added["p99"] <= TARGET_ADDED_MS["p99"]
+        s["meets_target"] = s["meets_p90_target"] and s["meets_p99_target"]
+        if "added_ms_vs_direct" in agg.get("client_proxy", {}):
+            one = agg["client_proxy"]["added_ms_vs_direct"]
+            s["split_ms"] = {
+                "client_envoy": {p: one[p] for p in ("p50", "p90", "p99")},
+                "server_envoy_and_mtls": {p: rounded(added[p] - one[p]) for p in ("p50", "p90", "p99")},
+            }
+        s["proxy_cpu_ms_per_request"] = {
+            k: v for k, v in mesh["cpu_ms_per_request"].items() if k.endswith("envoy")
+        }
+    s["paths_as_expected"] = all(v["path_as_expected"] for v in agg.values())
+    return s
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    result: dict[str, Any] = {"benchmark": "dataplane", "machine": machine()}
+    bench = DataplaneBench(args, workdir)
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in args.scenarios}
+    try:
+        bench.setup()
+        result["request_path"] = bench.request_path()
+        progress(
+            "request path: outbound http filters "
+            f"{result['request_path']['outbound'].get('http_filters')}, inbound "
+            f"{result['request_path']['inbound'].get('http_filters')}"
+        )
+        for rnd in range(args.repeats):
+            for scenario in args.scenarios:
+                r = bench.run(scenario)
+                runs[scenario].append(r)
+                lat = r["latency_ms"]
+                progress(
+                    f"round {rnd + 1}/{args.repeats} {scenario:12} p50 {lat.get('p50')} p90 {lat.get('p90')} "
+                    f"p99 {lat.get('p99')} ms, {r['pacing'].get('achieved_rps')} req/s, "
+                    f"path {'ok' if r['path']['as_expected'] else 'UNEXPECTED ' + json.dumps(r['path'])}"
+                )
+    finally:
+        bench.close()
+    agg = aggregate(runs)
+    result["summary"] = summarize(agg)
+    result["scenarios"] = agg
+    result["runs"] = runs
+    result["settings"] = {
+        "rate_rps": args.rate,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "repeats": args.repeats,
+        "loadgen": args.loadgen,
+        "protocol": "HTTP/1.1 keep-alive, GET /",
+        "response_body_bytes": args.body_bytes,
+        "envoy_concurrency": args.envoy_concurrency,
+        "app": "nginx, 1 worker, return 200",
+        "load_user": USER,
+    }
+    result["machine"]["loadavg_1m_at_end"] = rounded(os.getloadavg()[0], 2)
+    result["bench_wall_s"] = rounded(time.perf_counter() - started, 1)
+    return result
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rate", type=int, default=1000, help="requests per second in total (1000)")
+    p.add_argument("--connections", type=int, default=4, help="keep-alive connections (4)")
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run (20)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each measurement (3)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds over all scenarios (3)")
+    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
+    p.add_argument("--loadgen", default="h2load", choices=GENERATORS, help="load generator (h2load)")
+    p.add_argument("--body-bytes", type=int, default=1024, help="response body size (1024, as Istio's)")
+    p.add_argument("--envoy-concurrency", type=int, default=2, help="Envoy worker threads per VM (2)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (logs) and print its path")
+    args = p.parse_args(argv)
+    if "direct" not in args.scenarios:
+        p.error("--scenarios must include direct (the baseline)")
+    if args.rate % args.connections:
+        p.error("--rate must be a multiple of --connections")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if os.geteuid() != 0:
+        progress(
+            "needs root: the lab builds network namespaces, iptables capture and runs Envoy as vmagent-proxy"
+        )
+        return 2
+    tool = "h2load" if args.loadgen == "h2load" else "hey"
+    ensure_debian_packages({NGINX: "nginx-light", "curl": "curl", tool: DEBIAN_PACKAGES[tool]}, progress)
+    workdir = Path(tempfile.mkdtemp(prefix="vmagent-bench-dp-"))
+    try:
+        result = run(args, workdir)
+    finally:
+        if args.keep:
+            progress(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    emit(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

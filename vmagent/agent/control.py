@@ -265,7 +265,10 @@ class ControlClient:
                 if exc.errno in (errno.ENOTDIR, errno.ENOENT):
                     raise AgentNotRunning(f"no agent listens on {self.path}") from exc
                 raise VmagentError(f"cannot reach the agent on {self.path}: {exc.strerror or exc}") from exc
-            sock.sendall(json.dumps({"op": op, **params}).encode() + b"\n")
+            try:
+                sock.sendall(json.dumps({"op": op, **params}).encode() + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the daemon answered (a refusal) and closed before reading: its answer is buffered
             buf = b""
             while True:
                 while b"\n" in buf:

@@ -124,6 +124,40 @@ def test_proxy_status_shows_both_proxies_synced(mesh: MeshLab) -> None:
     assert identities == ["spiffe://cluster.local/ns/demo/sa/api", WEB_ID]
 
 
+def _cp_metric(mesh: MeshLab, name: str) -> float | None:
+    assert mesh.cp is not None
+    text = mesh.cp.ns.run(["curl", "-sf", mesh.cp.http + "/metrics"], check=False).stdout
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_invalid_edit_keeps_the_last_good_config_and_is_reported(mesh: MeshLab) -> None:
+    assert mesh.cp is not None
+    web = mesh.vms["web"]
+    services = mesh.cp.config_dir / "20-services.yaml"
+    good = services.read_text()
+    assert _cp_metric(mesh, "vmagent_cp_proxies_connected") == 2
+    services.write_text(good.replace("protocol: HTTP", "protocol: HTTQ", 1))
+    try:
+        wait_for(
+            lambda: _cp_metric(mesh, "vmagent_cp_config_errors") == 1,
+            timeout=10,
+            what="the error in /metrics",
+        )
+        errors = mesh.cp.api("/api/v1/config/errors")
+        assert any("20-services.yaml" in e and "HTTQ" in e for e in errors), errors
+        assert any("20-services.yaml" in ln and "HTTQ" in ln for ln in mesh.cp.log.lines)  # type: ignore[union-attr]
+        code, doc = _get(web, API_URL)
+        assert code == 200 and doc is not None and doc["name"] == "api", (
+            "the last good version must stay in force"
+        )
+    finally:
+        services.write_text(good)
+    wait_for(lambda: _cp_metric(mesh, "vmagent_cp_config_errors") == 0, timeout=10, what="the error to clear")
+
+
 def test_revoked_workload_loses_its_xds_stream(mesh: MeshLab) -> None:
     """Runs last in this module: it leaves api unable to reach the control plane."""
     assert mesh.cp is not None

@@ -29,6 +29,7 @@ from vmagent.controlplane.config.snapshot import ConfigSource
 from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
 from vmagent.controlplane.mesh import MeshController, Translate
+from vmagent.controlplane.metrics import PROMETHEUS_CONTENT_TYPE, ControlPlaneMetrics
 from vmagent.controlplane.registration import RegistrationServicer
 from vmagent.controlplane.registry import ConfigRegistry, workload_group_document
 from vmagent.controlplane.revocation_watch import RevocationWatcher
@@ -142,6 +143,14 @@ class ControlPlane:
         self.http = HttpApi(opts.http_listen)
         self.http.add_json("/api/v1/proxies", self.ads.status)
         self.http.add_json("/api/v1/workloads", self.workloads.workloads_json)
+        self.metrics = ControlPlaneMetrics(
+            self.ads.status,
+            self.workloads.workloads_json,
+            self.configs.errors,
+            lambda: len(self.configs.snapshot()),
+            lambda: self.mesh.pushes,
+        )
+        self.http.add_text("/metrics", PROMETHEUS_CONTENT_TYPE, self.metrics.render)
         self.http.add_json("/api/v1/config/errors", self.configs.errors)
         self.http.add_json("/api/v1/certificates", lambda: [c.as_json() for c in self.store.records.issued()])
         self.http.add_json("/api/v1/revocations", self.store.records.revocations)

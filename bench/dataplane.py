@@ -20,6 +20,9 @@ Scenarios (each a load-generator run from inside a namespace as user ``nobody``,
 
 * ``app``: server namespace -> 127.0.0.1:8081 (the application alone, loopback);
 * ``direct``: client namespace -> SERVER_IP:8081;
+* ``bare_envoy``: client namespace -> 127.0.0.1:18080, a bare Envoy (same binary and concurrency as the
+  agents', static config: router filter only, bench/bareenvoy.py) -> SERVER_IP:8081: what one Envoy hop
+  costs on this machine with no translated config and no capture;
 * ``client_proxy``: client namespace -> plain-api.bench.test:8082 (capture -> client Envoy -> nginx);
 * ``mesh``: client namespace -> api.demo.svc.cluster.local:8080 (capture -> client Envoy -> mTLS ->
   capture -> server Envoy -> nginx), STRICT PeerAuthentication on the server.
@@ -51,6 +54,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` and ``vmagent`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bareenvoy import BareEnvoy
 from bench.common import cpu_seconds, emit, machine, median, progress, rounded
 from bench.loadgen import DEBIAN_PACKAGES, GENERATORS, LoadGenerator, LoadRun, LoadSpec
 from bench.nginxapp import NGINX, NginxApp, ensure_debian_packages
@@ -67,7 +71,8 @@ DIRECT_PORT = 8081
 PLAIN_PORT = 8082
 MESH_HOST = "api.demo.svc.cluster.local"
 PLAIN_HOST = "plain-api.bench.test"
-SCENARIOS = ("app", "direct", "client_proxy", "mesh")
+SCENARIOS = ("app", "direct", "bare_envoy", "client_proxy", "mesh")
+BARE_PORT = 18080
 PERCENTILES = ("p50", "p90", "p99", "p999")
 # Istio's published figure for two sidecars on the same Envoy (the issue's target), in ms.
 TARGET_ADDED_MS = {"p90": 0.23, "p99": 0.30}
@@ -143,6 +148,7 @@ class DataplaneBench:
         self.scratch = LoadGenerator.make_scratch(USER)
         self.loadgen = LoadGenerator(args.loadgen, self.scratch, user=USER)
         self.app: NginxApp | None = None
+        self.bare: BareEnvoy | None = None
         self.client: VmHost | None = None
         self.server: VmHost | None = None
         self._pids: dict[str, list[int]] = {}
@@ -171,6 +177,11 @@ class DataplaneBench:
             self.server.ns, self.scratch / "nginx", [MESH_PORT, DIRECT_PORT, PLAIN_PORT], a.body_bytes, USER
         )
         self.app.start()
+        self.bare = BareEnvoy(
+            self.client.ns, self.scratch / "bare-envoy", BARE_PORT, self.server.address, DIRECT_PORT,
+            a.envoy_concurrency, USER,
+        )  # fmt: skip
+        self.bare.start()
         progress(
             f"nginx up in the server VM ({self.server.address}); client VM {self.client.address}; "
             "waiting for each path to answer 200"
@@ -182,6 +193,7 @@ class DataplaneBench:
             "client_envoy": [envoy_pid(self.client)],
             "server_envoy": [envoy_pid(self.server)],
             "nginx": self.app.pids(),
+            "bare_envoy": [self.bare.pid],
         }
 
     def _wait_ok(self, ns: Netns, url: str, timeout: float = 60.0) -> None:
@@ -198,6 +210,8 @@ class DataplaneBench:
             return self.server.ns, f"http://127.0.0.1:{DIRECT_PORT}/"
         if scenario == "direct":
             return self.client.ns, f"http://{self.server.address}:{DIRECT_PORT}/"
+        if scenario == "bare_envoy":
+            return self.client.ns, f"http://127.0.0.1:{BARE_PORT}/"
         if scenario == "client_proxy":
             return self.client.ns, f"http://{PLAIN_HOST}:{PLAIN_PORT}/"
         if scenario == "mesh":
@@ -239,7 +253,7 @@ class DataplaneBench:
     def _path_ok(scenario: str, path: dict[str, int]) -> bool:
         through_client = path["client_outbound_connections"] > 0
         through_server = path["server_inbound_connections"] > 0
-        if scenario in ("app", "direct"):
+        if scenario in ("app", "direct", "bare_envoy"):
             return not through_client and not through_server
         if scenario == "client_proxy":
             return through_client and not through_server
@@ -250,6 +264,8 @@ class DataplaneBench:
         return request_path(self.client.ns, self.server.ns, MESH_PORT, MESH_HOST)
 
     def close(self) -> None:
+        if self.bare is not None:
+            self.bare.stop()
         if self.app is not None:
             self.app.stop()
         try:
@@ -316,9 +332,16 @@ def summarize(agg: dict[str, Any]) -> dict[str, Any]:
                 "client_envoy": {p: one[p] for p in ("p50", "p90", "p99")},
                 "server_envoy_and_mtls": {p: rounded(added[p] - one[p]) for p in ("p50", "p90", "p99")},
             }
+        if "added_ms_vs_direct" in agg.get("bare_envoy", {}):
+            bare = agg["bare_envoy"]["added_ms_vs_direct"]
+            s.setdefault("split_ms", {})["bare_envoy_hop"] = {p: bare[p] for p in ("p50", "p90", "p99")}
         s["proxy_cpu_ms_per_request"] = {
-            k: v for k, v in mesh["cpu_ms_per_request"].items() if k.endswith("envoy")
+            k: v for k, v in mesh["cpu_ms_per_request"].items() if k in ("client_envoy", "server_envoy")
         }
+        if "bare_envoy" in agg:
+            s["proxy_cpu_ms_per_request"]["bare_envoy"] = agg["bare_envoy"]["cpu_ms_per_request"][
+                "bare_envoy"
+            ]
     s["paths_as_expected"] = all(v["path_as_expected"] for v in agg.values())
     return s
 

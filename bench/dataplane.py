@@ -32,8 +32,8 @@ requests/s over ``--connections`` keep-alive connections (HTTP/1.1); a round run
 ``--repeats`` rounds interleave them so that drifts of a shared machine hit all alike, and the reported
 percentiles are medians over the rounds. ``added_ms`` is the median over rounds of (scenario - direct)
 measured in the same round. Each run also checks its path on the proxies' counters (a direct run must
-not touch either Envoy's listeners; a mesh run must complete TLS handshakes on the server's inbound
-listener), and records the CPU each Envoy, nginx and the load generator spent per request.
+not add requests to either agent's Envoy; a mesh run must add them to both, and every connection from
+the client's Envoy to the api cluster must have been a TLS one), and records the CPU each Envoy, nginx and the load generator spent per request.
 
 The HTTP filters on the outbound and inbound chains are read from each Envoy's /config_dump.
 """
@@ -108,12 +108,14 @@ spec:
       mode: DISABLE
 """
 
-# Envoy counters that tell which proxies a run went through (summed over the matching names): every
-# outbound listener's connections on the client (virtualOutbound hands a connection to 0.0.0.0_PORT,
-# which counts it), the inbound listener's connections and TLS handshakes on the server.
-CX_OUT = r"^listener\.0\.0\.0\.0_\d+\.downstream_cx_total$"
-CX_IN = r"^listener\.0\.0\.0\.0_15006\.downstream_cx_total$"
-TLS_IN = r"^listener\.0\.0\.0\.0_15006\.ssl\.handshake$"
+# Envoy counters that tell which proxies a run went through (each pattern sums the matching names):
+# requests through the client's outbound HTTP connection managers and the server's inbound ones; and,
+# cumulative, the connections the client's Envoy opened to the api cluster and how many were TLS.
+RQ_OUT = r"^http\.outbound_0\.0\.0\.0_\d+\.downstream_rq_total$"
+RQ_IN = r"^http\.inbound_0\.0\.0\.0_\d+\.downstream_rq_total$"
+API_CLUSTER = f"outbound|{MESH_PORT}||{MESH_HOST}"
+API_CX = "^" + re.escape(f"cluster.{API_CLUSTER}.upstream_cx_total") + "$"
+API_TLS = "^" + re.escape(f"cluster.{API_CLUSTER}.ssl.handshake") + "$"
 
 
 def envoy_counters(vm: VmHost, patterns: list[str]) -> dict[str, int]:
@@ -222,9 +224,14 @@ class DataplaneBench:
 
     def _counters(self) -> dict[str, int]:
         assert self.client is not None and self.server is not None
-        out = {f"client.{k}": v for k, v in envoy_counters(self.client, [CX_OUT]).items()}
-        out.update({f"server.{k}": v for k, v in envoy_counters(self.server, [CX_IN, TLS_IN]).items()})
-        return out
+        client = envoy_counters(self.client, [RQ_OUT, API_CX, API_TLS])
+        server = envoy_counters(self.server, [RQ_IN])
+        return {
+            "client_rq": client[RQ_OUT],
+            "server_rq": server[RQ_IN],
+            "api_cx": client[API_CX],
+            "api_tls": client[API_TLS],
+        }
 
     def _cpu(self) -> dict[str, float]:
         return {name: sum(cpu_seconds(p) for p in pids) for name, pids in self._pids.items()}
@@ -240,24 +247,27 @@ class DataplaneBench:
         out = load.summary()
         offered = a.rate * (a.warmup + a.duration)
         out["cpu_ms_per_request"] = {k: rounded((cpu1[k] - cpu0[k]) * 1000 / offered, 4) for k in cpu0}
-        delta = {k: after[k] - before[k] for k in before}
         out["path"] = {
-            "client_outbound_connections": delta[f"client.{CX_OUT}"],
-            "server_inbound_connections": delta[f"server.{CX_IN}"],
-            "server_inbound_tls_handshakes": delta[f"server.{TLS_IN}"],
+            "client_envoy_requests": after["client_rq"] - before["client_rq"],
+            "server_envoy_requests": after["server_rq"] - before["server_rq"],
+            "api_upstream_connections_total": after["api_cx"],
+            "api_upstream_tls_handshakes_total": after["api_tls"],
         }
         out["path"]["as_expected"] = self._path_ok(scenario, out["path"])
         return out
 
     @staticmethod
     def _path_ok(scenario: str, path: dict[str, int]) -> bool:
-        through_client = path["client_outbound_connections"] > 0
-        through_server = path["server_inbound_connections"] > 0
+        """Direct runs touch neither agent's Envoy; client_proxy only the client's; mesh runs pass both,
+        and every connection the client's Envoy ever opened to the api cluster was TLS."""
+        through_client = path["client_envoy_requests"] > 0
+        through_server = path["server_envoy_requests"] > 0
         if scenario in ("app", "direct", "bare_envoy"):
             return not through_client and not through_server
         if scenario == "client_proxy":
             return through_client and not through_server
-        return through_client and through_server and path["server_inbound_tls_handshakes"] > 0
+        cx, tls = path["api_upstream_connections_total"], path["api_upstream_tls_handshakes_total"]
+        return through_client and through_server and cx > 0 and tls == cx
 
     def request_path(self) -> dict[str, Any]:
         assert self.client is not None and self.server is not None

@@ -6,7 +6,8 @@ As root the whole run happens inside a private network namespace (Envoy binds th
 listeners 15001/15006 there); otherwise on the host network.
 
 A real control plane (``vmagent-cp serve``) and a real agent joined with a token (``vmagent join``),
-run with ``vmagent run`` (capture and DNS off, Envoy as the agent's own user, loopback ports chosen free):
+run with ``vmagent run`` (capture and DNS off, Envoy as the agent's own user, loopback ports chosen free)
+and the ``Environment=`` of systemd/vmagent.service (``--no-unit-env``: without it):
 
 * ``ready``: wall time from creating the ``vmagent run`` process until its status port's
   ``/healthz/ready`` answers 200 (Envoy live, its first xDS config ACKed, the certificate valid), the
@@ -51,6 +52,8 @@ from bench.common import (
     rss_bytes,
 )
 from bench.cpserver import BenchControlPlane
+
+UNIT_FILE = Path(__file__).resolve().parent.parent / "systemd" / "vmagent.service"
 
 TARGET_RSS_MIB = 50.0
 TARGET_IDLE_MILLICORES = 5.0
@@ -179,6 +182,21 @@ def baseline_envoy(workdir: Path, concurrency: int, seconds: float) -> dict[str,
     }
 
 
+def unit_environment(unit: Path) -> dict[str, str]:
+    """The ``Environment=`` assignments of a systemd unit (``KEY=VALUE`` words, optionally quoted)."""
+    import shlex
+
+    env: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.strip() == "Environment":
+            for word in shlex.split(value):
+                name, eq, val = word.partition("=")
+                if eq:
+                    env[name] = val
+    return env
+
+
 def time_starts(agent: BenchAgent, starts: int) -> dict[str, Any]:
     """Start the agent ``starts`` times (stopping it in between); the last start is left running."""
     walls: list[float] = []
@@ -239,6 +257,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cp = BenchControlPlane(workdir)
     cp.write_config("10-bench.yaml", CONFIG)
     cp.start()
+    # The agent runs with the environment systemd gives it (the unit's Environment=, e.g. MALLOC_ARENA_MAX);
+    # set only now, so the baselines and the control plane do not get it. Envoy inherits it, as under systemd.
+    agent_env = {} if args.no_unit_env else unit_environment(UNIT_FILE)
+    os.environ.update(agent_env)
     agent = BenchAgent(workdir, "vm")
     try:
         join_s = agent.join(cp, "bench/vm")
@@ -270,7 +292,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "meets_cpu_target": idle["agent_millicores"] <= TARGET_IDLE_MILLICORES,
         "meets_ready_target": ready["ready_s_median"] <= TARGET_READY_S,
     }
-    result["settings"] = {"duration_s": args.duration, "starts": args.starts, "settle_s": args.settle}
+    result["settings"] = {
+        "duration_s": args.duration, "starts": args.starts, "settle_s": args.settle, "agent_env": agent_env,
+    }  # fmt: skip
     result["machine"]["loadavg_1m_at_end"] = rounded(os.getloadavg()[0], 2)
     result["bench_wall_s"] = rounded(time.perf_counter() - started, 1)
     return result
@@ -282,6 +306,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--starts", type=int, default=5, help="agent starts timed for the median (5)")
     p.add_argument("--settle", type=float, default=5.0, help="pause after the last start before idling (5s)")
     p.add_argument("--baseline-seconds", type=float, default=5.0, help="bare Envoy CPU window (5s)")
+    p.add_argument(
+        "--no-unit-env",
+        action="store_true",
+        help="run the agent without systemd/vmagent.service's Environment=",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs) and print its path")
     return p.parse_args(argv)
 

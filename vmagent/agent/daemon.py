@@ -24,14 +24,13 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmagent.agent.capture import CaptureManager
 from vmagent.agent.capture_config import CaptureConfig
 from vmagent.agent.config import AgentConfig, split_host_port
 from vmagent.agent.control import ControlServer, Progress, control_socket, left_marker, systemd_unit
 from vmagent.agent.cpchannel import ControlPlaneChannel
-from vmagent.agent.dns import DnsProxy
 from vmagent.agent.dns_config import DnsConfig
 from vmagent.agent.dns_table import NameTable
 from vmagent.agent.envoy_bootstrap import (
@@ -57,6 +56,9 @@ from vmagent.common import constants
 from vmagent.common.errors import VmagentError
 from vmagent.common.fsutil import atomic_write
 from vmagent.common.sdnotify import Notifier
+
+if TYPE_CHECKING:  # imported by DnsConfig.build only when the DNS proxy is on (dnslib costs RSS)
+    from vmagent.agent.dns import DnsProxy
 
 log = logging.getLogger(__name__)
 

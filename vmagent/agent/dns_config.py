@@ -17,13 +17,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vmagent.agent.dns import DnsProxy
 from vmagent.agent.dns_table import NameTable
-from vmagent.agent.dns_upstream import parse_upstream, read_resolv_conf
 from vmagent.common import constants
 from vmagent.common.errors import ConfigError, VmagentError
+
+if TYPE_CHECKING:  # dnslib (via dns, dns_upstream) is imported only when it is needed: it costs RSS
+    from vmagent.agent.dns import DnsProxy
 
 OBJECT = "dns"
 
@@ -71,6 +72,8 @@ class DnsConfig:
                 raise _error(source, "port", f"expected a port number 1-65535, got {port!r}")
             values["port"] = port
         if "upstreams" in data:
+            from vmagent.agent.dns_upstream import parse_upstream
+
             upstreams = []
             for i, item in enumerate(_list(data, "upstreams", source)):
                 try:
@@ -101,10 +104,14 @@ class DnsConfig:
         """The configured upstreams, or the host's resolvers read from ``resolv_conf`` when none are set."""
         if self.upstreams is not None:
             return list(self.upstreams)
+        from vmagent.agent.dns_upstream import read_resolv_conf
+
         return read_resolv_conf(self.resolv_conf)
 
     def build(self, table: NameTable, mark: int | None = constants.BYPASS_MARK) -> list[DnsProxy]:
         """One (not yet started) DnsProxy per listen address, all answering from ``table``."""
+        from vmagent.agent.dns import DnsProxy
+
         upstreams = self.resolved_upstreams()
         return [
             DnsProxy(

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import threading
-import uuid
 from collections.abc import Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -315,7 +315,7 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
     def _response(self, names: tuple[str, ...]) -> discovery_pb2.DiscoveryResponse:
         ident = self._store.current()
         resp = discovery_pb2.DiscoveryResponse(
-            version_info=self.current_version(), type_url=SECRET_TYPE_URL, nonce=uuid.uuid4().hex
+            version_info=self.current_version(), type_url=SECRET_TYPE_URL, nonce=secrets.token_hex(16)
         )
         for name in names:
             if self._files is not None and is_file_secret(name):

@@ -16,10 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from vmagent.common import proc
 
@@ -233,3 +235,18 @@ def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: 
         if time.monotonic() >= deadline:
             raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+def run_in_workdir(prefix: str, keep: bool, body: Callable[[Path], dict[str, Any]]) -> int:
+    """Run ``body(workdir)`` in a fresh temporary directory, emit its result as the last stdout line,
+    and remove the directory afterwards unless ``keep`` (then its path is printed)."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"vmagent-bench-{prefix}-"))
+    try:
+        result = body(workdir)
+    finally:
+        if keep:
+            progress(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    emit(result)
+    return 0

@@ -27,7 +27,6 @@ import json
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -39,13 +38,13 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and ``vmagent``
 
 from bench.common import (
     Background,
-    emit,
     free_port,
     machine,
     median,
     percentile,
     progress,
     rounded,
+    run_in_workdir,
     run_timed,
     venv_tool,
 )
@@ -580,18 +579,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="vmagent-bench-csr-"))
-    try:
-        result = run(args, workdir)
-    finally:
-        if args.keep:
-            progress(f"work dir kept: {workdir}")
-        else:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-    emit(result)
-    return 0
+    return run_in_workdir("csr", args.keep, lambda workdir: run(args, workdir))
 
 
 if __name__ == "__main__":

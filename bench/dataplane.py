@@ -44,9 +44,7 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +53,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and ``vmagent``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bareenvoy import BareEnvoy
-from bench.common import cpu_seconds, emit, machine, median, progress, rounded
+from bench.common import cpu_seconds, machine, median, progress, rounded, run_in_workdir
 from bench.loadgen import DEBIAN_PACKAGES, GENERATORS, LoadGenerator, LoadRun, LoadSpec
 from bench.nginxapp import NGINX, NginxApp, ensure_debian_packages
 from bench.pathinfo import request_path
@@ -432,16 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tool = "h2load" if args.loadgen == "h2load" else "hey"
     ensure_debian_packages({NGINX: "nginx-light", "curl": "curl", tool: DEBIAN_PACKAGES[tool]}, progress)
-    workdir = Path(tempfile.mkdtemp(prefix="vmagent-bench-dp-"))
-    try:
-        result = run(args, workdir)
-    finally:
-        if args.keep:
-            progress(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    emit(result)
-    return 0
+    return run_in_workdir("dp", args.keep, lambda workdir: run(args, workdir))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import os
 import queue
 import random
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -45,12 +44,12 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and ``vmagent``
 
 from bench.agentproc import BenchAgent
 from bench.common import (
-    emit,
     in_private_netns,
     machine,
     progress,
     rerun_in_private_netns,
     rounded,
+    run_in_workdir,
     summary_stats,
     wait_until,
 )
@@ -540,18 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = rerun_in_private_netns("vmbreg", [str(Path(__file__).resolve()), *raw])
     if rc is not None:
         return rc
-    workdir = Path(tempfile.mkdtemp(prefix="vmagent-bench-reg-"))
-    try:
-        result = run(args, workdir)
-    finally:
-        if args.keep:
-            progress(f"work dir kept: {workdir}")
-        else:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-    emit(result)
-    return 0
+    return run_in_workdir("reg", args.keep, lambda workdir: run(args, workdir))
 
 
 if __name__ == "__main__":

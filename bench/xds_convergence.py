@@ -31,7 +31,6 @@ import os
 import queue
 import random
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -44,7 +43,6 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and ``vmagent``
 from bench.agentproc import BenchAgent
 from bench.common import (
     cpu_seconds,
-    emit,
     in_private_netns,
     machine,
     mib,
@@ -52,6 +50,7 @@ from bench.common import (
     rerun_in_private_netns,
     rounded,
     rss_bytes,
+    run_in_workdir,
     summary_stats,
 )
 from bench.cpserver import BenchControlPlane
@@ -476,18 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = rerun_in_private_netns("vmbxds", [str(Path(__file__).resolve()), *raw])
     if rc is not None:
         return rc
-    workdir = Path(tempfile.mkdtemp(prefix="vmagent-bench-xds-"))
-    try:
-        result = run(args, workdir)
-    finally:
-        if args.keep:
-            progress(f"work dir kept: {workdir}")
-        else:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-    emit(result)
-    return 0
+    return run_in_workdir("xds", args.keep, lambda workdir: run(args, workdir))
 
 
 if __name__ == "__main__":

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from vmagent.agent.config import AgentConfig
 from vmagent.agent.control import AgentNotRunning, ControlClient, control_socket, read_left_marker
 from vmagent.agent.paths import DEFAULT_CONFIG_DIR, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, AgentPaths
+from vmagent.cli.agent_status import local_status
 from vmagent.common import proc
 from vmagent.common.constants import AGENT_STATUS_PORT
 from vmagent.common.durations import duration_arg
@@ -131,11 +130,7 @@ def status_port(paths: AgentPaths) -> int | None:
 
 
 def status_answers(port: int) -> bool:
-    try:
-        requests.get(f"http://127.0.0.1:{port}/status", timeout=2)
-    except requests.RequestException:
-        return False
-    return True
+    return local_status(port, timeout=2) is not None
 
 
 def wait_exit(pid: int, timeout: float) -> bool:

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from vmagent.agent.config import AgentConfig
 from vmagent.agent.control import read_left_marker
 from vmagent.agent.identity import IdentityStore
@@ -40,14 +38,10 @@ def collect(paths: AgentPaths) -> dict[str, Any]:
         )
     config = AgentConfig.load(paths.config_file)
     port = int(config.section("status").get("port", AGENT_STATUS_PORT))
-    try:
-        resp = requests.get(f"http://127.0.0.1:{port}/status", timeout=3)
-        resp.raise_for_status()
-        doc: dict[str, Any] = resp.json()
+    doc = local_status(port, timeout=3)
+    if doc is not None:
         doc["running"] = True
         return doc
-    except (requests.RequestException, ValueError):
-        pass
     ident = store.load()
     left = read_left_marker(paths.state_dir)
     return {
@@ -68,6 +62,28 @@ def collect(paths: AgentPaths) -> dict[str, Any]:
         "workload": {"namespace": config.namespace, "group": config.group},
         "control_plane": {"address": config.cp_mtls_address, "connected": False},
     }
+
+
+def local_status(port: int, timeout: float) -> dict[str, Any] | None:
+    """The running agent's ``/status`` document on 127.0.0.1:PORT, or None when it does not answer.
+
+    Uses http.client, which the daemon loads anyway: the CLI modules are imported by `vmagent run` too.
+    """
+    import http.client
+    import json as _json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/status")
+        resp = conn.getresponse()
+        if resp.status != 200:
+            return None
+        doc = _json.loads(resp.read())
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()
+    return doc if isinstance(doc, dict) else None
 
 
 def run(args: argparse.Namespace) -> int:

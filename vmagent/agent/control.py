@@ -113,7 +113,7 @@ class ControlServer:
             os.umask(old)
         os.chmod(self.path, 0o600)
         sock.listen(8)
-        sock.settimeout(0.2)
+        sock.settimeout(None)  # accept blocks; stop() shuts the socket down to wake it (no idle polling)
         self._sock = sock
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
         self._thread.start()
@@ -122,6 +122,9 @@ class ControlServer:
     def stop(self, wait: float = 2.0) -> None:
         """Stop accepting, give requests in progress up to ``wait`` seconds to answer, remove the socket."""
         self._stopping.set()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         deadline = time.monotonic() + wait
         for t in [self._thread, *self._requests]:
             if t is not None and t is not threading.current_thread():
@@ -160,8 +163,6 @@ class ControlServer:
                 return
             try:
                 conn, _ = sock.accept()
-            except TimeoutError:
-                continue
             except OSError:
                 if self._stopping.is_set():
                     return

@@ -39,7 +39,6 @@ from vmagent.agent.envoy_bootstrap import (
     render_bootstrap,
     write_bootstrap,
 )
-from vmagent.agent.envoy_config import parse_envoy, parse_status
 from vmagent.agent.envoy_process import EnvoySupervisor, admin_request
 from vmagent.agent.envoy_runtime import lookup_proxy_user, prepare_runtime_dir
 from vmagent.agent.gateway import FileCertificates, gateway_capture, parse_gateway
@@ -49,6 +48,7 @@ from vmagent.agent.probes import Prober
 from vmagent.agent.registration import RegisterInfo, RegistrationClient
 from vmagent.agent.rotation import Rotator
 from vmagent.agent.sds import SdsServer
+from vmagent.agent.sections import parse_envoy, parse_identity, parse_registration, parse_status
 from vmagent.agent.status_metrics import Registry, register_process_metrics
 from vmagent.agent.status_server import StatusServer, compose_readiness, envoy_metrics_source
 from vmagent.agent.xds_proxy import XdsProxy
@@ -154,24 +154,24 @@ class Agent:
         self.metrics = Registry()
         register_process_metrics(self.metrics)
         self.channel = ControlPlaneChannel(cfg.cp_mtls_address, cfg.server_name, self.identities)
-        ident_cfg = cfg.section("identity")
+        ident_cfg = parse_identity(cfg.sections.get("identity"), src)
         self.rotator = Rotator(
             self.identities,
             self.channel.get,
-            key_algorithm=str(ident_cfg.get("key_algorithm", "ec-p256")),
-            ttl_seconds=int(ident_cfg.get("cert_ttl_seconds", 0)),
+            key_algorithm=ident_cfg.key_algorithm,
+            ttl_seconds=ident_cfg.cert_ttl_seconds,
         )
         self.names = NameTable(namespace=cfg.namespace)
         self.group = _read_group(paths)
-        reg_cfg = cfg.section("registration")
+        reg_cfg = self.registration_cfg = parse_registration(cfg.sections.get("registration"), src)
         self.registration: RegistrationClient | None = None
-        if reg_cfg.get("enabled", True):
+        if reg_cfg.enabled:
             template = (self.group.get("spec") or {}).get("template") or {}
             info = RegisterInfo(
                 group=cfg.group,
                 namespace=cfg.namespace,
                 address=self.address,
-                labels={str(k): str(v) for k, v in (reg_cfg.get("labels") or {}).items()},
+                labels=dict(reg_cfg.labels),
                 ports={str(k): int(v) for k, v in (template.get("ports") or {}).items()},
                 hostname=socket.gethostname(),
             )
@@ -252,7 +252,7 @@ class Agent:
         c, e = self.config, self.envoy_cfg
         group = self.group
         labels = {**((group.get("spec") or {}).get("metadata") or {}).get("labels", {})}
-        labels.update({str(k): str(v) for k, v in (c.section("registration").get("labels") or {}).items()})
+        labels.update(self.registration_cfg.labels)
         return BootstrapParams(
             node_ip=self.address,
             name=f"{c.group}-{self.address.replace(':', '-').replace('.', '-')}",

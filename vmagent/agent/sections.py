@@ -1,4 +1,4 @@
-"""The ``envoy:`` and ``status:`` sections of the agent config file.
+"""The ``envoy:``, ``status:``, ``registration:`` and ``identity:`` sections of the agent config file.
 
 envoy:
   enabled: true            # run Envoy (false: identity and registration only)
@@ -16,7 +16,7 @@ status:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from vmagent.common import constants
@@ -42,7 +42,22 @@ class StatusConfig:
     port: int = constants.AGENT_STATUS_PORT
 
 
+@dataclass(frozen=True)
+class RegistrationConfig:
+    enabled: bool = True
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    key_algorithm: str = "ec-p256"
+    cert_ttl_seconds: int = 0
+
+
 _TYPES: dict[str, tuple[type, ...]] = {
+    "labels": (dict,),
+    "key_algorithm": (str,),
+    "cert_ttl_seconds": (int,),
     "enabled": (bool,),
     "binary": (str, type(None)),
     "run_as": (str, type(None)),
@@ -86,4 +101,23 @@ def parse_envoy(data: Mapping[str, Any] | None, source: str) -> EnvoyConfig:
 
 def parse_status(data: Mapping[str, Any] | None, source: str) -> StatusConfig:
     cfg: StatusConfig = _parse(StatusConfig, data, source, "status")
+    return cfg
+
+
+def parse_registration(data: Mapping[str, Any] | None, source: str) -> RegistrationConfig:
+    cfg: RegistrationConfig = _parse(RegistrationConfig, data, source, "registration")
+    for key, value in cfg.labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigError(f"{source}: registration.labels.{key}: label keys and values must be strings")
+    return cfg
+
+
+def parse_identity(data: Mapping[str, Any] | None, source: str) -> IdentityConfig:
+    cfg: IdentityConfig = _parse(IdentityConfig, data, source, "identity")
+    if cfg.key_algorithm not in ("ec-p256", "rsa-2048", "rsa-4096"):
+        raise ConfigError(
+            f"{source}: identity.key_algorithm: {cfg.key_algorithm!r} is not ec-p256, rsa-2048 or rsa-4096"
+        )
+    if cfg.cert_ttl_seconds < 0:
+        raise ConfigError(f"{source}: identity.cert_ttl_seconds: must be 0 (the CA's default) or positive")
     return cfg

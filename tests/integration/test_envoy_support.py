@@ -229,16 +229,21 @@ class FakeControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type
             with self.lock:
                 self._streams.discard(st)
 
-    def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> Iterator[Any]:
+    def _responses(self, request_iterator: Any, context: Any, delta: bool) -> Iterator[Any]:
+        """For each response due on a stream: (version, resources, type_url, new nonce).
+
+        ACKs and NACKs (matched by nonce) are recorded, keyed by version (SotW) or nonce (delta).
+        """
         for kind, (st, req) in self._run(request_iterator, context):
             types: list[str] = []
             if kind == "req":
                 if req.response_nonce:
                     if req.response_nonce != st.nonces.get(req.type_url):
                         continue
+                    key = req.response_nonce if delta else req.version_info
                     with self.lock:
                         (self.nacks if req.HasField("error_detail") else self.acks).append(
-                            (req.type_url, req.version_info)
+                            (req.type_url, key)
                         )
                     continue
                 st.nonces.setdefault(req.type_url, "")
@@ -253,43 +258,25 @@ class FakeControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type
                     continue
                 nonce = uuid.uuid4().hex
                 st.nonces[t] = nonce
-                yield discovery_pb2.DiscoveryResponse(
-                    version_info=version, type_url=t, nonce=nonce, resources=[_pack(r) for r in resources[t]]
-                )
+                yield version, resources, t, nonce
+
+    def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> Iterator[Any]:
+        for version, resources, t, nonce in self._responses(request_iterator, context, delta=False):
+            yield discovery_pb2.DiscoveryResponse(
+                version_info=version, type_url=t, nonce=nonce, resources=[_pack(r) for r in resources[t]]
+            )
 
     def DeltaAggregatedResources(self, request_iterator: Any, context: Any) -> Iterator[Any]:
-        for kind, (st, req) in self._run(request_iterator, context):
-            types: list[str] = []
-            if kind == "req":
-                if req.response_nonce:
-                    if req.response_nonce != st.nonces.get(req.type_url):
-                        continue
-                    with self.lock:
-                        (self.nacks if req.HasField("error_detail") else self.acks).append(
-                            (req.type_url, req.response_nonce)
-                        )
-                    continue
-                st.nonces.setdefault(req.type_url, "")
-                types = [req.type_url]
-            else:
-                types = list(st.nonces)
-            if self.hold.is_set():
-                continue
-            version, resources = self._resources()
-            for t in types:
-                if t not in resources:
-                    continue
-                nonce = uuid.uuid4().hex
-                st.nonces[t] = nonce
-                yield discovery_pb2.DeltaDiscoveryResponse(
-                    system_version_info=version,
-                    type_url=t,
-                    nonce=nonce,
-                    resources=[
-                        discovery_pb2.Resource(name=r.name, version=version, resource=_pack(r))
-                        for r in resources[t]
-                    ],
-                )
+        for version, resources, t, nonce in self._responses(request_iterator, context, delta=True):
+            yield discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=version,
+                type_url=t,
+                nonce=nonce,
+                resources=[
+                    discovery_pb2.Resource(name=r.name, version=version, resource=_pack(r))
+                    for r in resources[t]
+                ],
+            )
 
 
 class Backend:

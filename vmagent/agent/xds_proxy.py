@@ -17,7 +17,6 @@ waits in the proxy's backoff until the control plane is back.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
@@ -30,6 +29,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from vmagent.agent.envoy_runtime import prepare_socket_path, restrict_socket
 from vmagent.agent.status_metrics import Registry
+from vmagent.common.backoff import Backoff
 from vmagent.common.errors import VmagentError
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -41,27 +41,6 @@ LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ChannelFactory = Callable[[], grpc.Channel]
 
 log = logging.getLogger(__name__)
-
-
-class Backoff:
-    """Exponential backoff with jitter: ``initial``, doubling up to ``maximum``; ``reset()`` after success."""
-
-    def __init__(self, initial: float = 0.5, maximum: float = 30.0, jitter: float = 0.2) -> None:
-        self._initial = initial
-        self._maximum = maximum
-        self._jitter = jitter
-        self._next = initial
-        self._lock = threading.Lock()
-
-    def next(self) -> float:
-        with self._lock:
-            delay = self._next
-            self._next = min(self._maximum, self._next * 2)
-        return delay * (1 + random.uniform(-self._jitter, self._jitter))
-
-    def reset(self) -> None:
-        with self._lock:
-            self._next = self._initial
 
 
 @dataclass

@@ -77,16 +77,25 @@ def add_subcommand(sub: Any) -> None:
         metavar="N",
         help="also serve joins (the --listen port) from N extra processes, for more signing cores (0)",
     )
-    p.add_argument("--kubeconfig", type=Path, help="use a Kubernetes API server as the config source")
-    p.add_argument("--in-cluster", action="store_true", help="use the in-cluster Kubernetes API")
+    kube = p.add_mutually_exclusive_group()
+    kube.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="also take Istio objects, Services, EndpointSlices and Pods from this cluster "
+        "(see docs/kubernetes.md)",
+    )
+    kube.add_argument("--in-cluster", action="store_true", help="the same with the pod's service account")
+    p.add_argument(
+        "--cluster-domain",
+        default="cluster.local",
+        help="DNS domain of the cluster's Services (NAME.NS.svc.DOMAIN); default: %(default)s",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from vmagent.common.errors import VmagentError
 
-    if args.kubeconfig or args.in_cluster:
-        raise VmagentError("the Kubernetes source is not available in this build; use --config-dir")
     mesh_config: dict[str, Any] = {}
     if args.mesh_config is not None:
         import yaml
@@ -112,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
         server_names=args.server_names,
         mesh_config=mesh_config,
         ca_workers=args.ca_workers,
+        kubeconfig=args.kubeconfig,
+        in_cluster=args.in_cluster,
+        cluster_domain=args.cluster_domain,
         lifecycle=LifecycleSettings(
             heartbeat_interval=min(5.0, args.heartbeat_timeout.total_seconds() / 3),
             heartbeat_timeout=args.heartbeat_timeout.total_seconds(),

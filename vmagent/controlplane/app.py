@@ -28,10 +28,18 @@ from vmagent.controlplane.config import ConfigDirectory, ConfigSet, ConfigStore,
 from vmagent.controlplane.config.snapshot import ConfigSource
 from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
+from vmagent.controlplane.kube.client import KubeClient
+from vmagent.controlplane.kube.istio_source import IstioKubeSource
+from vmagent.controlplane.kube.services import KubeServiceRegistry
 from vmagent.controlplane.mesh import MeshController, Translate
 from vmagent.controlplane.metrics import PROMETHEUS_CONTENT_TYPE, ControlPlaneMetrics
 from vmagent.controlplane.registration import RegistrationServicer
-from vmagent.controlplane.registry import ConfigRegistry, workload_group_document
+from vmagent.controlplane.registry import (
+    AggregateRegistry,
+    ConfigRegistry,
+    ServiceRegistry,
+    workload_group_document,
+)
 from vmagent.controlplane.revocation_watch import RevocationWatcher
 from vmagent.controlplane.snapshots import Translator, mesh_options
 from vmagent.controlplane.tokens import TokenAuthority
@@ -64,6 +72,10 @@ class ServeOptions:
     mesh_config: dict[str, Any] = field(default_factory=dict)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     ca_workers: int = 0  # extra processes serving the join port (see caworkers.py)
+    kubeconfig: Path | None = None  # a Kubernetes API server as config source and service registry
+    in_cluster: bool = False  # the same through the pod's service account
+    cluster_domain: str = "cluster.local"
+    kube_sync_timeout: float = 10.0  # how long start() waits for the first list of every kind
 
 
 class StateStore:
@@ -85,11 +97,16 @@ class StateStore:
         self.db.close()
 
 
-def config_sources(config_dir: Path | None, state_dir: Path) -> list[ConfigSource]:
-    """The watched directory (wins on a clash) and what `vmagent-cp apply` stored."""
+def config_sources(
+    config_dir: Path | None, state_dir: Path, cluster: ConfigSource | None = None
+) -> list[ConfigSource]:
+    """In precedence order: the watched directory, the cluster's Istio objects, what `vmagent-cp
+    apply` stored. On a clash (same kind, namespace and name) the first wins; the other is reported."""
     sources: list[ConfigSource] = []
     if config_dir is not None:
         sources.append(ConfigDirectory(config_dir))
+    if cluster is not None:
+        sources.append(cluster)
     sources.append(StoreSource(ConfigStore.open(state_dir)))
     return sources
 
@@ -99,17 +116,30 @@ class ControlPlane:
         self.opts = opts
         settings = CaSettings(opts.trust_domain, opts.cert_ttl, opts.max_cert_ttl)
         self.store = StateStore(opts.state_dir, settings, opts.ca_cert, opts.ca_key)
-        self.configs = ConfigSet(config_sources(opts.config_dir, opts.state_dir))
+        self.kube: KubeClient | None = None
+        self.kube_config: IstioKubeSource | None = None
+        if opts.kubeconfig is not None or opts.in_cluster:
+            self.kube = KubeClient.from_config(opts.kubeconfig, opts.in_cluster)
+            self.kube_config = IstioKubeSource(self.kube)
+        self.configs = ConfigSet(config_sources(opts.config_dir, opts.state_dir, self.kube_config))
         self.workloads = WorkloadStore(self.store.db, opts.lifecycle)
         self.registry = ConfigRegistry(
             self.configs, opts.trust_domain, extra_workload_entries=self.workloads.entries
         )
         self.workloads.subscribe(self.registry.notify_changed)
+        self.kube_services: KubeServiceRegistry | None = None
+        self.services: ServiceRegistry = self.registry
+        if self.kube is not None:
+            self.kube_services = KubeServiceRegistry(
+                self.kube, opts.trust_domain, self.registry.workload_entries, opts.cluster_domain
+            )
+            self.registry.subscribe(self.kube_services.notify_changed)  # VMs behind Services
+            self.services = AggregateRegistry([self.registry, self.kube_services])
         self.reaper = Reaper(self.workloads)
         self.cache = SnapshotCache()
         self.translator = Translator(self.configs, mesh_options(opts.trust_domain, opts.mesh_config))
-        self.mesh = MeshController(self.cache, self.registry.services, translate or self.translator)
-        self.registry.subscribe(lambda: self.mesh.changed(None))
+        self.mesh = MeshController(self.cache, self.services.services, translate or self.translator)
+        self.services.subscribe(lambda: self.mesh.changed(None))
         self.ads = AdsServer(
             self.cache,
             self.mesh.on_proxy_connected,
@@ -120,13 +150,13 @@ class ControlPlane:
             self.workloads,
             self.group_lookup,
             opts.trust_domain,
-            name_table=lambda ns: self.translator.name_table(self.registry.services(), ns),
+            name_table=lambda ns: self.translator.name_table(self.services.services(), ns),
             wait_pushed=lambda timeout: self.mesh.wait_pushed(timeout, self._all_synced),
             is_revoked=self.store.records.is_revoked,
         )
         # A burst of registrations changes the registry once per VM: send name tables once per burst.
         self._names = PushScheduler(self._send_names, debounce=0.1, max_delay=1.0)
-        self.registry.subscribe(self._push_names)
+        self.services.subscribe(self._push_names)
         tls_creds, mtls_creds = server_credentials(self.store.ca, opts.server_names)
         self._mtls_creds = mtls_creds
         self.issuer = CertificateIssuer(
@@ -188,6 +218,9 @@ class ControlPlane:
 
     def start(self) -> None:
         self.configs.start()
+        if self.kube_services is not None:
+            self.kube_services.start()
+        self._wait_kube_synced()
         self.reaper.start()
         self.revocations.start()
         mtls_port = self.mtls_server.start()
@@ -219,9 +252,26 @@ class ControlPlane:
         self.registration.close()
         self.reaper.stop()
         self.mesh.close()
+        if self.kube_services is not None:
+            self.kube_services.stop()
         self.configs.stop()
+        if self.kube is not None:
+            self.kube.close()
         self.store.close()
         self._stopped.set()
+
+    def _wait_kube_synced(self) -> None:
+        """Give the cluster's first lists a bounded time, so the first pushes are complete; an
+        unreachable API server does not stop the control plane from serving (it keeps retrying)."""
+        if self.kube_config is None or self.kube_services is None:
+            return
+        timeout = self.opts.kube_sync_timeout
+        if not (self.kube_config.wait_synced(timeout) and self.kube_services.wait_synced(timeout)):
+            log.warning(
+                "Kubernetes API at %s not listed within %.0f s; serving without it until it answers",
+                self.kube.host if self.kube else "?",
+                timeout,
+            )
 
     def wait(self) -> None:
         self._stopped.wait()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
 from vmagent.controlplane.kube.client import KubeClient
 from vmagent.controlplane.kube.istio_source import IstioKubeSource
+from vmagent.controlplane.kube.publisher import WorkloadEntryPublisher, published_by
 from vmagent.controlplane.kube.services import KubeServiceRegistry
 from vmagent.controlplane.mesh import MeshController, Translate
 from vmagent.controlplane.metrics import PROMETHEUS_CONTENT_TYPE, ControlPlaneMetrics
@@ -76,6 +79,7 @@ class ServeOptions:
     in_cluster: bool = False  # the same through the pod's service account
     cluster_domain: str = "cluster.local"
     kube_sync_timeout: float = 10.0  # how long start() waits for the first list of every kind
+    controller_id: str = ""  # names this control plane on the WorkloadEntries it writes (default: host name)
 
 
 class StateStore:
@@ -118,9 +122,11 @@ class ControlPlane:
         self.store = StateStore(opts.state_dir, settings, opts.ca_cert, opts.ca_key)
         self.kube: KubeClient | None = None
         self.kube_config: IstioKubeSource | None = None
+        self.controller_id = opts.controller_id or os.environ.get("POD_NAME") or socket.gethostname()
         if opts.kubeconfig is not None or opts.in_cluster:
             self.kube = KubeClient.from_config(opts.kubeconfig, opts.in_cluster)
-            self.kube_config = IstioKubeSource(self.kube)
+            # Entries this control plane publishes are its own store's: not read back as config.
+            self.kube_config = IstioKubeSource(self.kube, skip=lambda o: published_by(o, self.controller_id))
         self.configs = ConfigSet(config_sources(opts.config_dir, opts.state_dir, self.kube_config))
         self.workloads = WorkloadStore(self.store.db, opts.lifecycle)
         self.registry = ConfigRegistry(
@@ -135,6 +141,16 @@ class ControlPlane:
             )
             self.registry.subscribe(self.kube_services.notify_changed)  # VMs behind Services
             self.services = AggregateRegistry([self.registry, self.kube_services])
+        self.publisher: WorkloadEntryPublisher | None = None
+        if self.kube is not None and self.kube_config is not None:
+            kube_config = self.kube_config
+            self.publisher = WorkloadEntryPublisher(
+                self.kube,
+                self.workloads,
+                self.controller_id,
+                current=lambda: kube_config.cached("WorkloadEntry"),
+                group=lambda ns, name: kube_config.cached("WorkloadGroup").get((ns, name)),
+            )
         self.reaper = Reaper(self.workloads)
         self.cache = SnapshotCache()
         self.translator = Translator(self.configs, mesh_options(opts.trust_domain, opts.mesh_config))
@@ -221,6 +237,10 @@ class ControlPlane:
         if self.kube_services is not None:
             self.kube_services.start()
         self._wait_kube_synced()
+        if self.publisher is not None and self.kube_config is not None:
+            self.publisher.resource = self.kube_config.resource("WorkloadEntry")
+            self.publisher.start()
+            self.publisher.trigger()
         self.reaper.start()
         self.revocations.start()
         mtls_port = self.mtls_server.start()
@@ -252,6 +272,8 @@ class ControlPlane:
         self.registration.close()
         self.reaper.stop()
         self.mesh.close()
+        if self.publisher is not None:
+            self.publisher.stop()
         if self.kube_services is not None:
             self.kube_services.stop()
         self.configs.stop()

@@ -422,6 +422,11 @@ class WorkloadStore:
             rec = self._records.get((namespace, name))
             return replace(rec) if rec is not None else None
 
+    def records(self) -> list[WorkloadRecord]:
+        """Copies of every record, in EDS or not (what is published to a cluster)."""
+        with self._lock:
+            return sorted((replace(r) for r in self._records.values()), key=lambda r: r.key)
+
     def entries(self) -> list[ConfigObject]:
         """The entries in EDS as WorkloadEntry config objects (Istio's structure, with status)."""
         with self._lock:

@@ -14,6 +14,7 @@ CRD to appear).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -88,7 +89,9 @@ class IstioKubeSource:
         client: KubeClient,
         kinds: Sequence[str] = tuple(KINDS),
         write_status: Callable[[], bool] = lambda: True,
+        skip: Callable[[JsonObj], bool] = lambda _obj: False,
     ) -> None:
+        self._skip = skip
         self.client = client
         self._kinds = list(kinds)
         self._write_status = write_status
@@ -124,6 +127,16 @@ class IstioKubeSource:
         for informer in self.informers.values():
             informer.stop()
 
+    def cached(self, kind: str) -> dict[tuple[str, str], JsonObj]:
+        """The raw objects of ``kind`` as the cluster has them (valid or not)."""
+        informer = self.informers.get(kind)
+        return informer.objects() if informer is not None else {}
+
+    def resource(self, kind: str) -> Resource:
+        """The collection watched for ``kind`` (the version the API server serves)."""
+        informer = self.informers.get(kind)
+        return informer.resource if informer is not None else istio_resource(KINDS[kind], "v1")
+
     def wait_synced(self, timeout: float) -> bool:
         """True once every kind that the API server serves has been listed (kinds not installed are
         not waited for)."""
@@ -146,7 +159,7 @@ class IstioKubeSource:
         kind = str(obj.get("kind", ""))
         ns, name = change.key
         key = (kind, ns, name)
-        if change.type == DELETED:
+        if change.type == DELETED or self._skip(obj):
             with self._lock:
                 removed = self._objects.pop(key, None) is not None
                 had_errors = self._errors.pop(key, None) is not None
@@ -155,6 +168,9 @@ class IstioKubeSource:
         with self._lock:
             before = (self._objects.get(key), self._errors.get(key))
             if result.obj is not None:
+                status = obj.get("status")
+                if kind == "WorkloadEntry" and isinstance(status, dict):  # health (Healthy condition)
+                    result.obj = dataclasses.replace(result.obj, status=status)
                 self._objects[key] = result.obj
                 self._errors.pop(key, None)
             else:

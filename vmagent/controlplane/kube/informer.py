@@ -156,7 +156,9 @@ class Informer:
         if (state, message) != (self.state, self.last_error):
             (log.info if state == "waiting" else log.warning)("%s", message)
         self.state, self.last_error = state, message
-        self._stop.wait(self._backoff.next())
+        delay = self._backoff.next()
+        # A missing CRD is looked for again every few seconds at most, so installing it takes effect soon.
+        self._stop.wait(min(delay, 5.0) if state == "waiting" else delay)
 
     def _query(self) -> list[tuple[str, str]]:
         return [("labelSelector", self._label_selector)] if self._label_selector else []

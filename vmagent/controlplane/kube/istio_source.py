@@ -34,17 +34,11 @@ SOURCE_NAME = "kubernetes"
 # Istio's analyzer code for an object that fails schema validation.
 SCHEMA_ERROR = {"code": "IST0106", "name": "SchemaValidationError"}
 
-PLURALS = {
-    "VirtualService": "virtualservices",
-    "DestinationRule": "destinationrules",
-    "ServiceEntry": "serviceentries",
-    "Gateway": "gateways",
-    "WorkloadEntry": "workloadentries",
-    "WorkloadGroup": "workloadgroups",
-    "PeerAuthentication": "peerauthentications",
-    "RequestAuthentication": "requestauthentications",
-    "AuthorizationPolicy": "authorizationpolicies",
-}
+
+def plural(kind: str) -> str:
+    """The resource name of an Istio kind, as Istio's CRDs name it (``ServiceEntry`` -> ``serviceentries``)."""
+    low = kind.lower()
+    return low[:-1] + "ies" if low.endswith("y") and low[-2:-1] not in "aeiou" else low + "s"
 
 
 def served_version(client: KubeClient, info: KindInfo) -> str:
@@ -67,7 +61,7 @@ def _version_rank(v: str) -> int:
 
 
 def istio_resource(info: KindInfo, version: str) -> Resource:
-    return Resource(info.group, version, PLURALS[info.kind], info.kind)
+    return Resource(info.group, version, plural(info.kind), info.kind)
 
 
 def _document(obj: JsonObj) -> dict[str, Any]:

@@ -79,13 +79,13 @@ class LeaseElector:
             self._thread = threading.Thread(target=self._run, name="lease-elector", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, release: bool = True) -> None:
         """Stop; a leader releases the Lease (clears the holder) so a follower takes over at once."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        if self._leading:
+        if self._leading and release:
             try:
                 lease = self.client.get(LEASES.object_path(self.namespace, self.name))
                 if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
@@ -97,7 +97,7 @@ class LeaseElector:
                     )
             except KubeError as exc:
                 log.info("lease %s/%s not released: %s", self.namespace, self.name, exc)
-            self._set_leading(False)
+        self._set_leading(False)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -55,10 +55,10 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
-def fetch_list(server: str, path: str, what: str, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """GET ``{server}{path}`` from the control plane's HTTP API, expecting a JSON list of ``what``.
+def fetch_json(server: str, path: str, what: str, expected: type, timeout: float = 10.0) -> Any:
+    """GET ``{server}{path}`` from the control plane's HTTP API, expecting JSON of type ``expected``.
 
-    VmagentError (one line, exit 1) when the server is unreachable or the answer is not such a list.
+    VmagentError (one line, exit 1) when the server is unreachable or the answer is not of that type.
     """
     import requests
 
@@ -75,6 +75,14 @@ def fetch_list(server: str, path: str, what: str, timeout: float = 10.0) -> list
         data = resp.json()
     except ValueError as exc:
         raise VmagentError(f"GET {url} did not return JSON") from exc
-    if not isinstance(data, list):
-        raise VmagentError(f"GET {url} returned {type(data).__name__}, expected a list of {what}")
+    if not isinstance(data, expected):
+        raise VmagentError(
+            f"GET {url} returned {type(data).__name__}, expected a {expected.__name__} of {what}"
+        )
+    return data
+
+
+def fetch_list(server: str, path: str, what: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """GET ``{server}{path}``, expecting a JSON list of ``what`` (see ``fetch_json``)."""
+    data: list[dict[str, Any]] = fetch_json(server, path, what, list, timeout)
     return data

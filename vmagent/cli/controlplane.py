@@ -12,6 +12,7 @@ SUBCOMMANDS = [
     "vmagent.cli.cp_token",
     "vmagent.cli.cp_revoke",
     "vmagent.cli.cp_config",
+    "vmagent.cli.cp_config_errors",
     "vmagent.cli.cp_workloads",
     "vmagent.cli.cp_proxy_status",
 ]

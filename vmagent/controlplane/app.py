@@ -31,6 +31,7 @@ from vmagent.controlplane.config.snapshot import ConfigSource
 from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
 from vmagent.controlplane.kube.client import KubeClient
+from vmagent.controlplane.kube.informer import Informer
 from vmagent.controlplane.kube.istio_source import IstioKubeSource
 from vmagent.controlplane.kube.publisher import WorkloadEntryPublisher, published_by
 from vmagent.controlplane.kube.services import KubeServiceRegistry
@@ -198,6 +199,8 @@ class ControlPlane:
         )
         self.http.add_text("/metrics", PROMETHEUS_CONTENT_TYPE, self.metrics.render)
         self.http.add_json("/api/v1/config/errors", self.configs.errors)
+        self.http.add_json("/api/v1/config/warnings", self.configs.warnings)
+        self.http.add_json("/api/v1/kubernetes", self.kube_status)
         self.http.add_json("/api/v1/certificates", lambda: [c.as_json() for c in self.store.records.issued()])
         self.http.add_json("/api/v1/revocations", self.store.records.revocations)
         self.ca_workers: CaWorkers | None = None
@@ -281,6 +284,35 @@ class ControlPlane:
             self.kube.close()
         self.store.close()
         self._stopped.set()
+
+    def kube_status(self) -> dict[str, Any]:
+        """The cluster link for the HTTP API: per watched kind, its state, lists and events."""
+        if self.kube is None:
+            return {"enabled": False}
+        informers: list[Informer] = []
+        if self.kube_config is not None:
+            informers.extend(self.kube_config.informers.values())
+        if self.kube_services is not None:
+            informers.extend(self.kube_services.informers)
+        return {
+            "enabled": True,
+            "server": self.kube.host,
+            "controller": self.controller_id,
+            "resources": [
+                {
+                    "resource": str(i.resource),
+                    "version": i.resource.version,
+                    "state": i.state,
+                    "synced": i.synced.is_set(),
+                    "lists": i.lists,
+                    "events": i.events,
+                    "error": i.last_error,
+                }
+                for i in informers
+            ],
+            "published_writes": self.publisher.writes if self.publisher is not None else 0,
+            "pushes": self.mesh.pushes,
+        }
 
     def _wait_kube_synced(self) -> None:
         """Give the cluster's first lists a bounded time, so the first pushes are complete; an

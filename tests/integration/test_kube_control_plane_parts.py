@@ -59,7 +59,10 @@ def _vs(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 GOOD_SPEC = {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}
 # Passes the CRD schema (a string), fails the validator: what only the control plane can refuse.
-BAD_SPEC = {"hosts": ["reviews"], "http": [{"timeout": "soon", "route": [{"destination": {"host": "reviews"}}]}]}
+BAD_SPEC = {
+    "hosts": ["reviews"],
+    "http": [{"timeout": "soon", "route": [{"destination": {"host": "reviews"}}]}],
+}
 
 
 def test_istio_objects_are_validated_and_invalid_ones_reported_in_status(

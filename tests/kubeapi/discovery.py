@@ -43,7 +43,11 @@ def _group(registry: Registry, group: str) -> Doc:
 
 
 def api_group_list(registry: Registry) -> Doc:
-    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [_group(registry, g) for g in registry.groups()]}
+    return {
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [_group(registry, g) for g in registry.groups()],
+    }
 
 
 def api_group(registry: Registry, group: str) -> Doc | None:

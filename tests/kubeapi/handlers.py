@@ -85,7 +85,7 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -201,7 +201,11 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, "the server could not find the requested resource")
         if not t.namespaced and ns is not None:
             raise ApiError(404, "the server could not find the requested resource")
-        if sub and not (sub == "status" and t.status) and not (sub == "token" and t.resource == "serviceaccounts" and not t.group):
+        if (
+            sub
+            and not (sub == "status" and t.status)
+            and not (sub == "token" and t.resource == "serviceaccounts" and not t.group)
+        ):
             raise ApiError(404, "the server could not find the requested resource")
         self._verb(method, t, ns or "", ns, name, sub, query, raw)
 
@@ -221,16 +225,24 @@ class Handler(BaseHTTPRequestHandler):
                 self._list(t, ns_filter, query)
                 return
             if method == "POST" and "create" in allowed:
-                self._json(201 if not (t.group, t.resource) == ("authentication.k8s.io", "tokenreviews") else 201,
-                           ops.create(t, ns, self._parse(raw), dry))
+                self._json(
+                    201 if not (t.group, t.resource) == ("authentication.k8s.io", "tokenreviews") else 201,
+                    ops.create(t, ns, self._parse(raw), dry),
+                )
                 return
             if method == "DELETE" and "deletecollection" in allowed:
                 listed = ops.list(t, ns_filter, self._matcher(t, query))
-                gone = [ops.delete(t, o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in listed.items]
+                gone = [
+                    ops.delete(t, o["metadata"].get("namespace", ""), o["metadata"]["name"])
+                    for o in listed.items
+                ]
                 self._json(200, {"kind": f"{t.kind}List", "apiVersion": t.api_version,
                                  "metadata": {"resourceVersion": str(ops.store.revision)}, "items": gone})  # fmt: skip
                 return
-            raise ApiError(405, f"the server does not allow this method on the requested resource ({method} {t.resource})")
+            raise ApiError(
+                405,
+                f"the server does not allow this method on the requested resource ({method} {t.resource})",
+            )
         if sub == "token":
             if method != "POST":
                 raise ApiError(405, "only create (POST) is served for serviceaccounts/token")
@@ -239,7 +251,12 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and "get" in allowed:
             obj = ops.get(t, ns, name)
             if self._wants_table():
-                obj = table(t, [obj], obj["metadata"].get("resourceVersion", ""), query.get("includeObject", "Metadata"))
+                obj = table(
+                    t,
+                    [obj],
+                    obj["metadata"].get("resourceVersion", ""),
+                    query.get("includeObject", "Metadata"),
+                )
             self._json(200, obj)
         elif method == "PUT" and "update" in allowed:
             self._json(200, ops.update(t, ns, name, self._parse(raw), sub, dry))
@@ -251,7 +268,10 @@ class Handler(BaseHTTPRequestHandler):
             body = self._parse(raw) if raw else None
             self._json(200, ops.delete(t, ns, name, body if isinstance(body, dict) else None, dry))
         else:
-            raise ApiError(405, f"the server does not allow this method on the requested resource ({method} {t.resource})")
+            raise ApiError(
+                405,
+                f"the server does not allow this method on the requested resource ({method} {t.resource})",
+            )
 
     def _wants_table(self) -> bool:
         accept = self.headers.get("Accept") or ""
@@ -283,7 +303,10 @@ class Handler(BaseHTTPRequestHandler):
         if result.continue_token:
             meta["continue"] = result.continue_token
             meta["remainingItemCount"] = result.remaining
-        self._json(200, {"kind": f"{t.kind}List", "apiVersion": t.api_version, "metadata": meta, "items": result.items})
+        self._json(
+            200,
+            {"kind": f"{t.kind}List", "apiVersion": t.api_version, "metadata": meta, "items": result.items},
+        )
 
     def _watch(self, t: ResourceType, ns: str | None, query: dict[str, str]) -> None:
         state = self.server.state

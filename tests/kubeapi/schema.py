@@ -35,7 +35,9 @@ def check(value: Any, schema: Schema, path: str, errors: list[tuple[str, str]]) 
         if typ in ("integer", "number") and isinstance(value, bool):
             ok = False
         if not ok:
-            errors.append((path, f'Invalid value: "{type(value).__name__}": {path} in body must be of type {typ}'))
+            errors.append(
+                (path, f'Invalid value: "{type(value).__name__}": {path} in body must be of type {typ}')
+            )
             return value
     if "enum" in schema and value not in schema["enum"]:
         errors.append((path, f"Unsupported value: {value!r}: supported values: {schema['enum']}"))
@@ -48,9 +50,13 @@ def check(value: Any, schema: Schema, path: str, errors: list[tuple[str, str]]) 
             errors.append((path, f"Invalid value: should be at least {schema['minLength']} chars long"))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
-            errors.append((path, f"Invalid value: {value}: should be greater than or equal to {schema['minimum']}"))
+            errors.append(
+                (path, f"Invalid value: {value}: should be greater than or equal to {schema['minimum']}")
+            )
         if "maximum" in schema and value > schema["maximum"]:
-            errors.append((path, f"Invalid value: {value}: should be less than or equal to {schema['maximum']}"))
+            errors.append(
+                (path, f"Invalid value: {value}: should be less than or equal to {schema['maximum']}")
+            )
     if isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             errors.append((path, f"Too many: {len(value)}: must have at most {schema['maxItems']} items"))
@@ -80,7 +86,9 @@ def check(value: Any, schema: Schema, path: str, errors: list[tuple[str, str]]) 
     return value
 
 
-def check_custom_resource(obj: dict[str, Any], schema: Schema | None) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+def check_custom_resource(
+    obj: dict[str, Any], schema: Schema | None
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Validate and prune everything but apiVersion/kind/metadata (which the server checks itself)."""
     if not schema:
         return obj, []

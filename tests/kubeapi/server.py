@@ -117,9 +117,13 @@ class KubeApiServer:
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "test", "cluster": {"server": self.url, "certificate-authority": str(self.ca_path)}}],
+            "clusters": [
+                {"name": "test", "cluster": {"server": self.url, "certificate-authority": str(self.ca_path)}}
+            ],
             "users": [{"name": "test-user", "user": user}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test-user", "namespace": namespace}}],
+            "contexts": [
+                {"name": "test", "context": {"cluster": "test", "user": "test-user", "namespace": namespace}}
+            ],
             "current-context": "test",
         }
         return _write(path, yaml.safe_dump(doc).encode())
@@ -167,7 +171,9 @@ class KubeApiServer:
     def update(self, obj: Obj, subresource: str = "") -> Obj:
         t = self._type(obj)
         meta = obj["metadata"]
-        return self.ops.update(t, meta.get("namespace", "") if t.namespaced else "", meta["name"], obj, subresource)
+        return self.ops.update(
+            t, meta.get("namespace", "") if t.namespaced else "", meta["name"], obj, subresource
+        )
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str = "") -> Obj:
         t = self._type({"apiVersion": api_version, "kind": kind})
@@ -176,6 +182,10 @@ class KubeApiServer:
     def token(self, namespace: str, service_account: str, audiences: list[str] | None = None,
               expires_in: int = 3600, pod: str | None = None) -> str:  # fmt: skip
         """A ServiceAccount token as TokenRequest mints it, but any lifetime (tests of expiry need seconds)."""
-        sa = self.ops.get(self._type({"apiVersion": "v1", "kind": "ServiceAccount"}), namespace, service_account)
-        pod_obj = self.ops.get(self._type({"apiVersion": "v1", "kind": "Pod"}), namespace, pod) if pod else None
+        sa = self.ops.get(
+            self._type({"apiVersion": "v1", "kind": "ServiceAccount"}), namespace, service_account
+        )
+        pod_obj = (
+            self.ops.get(self._type({"apiVersion": "v1", "kind": "Pod"}), namespace, pod) if pod else None
+        )
         return self.ops.tokens.mint(sa, audiences or [], expires_in, pod_obj)[0]

@@ -54,7 +54,9 @@ class Store:
             obj = self._objects.get(key)
             return copy.deepcopy(obj) if obj is not None else None
 
-    def list(self, group: str, resource: str, namespace: str | None, at: int | None = None) -> tuple[list[Obj], int]:
+    def list(
+        self, group: str, resource: str, namespace: str | None, at: int | None = None
+    ) -> tuple[list[Obj], int]:
         """Objects of one resource (in one namespace, or all when None), sorted by key, and the revision read.
 
         ``at`` reads as of an older revision, rebuilt from the log; Expired if it was compacted."""

@@ -39,11 +39,21 @@ def _jsonpath(obj: Any, path: str) -> Any:
 
 
 def columns(t: ResourceType) -> list[Obj]:
-    cols = [{"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0}]
+    cols = [
+        {
+            "name": "Name",
+            "type": "string",
+            "format": "name",
+            "description": "Name of the object",
+            "priority": 0,
+        }
+    ]
     for name, typ, _ in t.columns:
         cols.append({"name": name, "type": typ, "format": "", "description": "", "priority": 0})
     if not any(c[0] == "Age" for c in t.columns):
-        cols.append({"name": "Age", "type": "string", "format": "", "description": "Age of the object", "priority": 0})
+        cols.append(
+            {"name": "Age", "type": "string", "format": "", "description": "Age of the object", "priority": 0}
+        )
     return cols
 
 

@@ -192,6 +192,7 @@ class WorkloadStore:
         self._lock = threading.Lock()
         self._records: dict[tuple[str, str], WorkloadRecord] = {}
         self._subscribers: list[Callable[[], None]] = []
+        self._record_listeners: list[Callable[[], None]] = []
         db.execute(_SCHEMA)
         self._load()
 
@@ -217,6 +218,11 @@ class WorkloadStore:
         with self._lock:
             self._subscribers.append(callback)
 
+    def on_record_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after any stored change of a record (connection times and health included,
+        not only what EDS sees). It runs under the store's lock: it must only signal, e.g. set an event."""
+        self._record_listeners.append(callback)
+
     def _notify(self) -> None:
         with self._lock:
             subscribers = list(self._subscribers)
@@ -233,12 +239,16 @@ class WorkloadStore:
             rec.row(),
         )
         rec.persisted_heartbeat = rec.last_heartbeat
+        for cb in self._record_listeners:
+            cb()
 
     def _delete(self, rec: WorkloadRecord) -> None:
         self._db.execute(
             "DELETE FROM auto_workload_entries WHERE namespace = ? AND name = ?", (rec.namespace, rec.name)
         )
         self._records.pop(rec.key, None)
+        for cb in self._record_listeners:
+            cb()
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -159,7 +159,7 @@ class WorkloadEntryPublisher:
         self._backoff = Backoff(initial=0.5, maximum=10.0)
         self.writes = 0
         self.last_error = ""
-        store.subscribe(self.trigger)
+        store.on_record_change(self.trigger)
 
     def trigger(self) -> None:
         self._wake.set()

@@ -22,7 +22,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import struct_pb2
 
-from tests.harness import free_port, wait_for
+from tests.harness import free_port
 from vmagent.agent.join import make_csr, secure_channel
 from vmagent.agent.registration import RegisterInfo, RegistrationClient
 from vmagent.api import istio_ca_pb2, istio_ca_pb2_grpc

@@ -210,7 +210,7 @@ def test_sotw_sends_requested_endpoints_only_and_ignores_repeated_acks(
 def test_stream_is_bound_to_the_certificate_identity(ca: TestCa) -> None:
     """The callback maps the certificate's identity to a key; a node id claiming another proxy gains nothing."""
 
-    def by_identity(identity: SpiffeId, nd: base_pb2.Node) -> str:
+    def by_identity(identity: SpiffeId, _serial: int, nd: base_pb2.Node) -> str:
         return f"{identity.namespace}/{identity.service_account}"
 
     h = start_ads(ca, on_connected=by_identity)
@@ -270,7 +270,7 @@ def test_mtls_port_rejects_a_client_without_certificate_in_the_handshake(ca: Tes
 
 
 def test_refusing_callback_is_permission_denied(ca: TestCa, web: Issued) -> None:
-    def refuse(identity: SpiffeId, nd: base_pb2.Node) -> str:
+    def refuse(identity: SpiffeId, _serial: int, nd: base_pb2.Node) -> str:
         raise PermissionError(f"no WorkloadEntry for {identity} with node {nd.id}")
 
     h = start_ads(ca, on_connected=refuse)

@@ -136,7 +136,7 @@ def start_ads(
     connected: list[tuple[str, str]] = []
     disconnected: list[str] = []
 
-    def default_connected(identity: SpiffeId, node: Any) -> str:
+    def default_connected(identity: SpiffeId, _serial: int, node: Any) -> str:
         connected.append((identity.uri, node.id))
         return str(node.id)
 

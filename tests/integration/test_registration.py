@@ -303,16 +303,25 @@ def test_reconnect_reregisters_without_duplicates(cp: ControlPlane, agents: Agen
     assert w["connected"] is True and w["registered_at"] <= first
 
 
-def test_two_agents_with_one_address_make_one_entry(cp: ControlPlane, agents: Agents) -> None:
+def test_a_second_certificate_cannot_take_a_connected_address_until_its_owner_is_gone(
+    cp: ControlPlane, agents: Agents
+) -> None:
     a = agents.start("10.0.0.7")
     wait_for(lambda: a.connected, 10, what="first registration")
-    b = agents.start("10.0.0.7")
-    wait_for(lambda: b.connected, 10, what="second registration")
-    assert cp.names() == ["api-10.0.0.7"]
-    # The later stream owns the entry: the earlier one's disconnect changes nothing.
+    owner = cp.store.workloads_json()[0]["cert_serial"]
+    b = agents.start("10.0.0.7")  # same identity, another certificate (a cloned or replaced VM)
+    wait_for(lambda: b.last_error is not None, 10, what="the second registration to be refused")
+    assert "PERMISSION_DENIED" in str(b.last_error) and "belongs to the connected workload entry" in str(
+        b.last_error
+    )
+    assert not b.connected
+    (w,) = cp.store.workloads_json()
+    assert (w["cert_serial"], w["connected"]) == (owner, True)
+    # Once the owner is gone (disconnected), the replacement registers the address.
     a.stop()
-    wait_for(lambda: cp.servicer.stream_count == 1, 10, what="the first stream to end")
-    assert cp.store.workloads_json()[0]["connected"] is True
+    wait_for(lambda: b.connected, 15, what="the replacement to register")
+    (w,) = cp.store.workloads_json()
+    assert w["cert_serial"] != owner and w["connected"] is True
 
 
 def test_heartbeats_keep_the_entry_and_their_loss_removes_it_then_the_grace_period_deletes_it(

@@ -237,3 +237,28 @@ def test_a_snapshot_loaded_after_revocations_has_them(store: Store) -> None:
     first.revoke_identity(WEB)
     store.close()
     assert store.open().is_revoked_cached(WEB, 42)
+
+
+def test_a_revoked_serial_revokes_its_renewals_at_any_depth_also_those_recorded_later(store: Store) -> None:
+    serving = store.open(refresh_interval=0.1)
+    s1, s2, s3, other = (store.leaf(WEB) for _ in range(4))
+    serving.record(s1, WEB, via="join")
+    serving.record(s2, WEB, via="renew", previous_serial=s1.serial_number)
+    serving.record(other, WEB, via="join")
+    assert not serving.is_revoked_cached(WEB, s2.serial_number)  # loads the snapshot
+    cli_db = StateDb.open(store.path)  # `vmagent-cp revoke` in another process
+    try:
+        CertRecords(cli_db).revoke_serial(serial_hex(s1.serial_number))
+    finally:
+        cli_db.close()
+    wait_for(lambda: serving.is_revoked_cached(WEB, s2.serial_number), 10, what="the child's revocation")
+    assert serving.is_revoked(WEB, s2.serial_number)
+    # A renewal that raced the revocation (issued from s2 afterwards) is revoked as well.
+    serving.record(s3, WEB, via="renew", previous_serial=s2.serial_number)
+    assert serving.is_revoked_cached(WEB, s3.serial_number) and serving.is_revoked(WEB, s3.serial_number)
+    assert serving.lineage(s3.serial_number) == [serial_hex(s.serial_number) for s in (s3, s2, s1)]
+    assert serving.descends_from(s3.serial_number, serial_hex(s1.serial_number))
+    assert not serving.descends_from(s1.serial_number, serial_hex(s3.serial_number))
+    # Unrelated certificates of the same identity are not.
+    assert not serving.is_revoked(WEB, other.serial_number)
+    assert not serving.is_revoked_cached(WEB, other.serial_number)

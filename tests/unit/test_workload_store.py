@@ -19,7 +19,7 @@ from vmagent.controlplane.config.snapshot import ConfigSet, StaticSource
 from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.model import Endpoint
 from vmagent.controlplane.registry import ConfigRegistry
-from vmagent.controlplane.workload_entry import Registration, RegistrationRefused, entry_name
+from vmagent.controlplane.workload_entry import LabelConflict, Registration, RegistrationRefused, entry_name
 from vmagent.controlplane.workload_store import LifecycleSettings, WorkloadStore
 
 GROUP = yaml.safe_load(
@@ -107,15 +107,24 @@ def endpoints(store: WorkloadStore) -> list[Endpoint]:
     return list(svc.endpoints)
 
 
-def test_entry_from_template_with_labels_merged_and_agent_overrides(store: WorkloadStore) -> None:
+def test_entry_from_template_with_labels_merged_and_agent_adds_keys(store: WorkloadStore) -> None:
+    # An agent label that changes one of the group's is refused (stricter than Istio), nothing stored.
+    with pytest.raises(
+        LabelConflict, match=r"label version=v2 conflicts with version=v1 of WorkloadGroup demo/api"
+    ):
+        store.register(GROUP, reg(labels={"version": "v2", "host": "vm7"}), "s0")
+    assert store.entries() == [] and store.get("demo", "api-10.0.0.7") is None
     store.register(
-        GROUP, reg(labels={"version": "v2", "host": "vm7"}, ports={"http": 18080}, network="net-b"), "s1"
+        GROUP,
+        reg(labels={"version": "v1", "host": "vm7"}, ports={"http": 18080}, network="net-b"),
+        "s1",
     )
     (entry,) = store.entries()
     assert (entry.kind, entry.namespace, entry.name) == ("WorkloadEntry", "demo", "api-10.0.0.7")
     assert entry.api_version == "networking.istio.io/v1"
-    # template < group spec.metadata < agent; the group object's own metadata.labels are not copied.
-    labels = {"app": "api", "tier": "backend", "version": "v2", "host": "vm7"}
+    # template < group spec.metadata, plus the agent's new keys; the group object's own metadata.labels
+    # are not copied.
+    labels = {"app": "api", "tier": "backend", "version": "v1", "host": "vm7"}
     assert entry.labels == labels
     assert entry.spec == {
         "address": "10.0.0.7",

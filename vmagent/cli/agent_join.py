@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,16 @@ def add_subcommand(sub: Any) -> None:
     )
     p.add_argument("address", metavar="HOST:PORT", help="the control plane's join address (port 15012)")
     tok = p.add_mutually_exclusive_group(required=True)
-    tok.add_argument("--token", help="the join token from `vmagent-cp token create`")
-    tok.add_argument("--token-file", type=Path, help="read the token from a file (keeps it out of `ps`)")
+    tok.add_argument(
+        "--token",
+        help="the join token from `vmagent-cp token create` (visible to every local user in `ps` and "
+        "kept in shell history while the command runs: prefer --token-file)",
+    )
+    tok.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="read the token from PATH, or from standard input with `-` (keeps it out of `ps` and history)",
+    )
     ca = p.add_mutually_exclusive_group(required=True)
     ca.add_argument("--ca-hash", help="sha256:HEX of the mesh root's public key, as printed with the token")
     ca.add_argument("--ca-file", type=Path, help="the mesh root certificate (PEM) instead of --ca-hash")
@@ -55,11 +64,13 @@ def add_subcommand(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     token = args.token
-    if args.token_file is not None:
+    if args.token_file == "-":  # noqa: S105 (the path meaning standard input, not a secret)
+        token = sys.stdin.readline().strip()
+    elif args.token_file is not None:
         try:
-            token = args.token_file.read_text().strip()
+            token = Path(args.token_file).read_text().strip()
         except OSError as exc:
-            raise VmagentError(f"cannot read --token-file: {exc}") from exc
+            raise VmagentError(f"cannot read --token-file {args.token_file}: {exc.strerror or exc}") from exc
     if not token:
         raise VmagentError("the join token is empty")
     paths = AgentPaths(args.config_dir, args.state_dir, DEFAULT_RUNTIME_DIR)

@@ -1,4 +1,4 @@
-"""`vmagent-cp revoke`: refuse renewals (and xDS) for one certificate or a whole workload identity."""
+"""`vmagent-cp revoke`: end and refuse everything of one certificate (and its renewals) or a whole identity."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ def add_subcommand(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "revoke",
         help="revoke a workload certificate or identity",
-        description="Revoke one VM's certificate (--serial, see `vmagent-cp workloads`) or every "
-        "certificate of an identity (--identity). Renewals (within half a second) and new xDS and registration streams for it are refused from then on, "
-        "across restarts; the VM needs a new join token (`vmagent join --rejoin`).",
+        description="Revoke one VM's certificate (--serial, see `vmagent-cp workloads`), with every "
+        "certificate renewed from it, or every certificate of an identity (--identity). A running control "
+        "plane then ends their open ADS and registration streams and removes their entries from EDS "
+        "(within about a second); renewals and new streams are refused from then on, across restarts. "
+        "The VM needs a new join token (`vmagent join --rejoin`).",
     )
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--serial", help="certificate serial number, hexadecimal")

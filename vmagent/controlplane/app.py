@@ -37,6 +37,7 @@ from vmagent.controlplane.kube.publisher import WorkloadEntryPublisher, publishe
 from vmagent.controlplane.kube.services import KubeServiceRegistry
 from vmagent.controlplane.mesh import MeshController, Translate
 from vmagent.controlplane.metrics import PROMETHEUS_CONTENT_TYPE, ControlPlaneMetrics
+from vmagent.controlplane.proxies import ProxyBinder
 from vmagent.controlplane.registration import RegistrationServicer
 from vmagent.controlplane.registry import (
     AggregateRegistry,
@@ -155,7 +156,13 @@ class ControlPlane:
         self.reaper = Reaper(self.workloads)
         self.cache = SnapshotCache()
         self.translator = Translator(self.configs, mesh_options(opts.trust_domain, opts.mesh_config))
-        self.mesh = MeshController(self.cache, self.services.services, translate or self.translator)
+        records = self.store.records
+        self.binder = ProxyBinder(
+            opts.trust_domain, self.workloads.at_address, self.configs.snapshot, records.descends_from
+        )
+        self.mesh = MeshController(
+            self.cache, self.services.services, translate or self.translator, binder=self.binder
+        )
         self.services.subscribe(lambda: self.mesh.changed(None))
         self.ads = AdsServer(
             self.cache,
@@ -163,6 +170,7 @@ class ControlPlane:
             self.mesh.on_proxy_disconnected,
             is_revoked=self.store.records.is_revoked,
         )
+        self.mesh.on_refused = self.ads.disconnect
         self.registration = RegistrationServicer(
             self.workloads,
             self.group_lookup,
@@ -170,6 +178,7 @@ class ControlPlane:
             name_table=lambda ns: self.translator.name_table(self.services.services(), ns),
             wait_pushed=lambda timeout: self.mesh.wait_pushed(timeout, self._all_synced),
             is_revoked=self.store.records.is_revoked,
+            same_holder=lambda rec, reg: self.binder.same_lineage(int(reg.cert_serial, 16), rec.cert_serial),
         )
         # A burst of registrations changes the registry once per VM: send name tables once per burst.
         self._names = PushScheduler(self._send_names, debounce=0.1, max_delay=1.0)
@@ -183,9 +192,14 @@ class ControlPlane:
         self.tls_server = ThreadedServer(opts.listen, tls_creds, self._configure_tls)
         self.mtls_server = AioServerThread(opts.mtls_listen, mtls_creds, self._configure_mtls)
         self.revocations = RevocationWatcher(
-            lambda: {str(r["value"]) for r in self.store.records.revocations() if r["kind"] == "identity"},
-            lambda: [(p.key, p.identity.uri) for p in self.mesh.proxies.all()],
-            self.ads.disconnect,
+            records.generation,
+            records.is_revoked,
+            [
+                lambda revoked, reason: self.ads.disconnect_where(lambda _k, i, s: revoked(i, s), reason),
+                self.registration.disconnect_where,
+            ],
+            lambda: [(str(w["spiffe_id"]), str(w["cert_serial"])) for w in self.workloads.workloads_json()],
+            self._remove_entries,
         )
         self.http = HttpApi(opts.http_listen)
         self.http.add_json("/api/v1/proxies", self.ads.status)
@@ -205,6 +219,9 @@ class ControlPlane:
         self.http.add_json("/api/v1/revocations", self.store.records.revocations)
         self.ca_workers: CaWorkers | None = None
         self._stopped = threading.Event()
+
+    def _remove_entries(self, callers: set[tuple[str, str]], reason: str) -> int:
+        return len(self.workloads.remove_where(lambda r: (r.spiffe_id, r.cert_serial) in callers, reason))
 
     def _push_names(self) -> None:
         self._names.trigger(None)

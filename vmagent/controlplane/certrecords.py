@@ -4,6 +4,12 @@ A revocation names either one certificate (by serial: one VM) or a whole identit
 WorkloadGroup's service account). Renewals and xDS streams from a revoked certificate are refused, and
 revocations survive restarts.
 
+A revoked serial also revokes its **descendants**: every certificate issued by a renewal authenticated
+with it, and theirs (the ``previous_serial`` lineage S1 -> S2 -> S3). So a stolen certificate cannot be
+laundered by renewing it before the operator revokes the serial they saw. :meth:`CertRecords.is_revoked`
+walks the lineage up from the serial asked about; the in-memory snapshot holds the revoked serials with
+all their known descendants, and a renewal recorded here whose parent is in it joins it at once.
+
 Issuance is on the hot path of the certificate services, so two things happen off it, in one
 background thread per ``CertRecords`` (started on first use, stopped by :meth:`CertRecords.close`):
 
@@ -49,6 +55,44 @@ _Row = tuple[str, str, str, str, float, float, str | None]
 _INSERT = "INSERT OR REPLACE INTO issued_certs VALUES (?, ?, ?, ?, ?, ?, ?)"
 _MAX_BATCH = 500  # rows per INSERT: 7 parameters each, well under SQLite's 32766
 
+# Lineage walks stop after 100000 steps so a corrupt cycle cannot loop (a VM renewing twice a day for
+# 100 years is well under it).
+
+_ANCESTORS = """
+WITH RECURSIVE chain(s, n) AS (
+    SELECT ?, 0
+    UNION
+    SELECT c.previous_serial, chain.n + 1 FROM issued_certs c JOIN chain ON c.serial = chain.s
+    WHERE c.previous_serial IS NOT NULL AND chain.n < 100000
+)
+SELECT s FROM chain ORDER BY n
+"""
+_REVOKED_ANCESTOR = """
+WITH RECURSIVE chain(s, n) AS (
+    SELECT ?, 0
+    UNION
+    SELECT c.previous_serial, chain.n + 1 FROM issued_certs c JOIN chain ON c.serial = chain.s
+    WHERE c.previous_serial IS NOT NULL AND chain.n < 100000
+)
+SELECT 1 FROM revocations r JOIN chain ON r.kind = 'serial' AND r.value = chain.s LIMIT 1
+"""
+_DESCENDANTS = """
+WITH RECURSIVE d(s, n) AS (
+    SELECT ?, 0
+    UNION
+    SELECT c.serial, d.n + 1 FROM issued_certs c JOIN d ON c.previous_serial = d.s WHERE d.n < 100000
+)
+SELECT s FROM d WHERE n > 0
+"""
+_ALL_REVOKED_DESCENDANTS = """
+WITH RECURSIVE d(s, n) AS (
+    SELECT value, 0 FROM revocations WHERE kind = 'serial'
+    UNION
+    SELECT c.serial, d.n + 1 FROM issued_certs c JOIN d ON c.previous_serial = d.s WHERE d.n < 100000
+)
+SELECT DISTINCT s FROM d WHERE n > 0
+"""
+
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS issued_certs (
         serial TEXT PRIMARY KEY,
@@ -60,6 +104,7 @@ _SCHEMA = [
         previous_serial TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS issued_certs_spiffe ON issued_certs (spiffe_id)",
+    "CREATE INDEX IF NOT EXISTS issued_certs_previous ON issued_certs (previous_serial)",
     """CREATE TABLE IF NOT EXISTS revocations (
         kind TEXT NOT NULL CHECK (kind IN ('serial', 'identity')),
         value TEXT NOT NULL,
@@ -189,6 +234,10 @@ class CertRecords:
             leaf.not_valid_after_utc.timestamp(),
             serial_hex(previous_serial) if previous_serial is not None else None,
         )
+        if previous_serial is not None:
+            with self._lock:  # a renewal of a revoked certificate (raced with the revocation) is revoked too
+                if row[6] in self._rev_serials:
+                    self._rev_serials = self._rev_serials | {row[0]}
         if self._write_behind:
             with self._lock:  # ordered with close(): a row is either queued before its sentinel or direct
                 if not self._closed:
@@ -283,8 +332,25 @@ class CertRecords:
             self._db.execute(
                 "INSERT OR IGNORE INTO revocations VALUES ('serial', ?, ?, ?)", (serial, time.time(), reason)
             )
+        descendants = self.descendants(serial)
         with self._lock:
-            self._rev_serials = self._rev_serials | {serial}
+            self._rev_serials = self._rev_serials | {serial} | descendants
+
+    def descendants(self, serial: str) -> frozenset[str]:
+        """Serials issued (directly or through further renewals) by renewing certificate ``serial``."""
+        self.flush()
+        rows, _ = self._db.execute(_DESCENDANTS, (serial,))
+        return frozenset(str(r[0]) for r in rows)
+
+    def lineage(self, serial: int) -> list[str]:
+        """``serial`` (hex) and the serials it was renewed from, newest first."""
+        self.flush()
+        rows, _ = self._db.execute(_ANCESTORS, (serial_hex(serial),))
+        return [str(r[0]) for r in rows]
+
+    def descends_from(self, serial: int, ancestor: str) -> bool:
+        """True when certificate ``serial`` is ``ancestor`` (hex) or was renewed from it, at any depth."""
+        return ancestor.lower() in self.lineage(serial)
 
     def revoke_identity(self, identity: SpiffeId, reason: str = "") -> None:
         with self.write_lock:
@@ -296,11 +362,25 @@ class CertRecords:
             self._rev_identities = self._rev_identities | {identity.uri}
 
     def is_revoked(self, identity: SpiffeId, serial: int) -> bool:
+        """True when ``identity``, certificate ``serial`` or any certificate it was renewed from is revoked."""
         rows, _ = self._db.execute(
             "SELECT 1 FROM revocations WHERE (kind = 'identity' AND value = ?) OR (kind = 'serial' AND value = ?)",
             (identity.uri, serial_hex(serial)),
         )
+        if rows:
+            return True
+        rows, _ = self._db.execute("SELECT 1 FROM revocations WHERE kind = 'serial' LIMIT 1")
+        if not rows:
+            return False
+        self.flush()
+        rows, _ = self._db.execute(_REVOKED_ANCESTOR, (serial_hex(serial),))
         return bool(rows)
+
+    def generation(self) -> int:
+        """Changes whenever a revocation is added (by any process): cheap to poll."""
+        rows, _ = self._db.execute("SELECT coalesce(max(rowid), 0) FROM revocations")
+        generation: int = int(rows[0][0])  # type: ignore[call-overload]
+        return generation
 
     def is_revoked_cached(self, identity: SpiffeId, serial: int) -> bool:
         """Like :meth:`is_revoked`, from the in-memory snapshot: no database access after the first call
@@ -332,6 +412,9 @@ class CertRecords:
     def _set_revocations(self, generation: int, rows: list[tuple[object, ...]]) -> None:
         identities = frozenset(str(v) for k, v in rows if k == "identity")
         serials = frozenset(str(v) for k, v in rows if k == "serial")
+        if serials:
+            found, _ = self._db.execute(_ALL_REVOKED_DESCENDANTS)
+            serials = serials | frozenset(str(r[0]) for r in found)
         with self._lock:  # never drop one made through this object meanwhile
             self._rev_identities = identities | self._rev_identities
             self._rev_serials = serials | self._rev_serials

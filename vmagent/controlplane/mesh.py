@@ -16,7 +16,13 @@ from envoy.config.core.v3 import base_pb2
 
 from vmagent.common.x509util import SpiffeId
 from vmagent.controlplane.model import Service
-from vmagent.controlplane.proxies import ConnectedProxy, ProxyTable, parse_node
+from vmagent.controlplane.proxies import (
+    ConnectedProxy,
+    ProxyBinder,
+    ProxyTable,
+    Refused,
+    bind_without_registry,
+)
 from vmagent.controlplane.xds.cache import SnapshotCache
 from vmagent.controlplane.xds.push import PushScheduler
 from vmagent.controlplane.xds.snapshot import Snapshot
@@ -35,8 +41,14 @@ class MeshController:
         translate: Translate,
         debounce: float = 0.1,
         max_delay: float = 1.0,
+        binder: ProxyBinder | None = None,
     ) -> None:
+        """``binder`` ties proxies to their certificate and workload entry (without one: namespace checks
+        only and no labels, for tests of the xDS machinery). ``on_refused(key, reason)``, set by the
+        owner, ends the streams of a proxy that may no longer act for its entry."""
         self.cache = cache
+        self._binder = binder
+        self.on_refused: Callable[[str, str], object] | None = None
         self.proxies = ProxyTable()
         self._services = services
         self._translate = translate
@@ -49,9 +61,14 @@ class MeshController:
 
     # -- ADS callbacks ------------------------------------------------------------------------------
 
-    def on_proxy_connected(self, identity: SpiffeId, node: base_pb2.Node) -> str:
-        proxy = parse_node(identity, node)
-        self.proxies.add(proxy)
+    def on_proxy_connected(self, identity: SpiffeId, serial: int, node: base_pb2.Node) -> str:
+        binder = self._binder
+        if binder is None:
+            proxy = bind_without_registry(identity, serial, node)
+            self.proxies.add(proxy)
+        else:
+            proxy = binder.bind(identity, serial, node)
+            self.proxies.add(proxy, lambda old, new: binder.same_lineage(new.serial, f"{old.serial:x}"))
         if self.cache.get(proxy.key) is None:
             self._push(proxy, self._services())
         log.info("proxy %s connected as %s", proxy.key, identity)
@@ -74,7 +91,13 @@ class MeshController:
             self._rounds_started += 1
         services = self._services()
         for proxy in self.proxies.all():
-            if scope is None or proxy.key in scope:
+            rebound = False
+            if self._binder is not None:
+                bound = self._rebind(proxy)
+                if bound is None:
+                    continue
+                rebound, proxy = bound != proxy, bound
+            if scope is None or proxy.key in scope or rebound:
                 self._push(proxy, services)
         with self._round_cond:
             self._last_done = max(self._last_done, index)
@@ -97,6 +120,21 @@ class MeshController:
                 return True
             time.sleep(0.05)
         return synced()
+
+    def _rebind(self, proxy: ConnectedProxy) -> ConnectedProxy | None:
+        """``proxy`` bound again (entries and config may have changed since it connected); None, and its
+        streams ended, when it may no longer act for its node."""
+        assert self._binder is not None
+        try:
+            bound = self._binder.rebind(proxy)
+        except Refused as exc:
+            log.warning("proxy %s may no longer act for its node: %s", proxy.key, exc)
+            if self.on_refused is not None:
+                self.on_refused(proxy.key, str(exc))
+            return None
+        if bound != proxy:
+            self.proxies.update(bound)
+        return bound
 
     def _push(self, proxy: ConnectedProxy, services: list[Service]) -> None:
         try:

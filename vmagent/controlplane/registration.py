@@ -41,8 +41,8 @@ from cryptography import x509
 from vmagent.api import registration_pb2, registration_pb2_grpc
 from vmagent.common.x509util import SpiffeId
 from vmagent.controlplane.authn import Unauthenticated, require_workload_identity
-from vmagent.controlplane.workload_entry import Registration, RegistrationRefused, entry_name
-from vmagent.controlplane.workload_store import WorkloadStore
+from vmagent.controlplane.workload_entry import LabelConflict, Registration, RegistrationRefused, entry_name
+from vmagent.controlplane.workload_store import AddressTaken, SameHolder, WorkloadStore
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,21 @@ def _empty_table(_namespace: str) -> dict[str, list[str]]:
 
 
 class _Stream:
-    """One open stream: its outgoing queue on the server's loop and the entry it registered."""
+    """One open stream: its outgoing queue on the server's loop, its caller and the entry it registered."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, identity: SpiffeId, serial: int) -> None:
         self.loop = loop
+        self.identity = identity
+        self.serial = serial
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.entry: tuple[str, str] | None = None  # (namespace, name)
+
+
+class _Kick:
+    """Queue marker: end the stream with PERMISSION_DENIED and ``reason`` (the certificate was revoked)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 def name_table_message(table: dict[str, list[str]]) -> registration_pb2.ControlMessage:
@@ -88,7 +97,10 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         wait_pushed: WaitPushed = _pushed_at_once,
         is_revoked: IsRevoked | None = None,
         leave_timeout: float = 10.0,
+        same_holder: SameHolder | None = None,
     ) -> None:
+        """``same_holder(record, registration)``: is the registration's certificate the one that registered
+        the live ``record`` at its address, or a renewal of it (see ``WorkloadStore.register``)."""
         self._store = store
         self._groups = group_lookup
         self._trust_domain = trust_domain
@@ -96,6 +108,7 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         self._wait_pushed = wait_pushed
         self._is_revoked = is_revoked
         self._leave_timeout = leave_timeout
+        self._same_holder = same_holder
         self._lock = threading.Lock()
         self._streams: dict[int, _Stream] = {}
         self._ids = itertools.count(1)
@@ -111,6 +124,15 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
     def close(self) -> None:
         """Release the leave threads (call after the gRPC server stopped)."""
         self._leave_pool.shutdown(wait=False, cancel_futures=True)
+
+    def disconnect_where(self, revoked: Callable[[SpiffeId, int], bool], reason: str) -> int:
+        """End every stream whose caller (identity, certificate serial) ``revoked`` selects, with
+        PERMISSION_DENIED and ``reason``; return how many. Safe from any thread."""
+        with self._lock:
+            targets = [s for s in self._streams.values() if revoked(s.identity, s.serial)]
+        for st in targets:
+            st.loop.call_soon_threadsafe(st.queue.put_nowait, _Kick(reason))
+        return len(targets)
 
     @property
     def stream_count(self) -> int:
@@ -150,7 +172,7 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         context: grpc.aio.ServicerContext,
     ) -> None:
         identity, cert = await self._authenticate(context)
-        stream = _Stream(asyncio.get_running_loop())
+        stream = _Stream(asyncio.get_running_loop(), identity, cert.serial_number)
         stream_id = next(self._ids)
         session = f"{self._prefix}-{stream_id}"
         it = aiter(request_iterator)
@@ -170,8 +192,8 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
             if group is None:
                 raise RegistrationRefused(f"WorkloadGroup {reg.namespace}/{reg.group} does not exist")
             self._authorize(identity, reg, group)
-            rec = await asyncio.to_thread(self._store.register, group, reg, session)
-        except _Denied as exc:
+            rec = await asyncio.to_thread(self._store.register, group, reg, session, self._same_holder)
+        except (_Denied, AddressTaken, LabelConflict) as exc:
             log.warning("refused registration from %s: %s", identity, exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except RegistrationRefused as exc:
@@ -182,6 +204,10 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         with self._lock:
             self._streams[stream_id] = stream
             table = self._last_tables.get(key[0])
+        if self._is_revoked is not None and await asyncio.to_thread(
+            self._is_revoked, identity, cert.serial_number
+        ):  # revoked while registering: the revocation watcher may have looked before the stream was listed
+            stream.queue.put_nowait(_Kick(f"workload {identity} is revoked"))
         try:
             await context.write(
                 registration_pb2.ControlMessage(
@@ -216,6 +242,10 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
                 item = await stream.queue.get()
                 if item is _END:
                     return
+                if isinstance(item, _Kick):
+                    log.warning("ending the registration stream of %s/%s: %s", key[0], key[1], item.reason)
+                    await asyncio.to_thread(self._store.leave, key[0], key[1], session)  # out of EDS now
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, item.reason)
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, registration_pb2.ControlMessage):

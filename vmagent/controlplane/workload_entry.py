@@ -5,9 +5,11 @@ Pure functions, so the merge rules are easy to test:
 * name ``GROUP-ADDRESS`` (:func:`entry_name`);
 * spec from ``spec.template`` of the group (ports, serviceAccount, network, locality, weight), the
   agent's non-empty network/locality/weight and its ports overriding;
-* labels merged template ``labels`` < group ``spec.metadata.labels`` < the agent's labels (the order
-  Istio uses: the group's ``spec.metadata`` is what it stamps on entries), written both to
-  ``spec.labels`` and to the entry's metadata labels;
+* labels: template ``labels`` < group ``spec.metadata.labels`` (the group's ``spec.metadata`` is what
+  Istio stamps on entries), plus the agent's labels for keys the group does not set. An agent label
+  that would change a group label is refused (:class:`LabelConflict`): stricter than Istio, which
+  merges the agent's labels last and so lets a VM put itself behind another service's selector
+  (docs/security.md). Written both to ``spec.labels`` and to the entry's metadata labels;
 * annotations: the group's ``spec.metadata.annotations`` plus ``istio.io/autoRegistrationGroup`` and,
   when the group has a probe, ``proxy.istio.io/health-checks-enabled: "true"`` (Istio's names).
 """
@@ -38,6 +40,10 @@ _LOCALITY = re.compile(r"^[^/]+(/[^/]+){0,2}$")
 
 class RegistrationRefused(VmagentError):
     """The registration is invalid; the message says which field and why (INVALID_ARGUMENT)."""
+
+
+class LabelConflict(RegistrationRefused):
+    """The agent sent a label that the WorkloadGroup sets to another value (PERMISSION_DENIED)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,13 @@ def build_entry(group: Mapping[str, Any], reg: Registration) -> EntryParts:
     meta = spec_in.get("metadata") or {}
     labels = _str_map(template.get("labels"))
     labels.update(_str_map(meta.get("labels")))
+    for k, v in sorted(reg.labels.items()):
+        if k in labels and labels[k] != v:
+            raise LabelConflict(
+                f"label {k}={v} conflicts with {k}={labels[k]} of WorkloadGroup {reg.namespace}/{reg.group}: "
+                "an agent may add labels, never change the group's (they decide which services and "
+                "policies select the workload)"
+            )
     labels.update(reg.labels)
     ports = {str(k): int(v) for k, v in (template.get("ports") or {}).items()}
     ports.update(reg.ports)

@@ -3,9 +3,12 @@
 One record per entry name (``GROUP-ADDRESS``, see :mod:`.workload_entry`). Its life:
 
 * **register** (a stream's Register, also after every reconnect) creates the record or refreshes all of
-  it from the group template and the agent's data; the registering stream becomes its *owner* (the
-  last writer wins: when two agents register one address, the later stream owns the single entry and
-  reports, heartbeats, disconnects and leaves of the earlier stream are ignored from then on);
+  it from the group template and the agent's data; the registering stream becomes its *owner*. An
+  address has one live owner: while its entry is connected and in EDS, only the certificate that
+  registered it (or a renewal of that certificate) may register it again (a reconnect of the same VM
+  takes over from its own stale stream); another certificate is refused (:class:`AddressTaken`), so it
+  can neither take the entry's name and labels nor leave it. Reports, heartbeats, disconnects and
+  leaves count only from the owning stream;
 * **health**: with a probe in the group a new entry starts unhealthy ("waiting for the first probe
   result"); a refresh keeps the current health, so a reconnect does not flap the endpoint;
 * **heartbeats** keep it in EDS: ``heartbeat_timeout`` seconds after the last heartbeat (or
@@ -41,12 +44,15 @@ from vmagent.controlplane.workload_entry import (
     AutoEntry,
     EntryParts,
     Registration,
+    RegistrationRefused,
     build_entry,
 )
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+# (live record, new registration) -> True when the registration's certificate is the record's or a renewal of it
+SameHolder = Callable[["WorkloadRecord", Registration], bool]
 WAITING_FOR_PROBE = "waiting for the first probe result"
 
 _SCHEMA = """
@@ -174,6 +180,10 @@ def _iso(ts: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="seconds")
 
 
+class AddressTaken(RegistrationRefused):
+    """The address belongs to a connected entry of another certificate (PERMISSION_DENIED)."""
+
+
 class WorkloadStore:
     """The auto-registered entries, in memory and in ``db`` (table ``auto_workload_entries``).
 
@@ -191,6 +201,7 @@ class WorkloadStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._records: dict[tuple[str, str], WorkloadRecord] = {}
+        self._by_address: dict[tuple[str, str], set[str]] = {}  # (namespace, address) -> entry names
         self._subscribers: list[Callable[[], None]] = []
         self._record_listeners: list[Callable[[], None]] = []
         db.execute(_SCHEMA)
@@ -209,7 +220,7 @@ class WorkloadStore:
                 rec.disconnected_at = rec.last_heartbeat
                 self._write(rec)
             rec.expire_not_before = now + self.settings.restart_window
-            self._records[rec.key] = rec
+            self._put(rec)
         if rows:
             log.info("loaded %d auto-registered workload entries", len(rows))
 
@@ -242,24 +253,56 @@ class WorkloadStore:
         for cb in self._record_listeners:
             cb()
 
+    def _put(self, rec: WorkloadRecord) -> None:
+        self._records[rec.key] = rec
+        self._by_address.setdefault((rec.namespace, rec.address), set()).add(rec.name)
+
     def _delete(self, rec: WorkloadRecord) -> None:
         self._db.execute(
             "DELETE FROM auto_workload_entries WHERE namespace = ? AND name = ?", (rec.namespace, rec.name)
         )
         self._records.pop(rec.key, None)
+        names = self._by_address.get((rec.namespace, rec.address))
+        if names is not None:
+            names.discard(rec.name)
+            if not names:
+                del self._by_address[(rec.namespace, rec.address)]
         for cb in self._record_listeners:
             cb()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def register(self, group: Mapping[str, Any], reg: Registration, session: str) -> WorkloadRecord:
+    def register(
+        self,
+        group: Mapping[str, Any],
+        reg: Registration,
+        session: str,
+        same_holder: SameHolder | None = None,
+    ) -> WorkloadRecord:
         """Create or refresh the entry of ``reg`` from ``group``; ``session`` becomes its owner.
 
-        Raises RegistrationRefused for invalid data. Returns a copy of the stored record.
+        An address has one live owner: while an entry at ``reg.address`` (of any group of the namespace)
+        is connected and in EDS, only the certificate that registered it or a renewal of it may register
+        there again (``same_holder(record, reg)`` decides; without it, the same serial); anyone else
+        gets AddressTaken. Raises RegistrationRefused for invalid data. Returns a copy of the stored
+        record.
         """
         parts: EntryParts = build_entry(group, reg)
         now = self._clock()
         with self._lock:
+            # Checked and claimed under one lock, so two registrations cannot both pass. The lineage
+            # lookup (a renewed certificate) only runs when the serial differs.
+            for n in self._by_address.get((reg.namespace, parts.address), ()):
+                r = self._records[(reg.namespace, n)]
+                if not r.connected or r.expired or r.cert_serial == reg.cert_serial:
+                    continue
+                if r.spiffe_id == reg.spiffe_id and same_holder is not None and same_holder(r, reg):
+                    continue
+                raise AddressTaken(
+                    f"address {parts.address} in namespace {reg.namespace} belongs to the connected workload "
+                    f"entry {r.namespace}/{r.name} of another certificate ({r.spiffe_id}, serial "
+                    f"{r.cert_serial}); it is released when that workload leaves or its grace period ends"
+                )
             old = self._records.get((reg.namespace, parts.name))
             rec = WorkloadRecord(
                 namespace=reg.namespace,
@@ -301,7 +344,7 @@ class WorkloadStore:
                         reg.spiffe_id,
                     )
             self._write(rec)
-            self._records[rec.key] = rec
+            self._put(rec)
             changed = old is None or old.eds_view() != rec.eds_view()
             result = replace(rec)
         log.info(
@@ -315,6 +358,24 @@ class WorkloadStore:
         if changed:
             self._notify()
         return result
+
+    def remove_where(self, revoked: Callable[[WorkloadRecord], bool], reason: str) -> list[WorkloadRecord]:
+        """Delete every entry for which ``revoked(record)`` holds (e.g. its certificate was revoked)."""
+        with self._lock:
+            gone = [r for r in list(self._records.values()) if revoked(r)]
+            for r in gone:
+                self._delete(r)
+        for r in gone:
+            log.warning("deleted workload entry %s/%s: %s", r.namespace, r.name, reason)
+        if any(not r.expired for r in gone):
+            self._notify()
+        return [replace(r) for r in gone]
+
+    def at_address(self, namespace: str, address: str) -> list[WorkloadRecord]:
+        """Copies of the entries of ``namespace`` at ``address`` (normalized text)."""
+        with self._lock:
+            names = sorted(self._by_address.get((namespace, address), ()))
+            return [replace(self._records[(namespace, n)]) for n in names]
 
     def _owned(self, namespace: str, name: str, session: str) -> WorkloadRecord | None:
         rec = self._records.get((namespace, name))

@@ -1,8 +1,8 @@
 """The ``AggregatedDiscoveryService`` servicer (SotW and delta) for a ``grpc.aio`` server.
 
 Every stream is authenticated by the client certificate of its mutual TLS connection: the SPIFFE URI
-SAN is the proxy's identity. The first request's ``node`` and that identity are handed to
-``on_proxy_connected``, which returns the proxy key whose snapshot the stream serves (or raises to
+SAN is the proxy's identity. The first request's ``node``, that identity and the certificate's serial
+are handed to ``on_proxy_connected``, which binds them (docs/security.md) and returns the proxy key whose snapshot the stream serves (or raises to
 refuse); the stream can never receive another key's snapshot. Each stream is one asyncio task plus a
 reader task, so thousands of streams share one event loop thread.
 """
@@ -30,7 +30,7 @@ from vmagent.controlplane.xds.stream import DeltaStream, ProtocolError, SotwStre
 
 log = logging.getLogger(__name__)
 
-OnConnected = Callable[[SpiffeId, base_pb2.Node], str]
+OnConnected = Callable[[SpiffeId, int, base_pb2.Node], str]  # (identity, certificate serial, node)
 OnDisconnected = Callable[[str], None]
 IsRevoked = Callable[[SpiffeId, int], bool]
 
@@ -65,7 +65,7 @@ class Refused(VmagentError):
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """Serves snapshots from ``cache`` to authenticated proxies and tracks their sync state.
 
-    ``on_proxy_connected(identity, node)`` runs in a worker thread when a stream's first request
+    ``on_proxy_connected(identity, serial, node)`` runs in a worker thread when a stream's first request
     arrives; it returns the proxy key or raises (the stream ends with PERMISSION_DENIED and the
     exception text). ``on_proxy_disconnected(proxy_key)`` runs when such a stream ends.
     ``is_revoked(identity, certificate serial)`` refuses revoked workloads with PERMISSION_DENIED.
@@ -85,7 +85,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._is_revoked = is_revoked
         self.registry = registry if registry is not None else StatusRegistry()
         self._live_lock = threading.Lock()
-        self._live: dict[int, tuple[str, asyncio.AbstractEventLoop, asyncio.Queue[object]]] = {}
+        # stream id -> (proxy key, identity, certificate serial, loop, queue)
+        self._live: dict[
+            int, tuple[str, SpiffeId, int, asyncio.AbstractEventLoop, asyncio.Queue[object]]
+        ] = {}
         prefix = secrets.token_hex(4)
         counter = itertools.count(1)
         self._nonces: Callable[[], str] = lambda: f"{prefix}-{next(counter)}"
@@ -102,8 +105,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
         Safe from any thread; used when a workload is revoked or deleted while connected.
         """
+        return self.disconnect_where(lambda key, _identity, _serial: key == proxy_key, reason)
+
+    def disconnect_where(self, selected: Callable[[str, SpiffeId, int], bool], reason: str) -> int:
+        """End every stream whose (proxy key, identity, certificate serial) ``selected`` picks, with
+        PERMISSION_DENIED and ``reason``; return how many. Safe from any thread."""
         with self._live_lock:
-            targets = [(loop, q) for key, loop, q in self._live.values() if key == proxy_key]
+            live = list(self._live.values())
+        targets = [(loop, q) for key, ident, serial, loop, q in live if selected(key, ident, serial)]
         for loop, q in targets:
             loop.call_soon_threadsafe(q.put_nowait, _Kick(reason))
         return len(targets)
@@ -137,7 +146,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     async def _serve(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, protocol: str
     ) -> None:
-        identity, _serial = await self._authenticate(context)
+        identity, serial = await self._authenticate(context)
         it = aiter(requests)
         first = await anext(it, None)
         if first is None:
@@ -146,7 +155,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if not node.id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
         try:
-            proxy_key = await asyncio.to_thread(self._on_connected, identity, node)
+            proxy_key = await asyncio.to_thread(self._on_connected, identity, serial, node)
         except Exception as exc:
             log.warning("refused ADS stream from %s (node %s): %s", identity, node.id, exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc) or "refused")
@@ -156,7 +165,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             SotwStream(st, self._nonces) if protocol == "sotw" else DeltaStream(st, self._nonces)
         )
         try:
-            await self._run(machine, st, first, it, context)
+            await self._run(machine, st, first, it, context, identity, serial)
         finally:
             self.registry.close_stream(st)
             log.info("proxy %s disconnected (node %s)", proxy_key, node.id)
@@ -173,6 +182,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         first: Any,
         it: AsyncIterator[Any],
         context: grpc.aio.ServicerContext,
+        identity: SpiffeId,
+        serial: int,
     ) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -192,7 +203,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         unwatch = self._cache.watch(st.proxy_key, notify)
         reader = asyncio.create_task(self._read(it, queue))
         with self._live_lock:
-            self._live[st.stream_id] = (st.proxy_key, loop, queue)
+            self._live[st.stream_id] = (st.proxy_key, identity, serial, loop, queue)
         try:
             item: object = first
             while True:

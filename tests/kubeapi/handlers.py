@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from tests.kubeapi import discovery, openapi
+from tests.kubeapi import discovery, openapi, protobuf
 from tests.kubeapi.auth import Authenticator, User
 from tests.kubeapi.errors import ApiError
 from tests.kubeapi.operations import Operations
@@ -122,6 +122,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _parse(self, raw: bytes) -> Any:
         ctype = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
+        if ctype == "application/vnd.kubernetes.protobuf":
+            try:
+                return protobuf.decode(raw)
+            except protobuf.ProtobufError as e:
+                raise ApiError(415, f"the body of the request was in an unknown format ({ctype}): {e}") from None
+        if ctype not in ("application/json", "application/yaml", "application/apply-patch+yaml", ""):
+            raise ApiError(415, f"the body of the request was in an unknown format ({ctype}) - accepted media types include: application/json, application/yaml")
         try:
             if ctype in ("application/yaml", "application/apply-patch+yaml"):
                 return yaml.safe_load(raw)

@@ -16,12 +16,20 @@ import yaml
 from tests.kube.workloadentry_crd import WORKLOADENTRY_CRD
 from tests.kubeapi import KubeApiServer
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (scripts/system-deps.sh)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl not installed (scripts/system-deps.sh)"
+)
 
 
 def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), *args], input=stdin, capture_output=True,
-                          text=True, timeout=120, check=False)  # fmt: skip
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def ok(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
@@ -34,9 +42,13 @@ def ok(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
 def test_apply_get_delete_configmap(kube_api: KubeApiServer, tmp_path: Path, auth: str) -> None:
     kc = kube_api.kubeconfig(auth=auth)
     manifest = tmp_path / "cm.yaml"
-    manifest.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  labels: {app: a}\ndata:\n  a: '1'\n")
+    manifest.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  labels: {app: a}\ndata:\n  a: '1'\n"
+    )
     assert "configmap/cfg created" in ok(kc, "apply", "-f", str(manifest))
-    manifest.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  labels: {app: a}\ndata:\n  b: '2'\n")
+    manifest.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  labels: {app: a}\ndata:\n  b: '2'\n"
+    )
     assert "configmap/cfg configured" in ok(kc, "apply", "-f", str(manifest))
     live = yaml.safe_load(ok(kc, "get", "configmap", "cfg", "-o", "yaml"))
     assert live["data"] == {"b": "2"}  # the client-side apply patch removed "a", which the last apply had
@@ -49,8 +61,12 @@ def test_apply_get_delete_configmap(kube_api: KubeApiServer, tmp_path: Path, aut
 
 def test_apply_service_uses_strategic_merge(kube_api: KubeApiServer, tmp_path: Path) -> None:
     kc = kube_api.kubeconfig()
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": "default"},
-           "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080}]}}  # fmt: skip
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080}]},
+    }
     path = tmp_path / "svc.yaml"
     path.write_text(yaml.safe_dump(svc))
     ok(kc, "apply", "-f", str(path))
@@ -70,9 +86,16 @@ def test_crd_objects_via_kubectl(kube_api: KubeApiServer, tmp_path: Path) -> Non
     crd.write_text(yaml.safe_dump(WORKLOADENTRY_CRD))
     ok(kc, "apply", "-f", str(crd))
     we = tmp_path / "we.yaml"
-    we.write_text(yaml.safe_dump({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
-                                  "metadata": {"name": "vm-1", "labels": {"app": "ratings"}},
-                                  "spec": {"address": "10.1.0.5", "labels": {"app": "ratings"}}}))  # fmt: skip
+    we.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "WorkloadEntry",
+                "metadata": {"name": "vm-1", "labels": {"app": "ratings"}},
+                "spec": {"address": "10.1.0.5", "labels": {"app": "ratings"}},
+            }
+        )
+    )
     ok(kc, "apply", "-f", str(we))
     table = ok(kc, "get", "workloadentries")
     assert table.split("\n")[0].split() == ["NAME", "ADDRESS", "AGE"]
@@ -82,25 +105,38 @@ def test_crd_objects_via_kubectl(kube_api: KubeApiServer, tmp_path: Path) -> Non
     assert doc["apiVersion"] == "networking.istio.io/v1beta1" and doc["spec"]["address"] == "10.1.0.5"
     we.write_text(we.read_text().replace("10.1.0.5", "10.1.0.6"))
     ok(kc, "apply", "-f", str(we))  # a merge patch: custom resources have no strategic merge
-    assert kube_api.get("networking.istio.io/v1", "WorkloadEntry", "vm-1", "default")["spec"]["address"] == "10.1.0.6"
+    assert (
+        kube_api.get("networking.istio.io/v1", "WorkloadEntry", "vm-1", "default")["spec"]["address"]
+        == "10.1.0.6"
+    )
     ok(kc, "delete", "-f", str(crd))
     assert kubectl(kc, "get", "workloadentries").returncode != 0
 
 
 def test_get_watch_prints_changes(kube_api: KubeApiServer) -> None:
     kc = kube_api.kubeconfig()
-    kube_api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "first", "namespace": "default"}})
-    proc = subprocess.Popen(["kubectl", "--kubeconfig", str(kc), "get", "configmaps", "-w", "-o", "name"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    kube_api.create(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "first", "namespace": "default"}}
+    )
+    proc = subprocess.Popen(
+        ["kubectl", "--kubeconfig", str(kc), "get", "configmaps", "-w", "-o", "name"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line.strip()) for line in proc.stdout or []], daemon=True).start()
+    threading.Thread(
+        target=lambda: [lines.put(line.strip()) for line in proc.stdout or []], daemon=True
+    ).start()
 
     def next_line() -> str:
         return lines.get(timeout=60)
 
     try:
         assert next_line() == "configmap/first"
-        kube_api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "second", "namespace": "default"}})
+        kube_api.create(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "second", "namespace": "default"}}
+        )
         assert next_line() == "configmap/second"
         kube_api.delete("v1", "ConfigMap", "first", "default")
         assert next_line() == "configmap/first"
@@ -111,8 +147,12 @@ def test_get_watch_prints_changes(kube_api: KubeApiServer) -> None:
 
 def test_get_watch_table_output(kube_api: KubeApiServer) -> None:
     kc = kube_api.kubeconfig()
-    proc = subprocess.Popen(["kubectl", "--kubeconfig", str(kc), "get", "namespaces", "-w"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        ["kubectl", "--kubeconfig", str(kc), "get", "namespaces", "-w"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True).start()
     try:
@@ -133,5 +173,8 @@ def test_create_token(kube_api: KubeApiServer) -> None:
     ok(kc, "create", "serviceaccount", "web")
     token = ok(kc, "create", "token", "web", "--audience", "istio-ca").strip()
     review = kube_api.ops.token_review({"spec": {"token": token, "audiences": ["istio-ca"]}})
-    assert review["status"]["authenticated"] and review["status"]["user"]["username"] == "system:serviceaccount:default:web"
+    assert (
+        review["status"]["authenticated"]
+        and review["status"]["user"]["username"] == "system:serviceaccount:default:web"
+    )
     assert json.loads(ok(kc, "get", "sa", "web", "-o", "json"))["metadata"]["name"] == "web"

@@ -15,9 +15,15 @@ from tests.kube.workloadentry_crd import WORKLOADENTRY_CRD
 from tests.kubeapi import KubeApiServer
 
 
-def _cm(name: str, labels: dict[str, str] | None = None, data: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels or {}},
-            "data": data or {}}  # fmt: skip
+def _cm(
+    name: str, labels: dict[str, str] | None = None, data: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": labels or {}},
+        "data": data or {},
+    }
 
 
 def test_stale_update_is_409_and_versions_move(kube_client: client.ApiClient) -> None:
@@ -42,7 +48,9 @@ def test_stale_update_is_409_and_versions_move(kube_client: client.ApiClient) ->
     assert e.value.status == 409
 
 
-def test_bad_bodies_are_refused_naming_the_field(kube_api: KubeApiServer, kube_client: client.ApiClient) -> None:
+def test_bad_bodies_are_refused_naming_the_field(
+    kube_api: KubeApiServer, kube_client: client.ApiClient
+) -> None:
     core = client.CoreV1Api(kube_client)
     with pytest.raises(ApiException) as e:
         core.create_namespaced_config_map("default", _cm("Bad_Name"))
@@ -52,8 +60,13 @@ def test_bad_bodies_are_refused_naming_the_field(kube_api: KubeApiServer, kube_c
     headers = {"Authorization": f"Bearer {kube_api.admin_token}", "Content-Type": "application/json"}
     r = requests.post(url, data=b"{not json", headers=headers, verify=kube_api.ca_path, timeout=30)
     assert r.status_code == 400 and r.json()["kind"] == "Status"
-    r = requests.post(url, json={"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {}},
-                      headers=headers, verify=kube_api.ca_path, timeout=30)  # fmt: skip
+    r = requests.post(
+        url,
+        json={"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {}},
+        headers=headers,
+        verify=kube_api.ca_path,
+        timeout=30,
+    )
     assert r.status_code == 422 and r.json()["details"]["causes"][0]["field"] == "spec.containers"
     r = requests.get(url, verify=kube_api.ca_path, timeout=30)
     assert r.status_code == 401
@@ -62,13 +75,20 @@ def test_bad_bodies_are_refused_naming_the_field(kube_api: KubeApiServer, kube_c
     assert e.value.status == 404
 
 
-def test_status_subresource_is_separate_from_spec(kube_api: KubeApiServer, kube_client: client.ApiClient) -> None:
+def test_status_subresource_is_separate_from_spec(
+    kube_api: KubeApiServer, kube_client: client.ApiClient
+) -> None:
     ext = client.ApiextensionsV1Api(kube_client)
     ext.create_custom_resource_definition(WORKLOADENTRY_CRD)
     co = client.CustomObjectsApi(kube_client)
     args = ("networking.istio.io", "v1", "default", "workloadentries")
-    body = {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "vm1"},
-            "spec": {"address": "10.0.0.1", "unknownField": 1}, "status": {"ignored": True}}  # fmt: skip
+    body = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {"name": "vm1"},
+        "spec": {"address": "10.0.0.1", "unknownField": 1},
+        "status": {"ignored": True},
+    }
     we = co.create_namespaced_custom_object(*args, body)
     assert "status" not in we and "unknownField" not in we["spec"]  # status dropped on create, unknown pruned
     assert we["metadata"]["generation"] == 1
@@ -82,11 +102,20 @@ def test_status_subresource_is_separate_from_spec(kube_api: KubeApiServer, kube_
     main = co.replace_namespaced_custom_object(*args, "vm1", after)
     assert main["spec"]["address"] == "10.0.0.2" and main["status"]["conditions"][0]["type"] == "Healthy"
     assert main["metadata"]["generation"] == 2
-    patched = co.patch_namespaced_custom_object_status(*args, "vm1", {"status": {"conditions": [{"type": "Healthy", "status": "False"}]}})
+    patched = co.patch_namespaced_custom_object_status(
+        *args, "vm1", {"status": {"conditions": [{"type": "Healthy", "status": "False"}]}}
+    )
     assert patched["status"]["conditions"][0]["status"] == "False" and patched["metadata"]["generation"] == 2
     with pytest.raises(ApiException) as e:
-        co.create_namespaced_custom_object(*args, {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
-                                                   "metadata": {"name": "bad"}, "spec": {"ports": {"http": 70000}}})  # fmt: skip
+        co.create_namespaced_custom_object(
+            *args,
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "WorkloadEntry",
+                "metadata": {"name": "bad"},
+                "spec": {"ports": {"http": 70000}},
+            },
+        )
     assert e.value.status == 422 and "spec.address" in e.value.body and "spec.ports.http" in e.value.body
     # Deleting the CRD removes its objects and stops serving them.
     ext.delete_custom_resource_definition(WORKLOADENTRY_CRD["metadata"]["name"])
@@ -103,7 +132,10 @@ def test_selectors_and_patches(kube_client: client.ApiClient) -> None:
     core.create_namespaced_config_map("other", _cm("a", {"app": "x"}))
 
     def names(**kw: Any) -> list[str]:
-        return [f"{i.metadata.namespace}/{i.metadata.name}" for i in core.list_config_map_for_all_namespaces(**kw).items]
+        return [
+            f"{i.metadata.namespace}/{i.metadata.name}"
+            for i in core.list_config_map_for_all_namespaces(**kw).items
+        ]
 
     assert names(label_selector="app=x") == ["default/a", "other/a"]
     assert names(label_selector="app in (x,y),!tier") == ["default/b", "other/a"]
@@ -112,9 +144,13 @@ def test_selectors_and_patches(kube_client: client.ApiClient) -> None:
     with pytest.raises(ApiException) as e:
         core.list_config_map_for_all_namespaces(field_selector="data.x=1")
     assert e.value.status == 400
-    merged = core.patch_namespaced_config_map("a", "default", {"metadata": {"labels": {"tier": None}}, "data": {"k": "v"}})
+    merged = core.patch_namespaced_config_map(
+        "a", "default", {"metadata": {"labels": {"tier": None}}, "data": {"k": "v"}}
+    )
     assert merged.metadata.labels == {"app": "x"} and merged.data == {"k": "v"}
-    patched = core.patch_namespaced_config_map("a", "default", [{"op": "replace", "path": "/data/k", "value": "w"}])
+    patched = core.patch_namespaced_config_map(
+        "a", "default", [{"op": "replace", "path": "/data/k", "value": "w"}]
+    )
     assert patched.data == {"k": "w"}
     page = core.list_namespaced_config_map("default", limit=1)
     assert len(page.items) == 1 and page.metadata._continue
@@ -122,7 +158,9 @@ def test_selectors_and_patches(kube_client: client.ApiClient) -> None:
     assert [page.items[0].metadata.name, rest.items[0].metadata.name] == ["a", "b"]
 
 
-def test_watch_resumes_gets_bookmarks_and_410_after_compaction(kube_api: KubeApiServer, kube_client: client.ApiClient) -> None:
+def test_watch_resumes_gets_bookmarks_and_410_after_compaction(
+    kube_api: KubeApiServer, kube_client: client.ApiClient
+) -> None:
     core = client.CoreV1Api(kube_client)
     core.create_namespaced_config_map("default", _cm("a", {"app": "x"}))
     listed = core.list_namespaced_config_map("default", label_selector="app=x")
@@ -134,8 +172,14 @@ def test_watch_resumes_gets_bookmarks_and_410_after_compaction(kube_api: KubeApi
     w = watch.Watch()
     seen: list[tuple[str, str]] = []
     bookmarks = 0
-    for ev in w.stream(core.list_namespaced_config_map, "default", label_selector="app=x", resource_version=rv,
-                       allow_watch_bookmarks=True, timeout_seconds=30):  # fmt: skip
+    for ev in w.stream(
+        core.list_namespaced_config_map,
+        "default",
+        label_selector="app=x",
+        resource_version=rv,
+        allow_watch_bookmarks=True,
+        timeout_seconds=30,
+    ):
         if ev["type"] == "BOOKMARK":
             bookmarks += 1
             w.stop()
@@ -149,14 +193,18 @@ def test_watch_resumes_gets_bookmarks_and_410_after_compaction(kube_api: KubeApi
     # Resuming from the bookmark after a change sees only the change.
     core.patch_namespaced_config_map("b", "default", {"data": {"k": "1"}})
     w2 = watch.Watch()
-    for ev in w2.stream(core.list_namespaced_config_map, "default", resource_version=resume, timeout_seconds=30):
+    for ev in w2.stream(
+        core.list_namespaced_config_map, "default", resource_version=resume, timeout_seconds=30
+    ):
         assert (ev["type"], ev["object"].metadata.name, ev["object"].data) == ("MODIFIED", "b", {"k": "1"})
         w2.stop()
 
     # After compaction the old revision is gone: the stream's ERROR event becomes a 410 for the client.
     kube_api.compact()
     with pytest.raises(ApiException) as e:
-        for _ in watch.Watch().stream(core.list_namespaced_config_map, "default", resource_version=resume, timeout_seconds=30):
+        for _ in watch.Watch().stream(
+            core.list_namespaced_config_map, "default", resource_version=resume, timeout_seconds=30
+        ):
             pass
     assert e.value.status == 410
     with pytest.raises(ApiException) as e:
@@ -172,12 +220,13 @@ def test_dropped_watch_breaks_the_stream(kube_api: KubeApiServer, kube_client: c
 
     def run() -> None:
         try:
-            for ev in watch.Watch().stream(core.list_namespaced_config_map, "default", resource_version=rv,
-                                           _request_timeout=60):  # fmt: skip
+            for ev in watch.Watch().stream(
+                core.list_namespaced_config_map, "default", resource_version=rv, _request_timeout=60
+            ):
                 outcome.append(ev["type"])
                 started.set()
             outcome.append("ended")
-        except Exception as e:  # noqa: BLE001 - which error the client raises is what is observed
+        except Exception as e:
             outcome.append(f"error:{type(e).__name__}")
 
     t = threading.Thread(target=run, daemon=True)
@@ -194,11 +243,29 @@ def test_token_request_and_review(kube_api: KubeApiServer, kube_client: client.A
     core = client.CoreV1Api(kube_client)
     auth = client.AuthenticationV1Api(kube_client)
     core.create_namespaced_service_account("default", {"metadata": {"name": "web"}})
-    pod = core.create_namespaced_pod("default", {"metadata": {"name": "web-1"}, "spec": {
-        "serviceAccountName": "web", "containers": [{"name": "app", "image": "app:1"}]}})  # fmt: skip
-    tr = core.create_namespaced_service_account_token("web", "default", {"spec": {
-        "audiences": ["istio-ca"], "expirationSeconds": 3600,
-        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web-1", "uid": pod.metadata.uid}}})  # fmt: skip
+    pod = core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": "web-1"},
+            "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "app:1"}]},
+        },
+    )
+    tr = core.create_namespaced_service_account_token(
+        "web",
+        "default",
+        {
+            "spec": {
+                "audiences": ["istio-ca"],
+                "expirationSeconds": 3600,
+                "boundObjectRef": {
+                    "kind": "Pod",
+                    "apiVersion": "v1",
+                    "name": "web-1",
+                    "uid": pod.metadata.uid,
+                },
+            }
+        },
+    )
     token = tr.status.token
 
     def review(tok: str, audiences: list[str]) -> Any:
@@ -225,12 +292,18 @@ def test_token_request_and_review(kube_api: KubeApiServer, kube_client: client.A
 
 def test_leases_take_over_with_preconditions(kube_client: client.ApiClient) -> None:
     co = client.CoordinationV1Api(kube_client)
-    lease = co.create_namespaced_lease("default", {"metadata": {"name": "leader"}, "spec": {
-        "holderIdentity": "a", "leaseDurationSeconds": 15}})  # fmt: skip
+    lease = co.create_namespaced_lease(
+        "default",
+        {"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}},
+    )
     lease.spec.holder_identity = "b"
     taken = co.replace_namespaced_lease("leader", "default", lease)
     lease.spec.holder_identity = "c"
     with pytest.raises(ApiException) as e:
         co.replace_namespaced_lease("leader", "default", lease)  # stale resourceVersion
     assert e.value.status == 409
-    assert co.read_namespaced_lease("leader", "default").spec.holder_identity == taken.spec.holder_identity == "b"
+    assert (
+        co.read_namespaced_lease("leader", "default").spec.holder_identity
+        == taken.spec.holder_identity
+        == "b"
+    )

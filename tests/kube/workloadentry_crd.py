@@ -40,8 +40,14 @@ WORKLOADENTRY_CRD: dict[str, Any] = {
     "metadata": {"name": "workloadentries.networking.istio.io"},
     "spec": {
         "group": "networking.istio.io",
-        "names": {"kind": "WorkloadEntry", "plural": "workloadentries", "singular": "workloadentry",
-                  "listKind": "WorkloadEntryList", "shortNames": ["we"], "categories": ["istio-io"]},  # fmt: skip
+        "names": {
+            "kind": "WorkloadEntry",
+            "plural": "workloadentries",
+            "singular": "workloadentry",
+            "listKind": "WorkloadEntryList",
+            "shortNames": ["we"],
+            "categories": ["istio-io"],
+        },
         "scope": "Namespaced",
         "versions": [_version("v1", True), _version("v1beta1", False)],
     },

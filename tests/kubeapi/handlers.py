@@ -85,7 +85,7 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -126,9 +126,14 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 return protobuf.decode(raw)
             except protobuf.ProtobufError as e:
-                raise ApiError(415, f"the body of the request was in an unknown format ({ctype}): {e}") from None
+                raise ApiError(
+                    415, f"the body of the request was in an unknown format ({ctype}): {e}"
+                ) from None
         if ctype not in ("application/json", "application/yaml", "application/apply-patch+yaml", ""):
-            raise ApiError(415, f"the body of the request was in an unknown format ({ctype}) - accepted media types include: application/json, application/yaml")
+            raise ApiError(
+                415,
+                f"the body of the request was in an unknown format ({ctype}) - accepted media types include: application/json, application/yaml",
+            )
         try:
             if ctype in ("application/yaml", "application/apply-patch+yaml"):
                 return yaml.safe_load(raw)
@@ -178,7 +183,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path.startswith("/openapi/v3/"):
             gv = path.removeprefix("/openapi/v3/").split("/")
-            group, version = ("", gv[1]) if gv[0] == "api" and len(gv) == 2 else (gv[1], gv[2]) if len(gv) == 3 else ("", "")
+            group, version = (
+                ("", gv[1])
+                if gv[0] == "api" and len(gv) == 2
+                else (gv[1], gv[2])
+                if len(gv) == 3
+                else ("", "")
+            )
             doc = openapi.gv_doc(reg, group, version) if version else None
             if doc is None:
                 raise ApiError(404, "the server could not find the requested resource")
@@ -219,12 +230,25 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, "the server could not find the requested resource")
         if not t.namespaced and ns is not None:
             raise ApiError(404, "the server could not find the requested resource")
-        if sub and not (sub == "status" and t.status) and not (sub == "token" and t.resource == "serviceaccounts" and not t.group):
+        if (
+            sub
+            and not (sub == "status" and t.status)
+            and not (sub == "token" and t.resource == "serviceaccounts" and not t.group)
+        ):
             raise ApiError(404, "the server could not find the requested resource")
         self._verb(method, t, ns or "", ns, name, sub, query, raw)
 
-    def _verb(self, method: str, t: ResourceType, ns: str, ns_filter: str | None, name: str | None, sub: str,
-              query: dict[str, str], raw: bytes) -> None:  # fmt: skip
+    def _verb(
+        self,
+        method: str,
+        t: ResourceType,
+        ns: str,
+        ns_filter: str | None,
+        name: str | None,
+        sub: str,
+        query: dict[str, str],
+        raw: bytes,
+    ) -> None:
         ops = self.server.state.ops
         dry = query.get("dryRun") == "All"
         allowed = set(t.verbs)
@@ -240,11 +264,24 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if method == "DELETE" and "deletecollection" in allowed:
                 listed = ops.list(t, ns_filter, self._matcher(t, query))
-                gone = [ops.delete(t, o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in listed.items]
-                self._json(200, {"kind": f"{t.kind}List", "apiVersion": t.api_version,
-                                 "metadata": {"resourceVersion": str(ops.store.revision)}, "items": gone})  # fmt: skip
+                gone = [
+                    ops.delete(t, o["metadata"].get("namespace", ""), o["metadata"]["name"])
+                    for o in listed.items
+                ]
+                self._json(
+                    200,
+                    {
+                        "kind": f"{t.kind}List",
+                        "apiVersion": t.api_version,
+                        "metadata": {"resourceVersion": str(ops.store.revision)},
+                        "items": gone,
+                    },
+                )
                 return
-            raise ApiError(405, f"the server does not allow this method on the requested resource ({method} {t.resource})")
+            raise ApiError(
+                405,
+                f"the server does not allow this method on the requested resource ({method} {t.resource})",
+            )
         if sub == "token":
             if method != "POST":
                 raise ApiError(405, "only create (POST) is served for serviceaccounts/token")
@@ -253,19 +290,39 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and "get" in allowed:
             obj = ops.get(t, ns, name)
             if self._wants_table():
-                obj = table(t, [obj], obj["metadata"].get("resourceVersion", ""), query.get("includeObject", "Metadata"))
+                obj = table(
+                    t,
+                    [obj],
+                    obj["metadata"].get("resourceVersion", ""),
+                    query.get("includeObject", "Metadata"),
+                )
             self._json(200, obj)
         elif method == "PUT" and "update" in allowed:
             self._json(200, ops.update(t, ns, name, self._parse(raw), sub, dry))
         elif method == "PATCH" and "patch" in allowed:
             ctype = self.headers.get("Content-Type") or ""
-            self._json(200, ops.patch(t, ns, name, ctype, raw, sub, dry, query.get("fieldManager", ""),
-                                      query.get("force") == "true"))  # fmt: skip
+            self._json(
+                200,
+                ops.patch(
+                    t,
+                    ns,
+                    name,
+                    ctype,
+                    raw,
+                    sub,
+                    dry,
+                    query.get("fieldManager", ""),
+                    query.get("force") == "true",
+                ),
+            )
         elif method == "DELETE" and "delete" in allowed and not sub:
             body = self._parse(raw) if raw else None
             self._json(200, ops.delete(t, ns, name, body if isinstance(body, dict) else None, dry))
         else:
-            raise ApiError(405, f"the server does not allow this method on the requested resource ({method} {t.resource})")
+            raise ApiError(
+                405,
+                f"the server does not allow this method on the requested resource ({method} {t.resource})",
+            )
 
     def _wants_table(self) -> bool:
         accept = self.headers.get("Accept") or ""
@@ -287,17 +344,35 @@ class Handler(BaseHTTPRequestHandler):
             limit = int(query.get("limit") or 0)
         except ValueError:
             raise ApiError(400, f"invalid limit {query.get('limit')!r}") from None
-        result = ops.list(t, ns, self._matcher(t, query), query.get("resourceVersion", ""),
-                          query.get("resourceVersionMatch", ""), limit, query.get("continue", ""))  # fmt: skip
+        result = ops.list(
+            t,
+            ns,
+            self._matcher(t, query),
+            query.get("resourceVersion", ""),
+            query.get("resourceVersionMatch", ""),
+            limit,
+            query.get("continue", ""),
+        )
         if self._wants_table():
-            self._json(200, table(t, result.items, str(result.revision), query.get("includeObject", "Metadata"),
-                                  result.continue_token))  # fmt: skip
+            self._json(
+                200,
+                table(
+                    t,
+                    result.items,
+                    str(result.revision),
+                    query.get("includeObject", "Metadata"),
+                    result.continue_token,
+                ),
+            )
             return
         meta: Obj = {"resourceVersion": str(result.revision)}
         if result.continue_token:
             meta["continue"] = result.continue_token
             meta["remainingItemCount"] = result.remaining
-        self._json(200, {"kind": f"{t.kind}List", "apiVersion": t.api_version, "metadata": meta, "items": result.items})
+        self._json(
+            200,
+            {"kind": f"{t.kind}List", "apiVersion": t.api_version, "metadata": meta, "items": result.items},
+        )
 
     def _watch(self, t: ResourceType, ns: str | None, query: dict[str, str]) -> None:
         state = self.server.state
@@ -334,9 +409,16 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if as_table and ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
                 obj = ev["object"]
-                ev = {"type": ev["type"], "object": {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
-                      "metadata": {"resourceVersion": obj["metadata"].get("resourceVersion", "")},
-                      "columnDefinitions": [], "rows": [row(t, obj, include)]}}  # fmt: skip
+                ev = {
+                    "type": ev["type"],
+                    "object": {
+                        "kind": "Table",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": {"resourceVersion": obj["metadata"].get("resourceVersion", "")},
+                        "columnDefinitions": [],
+                        "rows": [row(t, obj, include)],
+                    },
+                }
             data = json.dumps(ev).encode() + b"\n"
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()

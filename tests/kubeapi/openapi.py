@@ -39,8 +39,12 @@ def gv_doc(registry: Registry, group: str, version: str) -> Doc | None:
             "responses": {"200": {"description": "OK"}},
         }
         paths[base + t.resource + "/{name}"] = {"patch": op}
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths,
-            "components": {"schemas": {}}}  # fmt: skip
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }
 
 
 def root(registry: Registry) -> Doc:
@@ -49,5 +53,7 @@ def root(registry: Registry) -> Doc:
     for group, version in gvs:
         doc = gv_doc(registry, group, version)
         digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32].upper()
-        out[_prefix(group, version)] = {"serverRelativeURL": f"/openapi/v3/{_prefix(group, version)}?hash={digest}"}
+        out[_prefix(group, version)] = {
+            "serverRelativeURL": f"/openapi/v3/{_prefix(group, version)}?hash={digest}"
+        }
     return {"paths": out}

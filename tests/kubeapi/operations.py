@@ -48,7 +48,12 @@ class ListResult:
 
 
 class Operations:
-    def __init__(self, store: Store, registry: Registry, issuer_factory: Callable[[Callable[[str, str, str], Obj | None]], TokenIssuer]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        issuer_factory: Callable[[Callable[[str, str, str], Obj | None]], TokenIssuer],
+    ) -> None:
         self.store = store
         self.registry = registry
         self.tokens = issuer_factory(self._lookup)
@@ -71,8 +76,9 @@ class Operations:
 
     def _require_namespace(self, t: ResourceType, ns: str) -> None:
         if t.namespaced and self.store.get(("", "namespaces", "", ns)) is None:
-            raise ApiError(404, f'namespaces "{ns}" not found', "NotFound",
-                           {"name": ns, "kind": "namespaces"})  # fmt: skip
+            raise ApiError(
+                404, f'namespaces "{ns}" not found', "NotFound", {"name": ns, "kind": "namespaces"}
+            )
 
     def _validate(self, t: ResourceType, obj: Any, ns: str, name_in_url: str | None) -> Obj:
         if not isinstance(obj, dict):
@@ -84,16 +90,33 @@ class Operations:
             raise invalid(t, "", [("metadata", "must be an object")])
         name = meta.get("name", "")
         if obj.get("kind") not in (None, "", t.kind):
-            raise ApiError(400, f"the kind of the body ({obj.get('kind')}) does not match the URL's ({t.kind})")
-        if obj.get("apiVersion") not in (None, "") and obj["apiVersion"].split("/")[0] != t.api_version.split("/")[0]:
-            raise ApiError(400, f"the apiVersion of the body ({obj['apiVersion']}) does not match the URL's ({t.api_version})")
+            raise ApiError(
+                400, f"the kind of the body ({obj.get('kind')}) does not match the URL's ({t.kind})"
+            )
+        if (
+            obj.get("apiVersion") not in (None, "")
+            and obj["apiVersion"].split("/")[0] != t.api_version.split("/")[0]
+        ):
+            raise ApiError(
+                400,
+                f"the apiVersion of the body ({obj['apiVersion']}) does not match the URL's ({t.api_version})",
+            )
         if name_in_url is not None and name and name != name_in_url:
-            raise ApiError(400, f"the name of the object ({name}) does not match the name on the URL ({name_in_url})")
+            raise ApiError(
+                400, f"the name of the object ({name}) does not match the name on the URL ({name_in_url})"
+            )
         if t.namespaced and meta.get("namespace") not in (None, "", ns):
-            raise ApiError(400, "the namespace of the provided object does not match the namespace sent on the request")
+            raise ApiError(
+                400, "the namespace of the provided object does not match the namespace sent on the request"
+            )
         causes: list[tuple[str, str]] = []
         if name and (not _NAME.match(name) or len(name) > 253):
-            causes.append(("metadata.name", f"Invalid value: {name!r}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'"))
+            causes.append(
+                (
+                    "metadata.name",
+                    f"Invalid value: {name!r}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'",
+                )
+            )
         for field in ("labels", "annotations"):
             value = meta.get(field)
             if value is None:
@@ -103,7 +126,12 @@ class Operations:
             elif field == "labels":
                 for k, v in value.items():
                     if not _LABEL_VALUE.match(v) or len(v) > 63:
-                        causes.append((f"metadata.labels.{k}", f"Invalid value: {v!r}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'"))
+                        causes.append(
+                            (
+                                f"metadata.labels.{k}",
+                                f"Invalid value: {v!r}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'",
+                            )
+                        )
         causes += self._kind_rules(t, obj)
         if causes:
             raise invalid(t, name, causes)
@@ -130,7 +158,12 @@ class Operations:
             for i, p in enumerate(spec.get("ports") or []):
                 port = p.get("port") if isinstance(p, dict) else None
                 if not isinstance(port, int) or not 0 < port < 65536:
-                    causes.append((f"spec.ports[{i}].port", f"Invalid value: {port!r}: must be between 1 and 65535, inclusive"))
+                    causes.append(
+                        (
+                            f"spec.ports[{i}].port",
+                            f"Invalid value: {port!r}: must be between 1 and 65535, inclusive",
+                        )
+                    )
         elif t.kind == "EndpointSlice":
             if obj.get("addressType") not in ("IPv4", "IPv6", "FQDN"):
                 causes.append(("addressType", 'Unsupported value: supported values: "FQDN", "IPv4", "IPv6"'))
@@ -150,7 +183,12 @@ class Operations:
                 causes.append(("spec.versions", "Required value"))
             want = f"{names.get('plural')}.{spec.get('group')}"
             if obj["metadata"].get("name") != want:
-                causes.append(("metadata.name", f"Invalid value: {obj['metadata'].get('name')!r}: must be spec.names.plural+\".\"+spec.group ({want})"))
+                causes.append(
+                    (
+                        "metadata.name",
+                        f'Invalid value: {obj["metadata"].get("name")!r}: must be spec.names.plural+"."+spec.group ({want})',
+                    )
+                )
         elif t.kind == "Lease" and isinstance(spec, dict):
             d = spec.get("leaseDurationSeconds")
             if d is not None and (not isinstance(d, int) or d <= 0):
@@ -172,8 +210,16 @@ class Operations:
             raise not_found(t, name)
         return self.present(t, obj)
 
-    def list(self, t: ResourceType, ns: str | None, match: Callable[[Obj], bool], rv: str = "",
-             rv_match: str = "", limit: int = 0, cont: str = "") -> ListResult:  # fmt: skip
+    def list(
+        self,
+        t: ResourceType,
+        ns: str | None,
+        match: Callable[[Obj], bool],
+        rv: str = "",
+        rv_match: str = "",
+        limit: int = 0,
+        cont: str = "",
+    ) -> ListResult:
         at: int | None = None
         start: tuple[str, str] | None = None
         if cont:
@@ -187,14 +233,24 @@ class Operations:
             if rv_match == "Exact":
                 at = want
             if want > self.store.revision:
-                raise ApiError(504, f"Too large resource version: {want}, current: {self.store.revision}", "Timeout",
-                               {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]})  # fmt: skip
+                raise ApiError(
+                    504,
+                    f"Too large resource version: {want}, current: {self.store.revision}",
+                    "Timeout",
+                    {
+                        "causes": [
+                            {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+                        ]
+                    },
+                )
         try:
             objs, revision = self.store.list(t.group, t.resource, ns if t.namespaced else None, at)
         except Expired as e:
             if cont:
-                raise expired("The provided continue parameter is too old to display a consistent list result. "
-                              "You can start a new list without the continue parameter.") from None  # fmt: skip
+                raise expired(
+                    "The provided continue parameter is too old to display a consistent list result. "
+                    "You can start a new list without the continue parameter."
+                ) from None
             raise expired(f"too old resource version: {e.requested} ({e.compacted})") from None
         items = [self.present(t, o) for o in objs if match(o)]
         if start is not None:
@@ -214,7 +270,9 @@ class Operations:
         if not meta.get("name"):
             if not meta.get("generateName"):
                 raise invalid(t, "", [("metadata.name", "Required value: name or generateName is required")])
-            meta["name"] = meta["generateName"] + "".join(secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
+            meta["name"] = meta["generateName"] + "".join(
+                secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5)
+            )
         name = meta["name"]
         self._require_namespace(t, ns)
         obj = self._schema(t, obj)
@@ -239,9 +297,16 @@ class Operations:
                 stored = self._crd_established(stored)
             if (t.group, t.resource) == _NS:
                 # The service account controller's part: every namespace gets a ServiceAccount "default".
-                sa = {"apiVersion": "v1", "kind": "ServiceAccount",
-                      "metadata": {"name": "default", "namespace": name, "uid": str(uuid.uuid4()),
-                                   "creationTimestamp": now_rfc3339()}}  # fmt: skip
+                sa = {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {
+                        "name": "default",
+                        "namespace": name,
+                        "uid": str(uuid.uuid4()),
+                        "creationTimestamp": now_rfc3339(),
+                    },
+                }
                 self.store.put(("", "serviceaccounts", name, "default"), sa)
         return self.present(t, stored)
 
@@ -277,15 +342,29 @@ class Operations:
             "acceptedNames": crd["spec"]["names"],
             "storedVersions": [v["name"] for v in crd["spec"]["versions"] if v.get("storage")],
             "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-                 "message": "no conflicts found", "lastTransitionTime": now},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                 "message": "the initial names have been accepted", "lastTransitionTime": now},
+                {
+                    "type": "NamesAccepted",
+                    "status": "True",
+                    "reason": "NoConflicts",
+                    "message": "no conflicts found",
+                    "lastTransitionTime": now,
+                },
+                {
+                    "type": "Established",
+                    "status": "True",
+                    "reason": "InitialNamesAccepted",
+                    "message": "the initial names have been accepted",
+                    "lastTransitionTime": now,
+                },
             ],
-        }  # fmt: skip
-        return self.store.put(("apiextensions.k8s.io", "customresourcedefinitions", "", crd["metadata"]["name"]), crd)
+        }
+        return self.store.put(
+            ("apiextensions.k8s.io", "customresourcedefinitions", "", crd["metadata"]["name"]), crd
+        )
 
-    def update(self, t: ResourceType, ns: str, name: str, body: Any, subresource: str = "", dry_run: bool = False) -> Obj:
+    def update(
+        self, t: ResourceType, ns: str, name: str, body: Any, subresource: str = "", dry_run: bool = False
+    ) -> Obj:
         new = self._validate(t, copy.deepcopy(body), ns, name)
         new["metadata"]["name"] = name
         with self.store.cond:
@@ -315,7 +394,14 @@ class Operations:
                 else:
                     new.pop("status", None)
         meta, old_meta = new["metadata"], old["metadata"]
-        for f in ("uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace"):
+        for f in (
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "namespace",
+        ):
             if f in old_meta:
                 meta[f] = old_meta[f]
             else:
@@ -337,8 +423,18 @@ class Operations:
             stored = self._crd_established(stored)
         return self.present(t, stored)
 
-    def patch(self, t: ResourceType, ns: str, name: str, content_type: str, raw: bytes, subresource: str = "",
-              dry_run: bool = False, field_manager: str = "", force: bool = False) -> Obj:  # fmt: skip
+    def patch(
+        self,
+        t: ResourceType,
+        ns: str,
+        name: str,
+        content_type: str,
+        raw: bytes,
+        subresource: str = "",
+        dry_run: bool = False,
+        field_manager: str = "",
+        force: bool = False,
+    ) -> Obj:
         ctype = content_type.split(";")[0].strip()
         try:
             if ctype == "application/apply-patch+yaml":
@@ -354,7 +450,10 @@ class Operations:
             if old is None:
                 if ctype == "application/apply-patch+yaml":
                     if not field_manager:
-                        raise ApiError(400, "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch")
+                        raise ApiError(
+                            400,
+                            'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch',
+                        )
                     if isinstance(body, dict):
                         body.setdefault("metadata", {}).setdefault("name", name)
                     return self.create(t, ns, body, dry_run)
@@ -367,16 +466,27 @@ class Operations:
                     new = patches.merge_patch(old, body)
                 elif ctype == "application/strategic-merge-patch+json":
                     if t.crd:
-                        raise ApiError(415, f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
+                        raise ApiError(
+                            415,
+                            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                        )
                     new = patches.strategic_merge(old, body)
                 elif ctype == "application/apply-patch+yaml":
                     if not field_manager:
-                        raise ApiError(400, "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch")
+                        raise ApiError(
+                            400,
+                            'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch',
+                        )
                     new = patches.merge_patch(old, body)
                 else:
-                    raise ApiError(415, f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json")
+                    raise ApiError(
+                        415,
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json",
+                    )
             except patches.PatchError as e:
-                raise ApiError(422, f"the server rejected our request due to an error in our request: {e}") from None
+                raise ApiError(
+                    422, f"the server rejected our request due to an error in our request: {e}"
+                ) from None
             if not isinstance(new, dict):
                 raise ApiError(422, "the patch does not leave an object")
             rv = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
@@ -385,7 +495,9 @@ class Operations:
             new = self._validate(t, new, ns, name)
             return self._write(t, ns, old, new, subresource, dry_run)
 
-    def delete(self, t: ResourceType, ns: str, name: str, options: Obj | None = None, dry_run: bool = False) -> Obj:
+    def delete(
+        self, t: ResourceType, ns: str, name: str, options: Obj | None = None, dry_run: bool = False
+    ) -> Obj:
         options = options or {}
         pre = options.get("preconditions") or {}
         key = self.key(t, ns, name)
@@ -394,9 +506,17 @@ class Operations:
             if old is None:
                 raise not_found(t, name)
             if pre.get("uid") and pre["uid"] != old["metadata"]["uid"]:
-                raise ApiError(409, f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {old['metadata']['uid']}", "Conflict")
+                raise ApiError(
+                    409,
+                    f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {old['metadata']['uid']}",
+                    "Conflict",
+                )
             if pre.get("resourceVersion") and pre["resourceVersion"] != old["metadata"]["resourceVersion"]:
-                raise ApiError(409, f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, ResourceVersion in object meta: {old['metadata']['resourceVersion']}", "Conflict")
+                raise ApiError(
+                    409,
+                    f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, ResourceVersion in object meta: {old['metadata']['resourceVersion']}",
+                    "Conflict",
+                )
             if dry_run:
                 return self.present(t, old)
             if old["metadata"].get("finalizers"):
@@ -429,35 +549,62 @@ class Operations:
     def token_review(self, body: Any) -> Obj:
         spec = body.get("spec") if isinstance(body, dict) else None
         if not isinstance(spec, dict) or not isinstance(spec.get("token"), str) or not spec["token"]:
-            raise ApiError(422, 'TokenReview.authentication.k8s.io "" is invalid: spec.token: Required value', "Invalid")
+            raise ApiError(
+                422, 'TokenReview.authentication.k8s.io "" is invalid: spec.token: Required value', "Invalid"
+            )
         result = self.tokens.review(spec["token"], spec.get("audiences") or None)
-        return {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "metadata": {"creationTimestamp": None},
-                "spec": spec, "status": result.status()}  # fmt: skip
+        return {
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": result.status(),
+        }
 
     def token_request(self, ns: str, sa_name: str, body: Any) -> Obj:
         sa = self.store.get(("", "serviceaccounts", ns, sa_name))
         if sa is None:
-            raise ApiError(404, f'serviceaccounts "{sa_name}" not found', "NotFound", {"name": sa_name, "kind": "serviceaccounts"})
+            raise ApiError(
+                404,
+                f'serviceaccounts "{sa_name}" not found',
+                "NotFound",
+                {"name": sa_name, "kind": "serviceaccounts"},
+            )
         spec = (body or {}).get("spec") or {}
         exp = spec.get("expirationSeconds", 3600)
         if not isinstance(exp, int) or exp < 600:
-            raise ApiError(422, f'TokenRequest.authentication.k8s.io "{sa_name}" is invalid: spec.expirationSeconds: Invalid value: {exp!r}: may not specify a duration less than 10 minutes', "Invalid")
+            raise ApiError(
+                422,
+                f'TokenRequest.authentication.k8s.io "{sa_name}" is invalid: spec.expirationSeconds: Invalid value: {exp!r}: may not specify a duration less than 10 minutes',
+                "Invalid",
+            )
         pod = None
         ref = spec.get("boundObjectRef")
         if ref:
             if ref.get("kind") != "Pod":
-                raise ApiError(422, f'TokenRequest.authentication.k8s.io "{sa_name}" is invalid: spec.boundObjectRef.kind: Unsupported value: {ref.get("kind")!r} (this test server binds Pods only)', "Invalid")
+                raise ApiError(
+                    422,
+                    f'TokenRequest.authentication.k8s.io "{sa_name}" is invalid: spec.boundObjectRef.kind: Unsupported value: {ref.get("kind")!r} (this test server binds Pods only)',
+                    "Invalid",
+                )
             pod = self.store.get(("", "pods", ns, ref.get("name", "")))
             if pod is None or (ref.get("uid") and ref["uid"] != pod["metadata"]["uid"]):
                 raise ApiError(404, f'pods "{ref.get("name")}" not found', "NotFound")
         token, expires = self.tokens.mint(sa, list(spec.get("audiences") or []), exp, pod)
-        out_spec = dict(spec, expirationSeconds=exp, audiences=list(spec.get("audiences") or self.tokens.audiences))
+        out_spec = dict(
+            spec, expirationSeconds=exp, audiences=list(spec.get("audiences") or self.tokens.audiences)
+        )
         return {
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
             "metadata": {"name": sa_name, "namespace": ns, "creationTimestamp": None},
             "spec": out_spec,
-            "status": {"token": token, "expirationTimestamp": dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "status": {
+                "token": token,
+                "expirationTimestamp": dt.datetime.fromtimestamp(expires, dt.UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                ),
+            },
         }
 
 

@@ -78,7 +78,8 @@ def decode(body: bytes) -> dict[str, Any]:
     if not body.startswith(MAGIC):
         raise ProtobufError("no k8s protobuf magic prefix")
     unknown = dict(fields(body[len(MAGIC) :]))
-    type_meta = dict(fields(unknown.get(1, b""))) if isinstance(unknown.get(1), bytes) else {}
+    tm = unknown.get(1, b"")
+    type_meta = dict(fields(tm)) if isinstance(tm, bytes) else {}
     api_version, kind = _str(type_meta.get(1, b"")), _str(type_meta.get(2, b""))
     raw = unknown.get(2, b"")
     if not isinstance(raw, bytes):
@@ -102,7 +103,9 @@ def decode(body: bytes) -> dict[str, Any]:
                         spec["expirationSeconds"] = sv
                     elif snum == 3 and isinstance(sv, bytes):
                         ref_names = {1: "kind", 2: "apiVersion", 3: "name", 4: "uid"}
-                        spec["boundObjectRef"] = {ref_names[n]: _str(x) for n, x in fields(sv) if n in ref_names}
+                        spec["boundObjectRef"] = {
+                            ref_names[n]: _str(x) for n, x in fields(sv) if n in ref_names
+                        }
         obj["spec"] = spec
         return obj
     raise ProtobufError(f"protobuf bodies of kind {kind!r} are not understood by this test server; send JSON")

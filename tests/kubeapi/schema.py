@@ -35,7 +35,9 @@ def check(value: Any, schema: Schema, path: str, errors: list[tuple[str, str]]) 
         if typ in ("integer", "number") and isinstance(value, bool):
             ok = False
         if not ok:
-            errors.append((path, f'Invalid value: "{type(value).__name__}": {path} in body must be of type {typ}'))
+            errors.append(
+                (path, f'Invalid value: "{type(value).__name__}": {path} in body must be of type {typ}')
+            )
             return value
     if "enum" in schema and value not in schema["enum"]:
         errors.append((path, f"Unsupported value: {value!r}: supported values: {schema['enum']}"))
@@ -48,9 +50,13 @@ def check(value: Any, schema: Schema, path: str, errors: list[tuple[str, str]]) 
             errors.append((path, f"Invalid value: should be at least {schema['minLength']} chars long"))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
-            errors.append((path, f"Invalid value: {value}: should be greater than or equal to {schema['minimum']}"))
+            errors.append(
+                (path, f"Invalid value: {value}: should be greater than or equal to {schema['minimum']}")
+            )
         if "maximum" in schema and value > schema["maximum"]:
-            errors.append((path, f"Invalid value: {value}: should be less than or equal to {schema['maximum']}"))
+            errors.append(
+                (path, f"Invalid value: {value}: should be less than or equal to {schema['maximum']}")
+            )
     if isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             errors.append((path, f"Too many: {len(value)}: must have at most {schema['maxItems']} items"))
@@ -80,16 +86,21 @@ def check(value: Any, schema: Schema, path: str, errors: list[tuple[str, str]]) 
     return value
 
 
-def check_custom_resource(obj: dict[str, Any], schema: Schema | None) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+def check_custom_resource(
+    obj: dict[str, Any], schema: Schema | None
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Validate and prune everything but apiVersion/kind/metadata (which the server checks itself)."""
     if not schema:
         return obj, []
     errors: list[tuple[str, str]] = []
     props = schema.get("properties") or {}
-    out = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
+    out: dict[str, Any] = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
     body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
-    top = dict(schema, properties={k: v for k, v in props.items() if k not in ("apiVersion", "kind", "metadata")},
-               required=[r for r in schema.get("required") or [] if r not in ("apiVersion", "kind", "metadata")])  # fmt: skip
+    top = dict(
+        schema,
+        properties={k: v for k, v in props.items() if k not in ("apiVersion", "kind", "metadata")},
+        required=[r for r in schema.get("required") or [] if r not in ("apiVersion", "kind", "metadata")],
+    )
     checked = check(body, top, "", errors)
     out.update(checked)
     return out, [(f.lstrip("."), m) for f, m in errors]

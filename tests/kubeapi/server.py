@@ -39,9 +39,18 @@ class KubeApiServer:
     each with a ServiceAccount ``default``, as in a new cluster.
     """
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int = 0, *, cert: Path | None = None,
-                 key: Path | None = None, client_ca: Path | None = None, bookmark_interval: float = 1.0,
-                 max_watch_seconds: float = 1800.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        workdir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        cert: Path | None = None,
+        key: Path | None = None,
+        client_ca: Path | None = None,
+        bookmark_interval: float = 1.0,
+        max_watch_seconds: float = 1800.0,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.ca = CertAuthority()
@@ -49,8 +58,11 @@ class KubeApiServer:
         if cert and key:
             self.cert_path, self.key_path = cert, key
         else:
-            pair = self.ca.issue("kube-apiserver", hosts=(host, "localhost", "127.0.0.1", "kubernetes.default.svc"),
-                                 server=True)  # fmt: skip
+            pair = self.ca.issue(
+                "kube-apiserver",
+                hosts=(host, "localhost", "127.0.0.1", "kubernetes.default.svc"),
+                server=True,
+            )
             self.cert_path = _write(workdir / "apiserver.crt", pair.cert_pem, 0o644)
             self.key_path = _write(workdir / "apiserver.key", pair.key_pem)
         self.store = Store()
@@ -99,8 +111,14 @@ class KubeApiServer:
     def client_cert(self, user: str = "kubernetes-admin", group: str = "system:masters") -> Pair:
         return self.ca.issue(user, org=group)
 
-    def kubeconfig(self, path: Path | None = None, *, auth: str = "cert", token: str | None = None,
-                   namespace: str = "default") -> Path:  # fmt: skip
+    def kubeconfig(
+        self,
+        path: Path | None = None,
+        *,
+        auth: str = "cert",
+        token: str | None = None,
+        namespace: str = "default",
+    ) -> Path:
         """Writes a kubeconfig for this server (auth "cert": an admin client certificate; "token": a bearer
         token, the admin's unless ``token`` is given) and returns its path."""
         path = path or self.workdir / f"kubeconfig-{auth}"
@@ -117,9 +135,13 @@ class KubeApiServer:
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "test", "cluster": {"server": self.url, "certificate-authority": str(self.ca_path)}}],
+            "clusters": [
+                {"name": "test", "cluster": {"server": self.url, "certificate-authority": str(self.ca_path)}}
+            ],
             "users": [{"name": "test-user", "user": user}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test-user", "namespace": namespace}}],
+            "contexts": [
+                {"name": "test", "context": {"cluster": "test", "user": "test-user", "namespace": namespace}}
+            ],
             "current-context": "test",
         }
         return _write(path, yaml.safe_dump(doc).encode())
@@ -167,15 +189,27 @@ class KubeApiServer:
     def update(self, obj: Obj, subresource: str = "") -> Obj:
         t = self._type(obj)
         meta = obj["metadata"]
-        return self.ops.update(t, meta.get("namespace", "") if t.namespaced else "", meta["name"], obj, subresource)
+        return self.ops.update(
+            t, meta.get("namespace", "") if t.namespaced else "", meta["name"], obj, subresource
+        )
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str = "") -> Obj:
         t = self._type({"apiVersion": api_version, "kind": kind})
         return self.ops.delete(t, namespace if t.namespaced else "", name)
 
-    def token(self, namespace: str, service_account: str, audiences: list[str] | None = None,
-              expires_in: int = 3600, pod: str | None = None) -> str:  # fmt: skip
+    def token(
+        self,
+        namespace: str,
+        service_account: str,
+        audiences: list[str] | None = None,
+        expires_in: int = 3600,
+        pod: str | None = None,
+    ) -> str:
         """A ServiceAccount token as TokenRequest mints it, but any lifetime (tests of expiry need seconds)."""
-        sa = self.ops.get(self._type({"apiVersion": "v1", "kind": "ServiceAccount"}), namespace, service_account)
-        pod_obj = self.ops.get(self._type({"apiVersion": "v1", "kind": "Pod"}), namespace, pod) if pod else None
+        sa = self.ops.get(
+            self._type({"apiVersion": "v1", "kind": "ServiceAccount"}), namespace, service_account
+        )
+        pod_obj = (
+            self.ops.get(self._type({"apiVersion": "v1", "kind": "Pod"}), namespace, pod) if pod else None
+        )
         return self.ops.tokens.mint(sa, audiences or [], expires_in, pod_obj)[0]

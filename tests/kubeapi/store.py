@@ -9,6 +9,7 @@ older revision. ``compact()`` drops the log up to a revision: resuming from an o
 
 from __future__ import annotations
 
+import builtins
 import copy
 import threading
 from dataclasses import dataclass
@@ -54,7 +55,9 @@ class Store:
             obj = self._objects.get(key)
             return copy.deepcopy(obj) if obj is not None else None
 
-    def list(self, group: str, resource: str, namespace: str | None, at: int | None = None) -> tuple[list[Obj], int]:
+    def list(
+        self, group: str, resource: str, namespace: str | None, at: int | None = None
+    ) -> tuple[list[Obj], int]:
         """Objects of one resource (in one namespace, or all when None), sorted by key, and the revision read.
 
         ``at`` reads as of an older revision, rebuilt from the log; Expired if it was compacted."""
@@ -80,7 +83,7 @@ class Store:
             ]
             return out, rev
 
-    def events_after(self, revision: int) -> list[Event]:
+    def events_after(self, revision: int) -> builtins.list[Event]:
         """Events with a revision above ``revision``; Expired when some of them were compacted."""
         with self.cond:
             if revision < self.compacted:
@@ -120,7 +123,7 @@ class Store:
             self.cond.notify_all()
             return copy.deepcopy(last)
 
-    def keys(self, group: str, resource: str, namespace: str | None = None) -> list[Key]:
+    def keys(self, group: str, resource: str, namespace: str | None = None) -> builtins.list[Key]:
         with self.cond:
             return [
                 k

@@ -39,18 +39,28 @@ def _jsonpath(obj: Any, path: str) -> Any:
 
 
 def columns(t: ResourceType) -> list[Obj]:
-    cols = [{"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0}]
+    cols = [
+        {
+            "name": "Name",
+            "type": "string",
+            "format": "name",
+            "description": "Name of the object",
+            "priority": 0,
+        }
+    ]
     for name, typ, _ in t.columns:
         cols.append({"name": name, "type": typ, "format": "", "description": "", "priority": 0})
     if not any(c[0] == "Age" for c in t.columns):
-        cols.append({"name": "Age", "type": "string", "format": "", "description": "Age of the object", "priority": 0})
+        cols.append(
+            {"name": "Age", "type": "string", "format": "", "description": "Age of the object", "priority": 0}
+        )
     return cols
 
 
 def row(t: ResourceType, obj: Obj, include: str) -> Obj:
     meta = obj.get("metadata", {})
     cells: list[Any] = [meta.get("name", "")]
-    for name, typ, path in t.columns:
+    for _name, typ, path in t.columns:
         value = _jsonpath(obj, path)
         if typ == "date":
             value = _age(value) if isinstance(value, str) else "<unknown>"
@@ -69,5 +79,10 @@ def table(t: ResourceType, objs: list[Obj], resource_version: str, include: str,
     meta: Obj = {"resourceVersion": resource_version}
     if cont:
         meta["continue"] = cont
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": columns(t),
-            "rows": [row(t, o, include) for o in objs]}  # fmt: skip
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta,
+        "columnDefinitions": columns(t),
+        "rows": [row(t, o, include) for o in objs],
+    }

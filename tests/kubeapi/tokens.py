@@ -55,7 +55,9 @@ Lookup = Callable[[str, str, str], Obj | None]
 
 
 class TokenIssuer:
-    def __init__(self, lookup: Lookup, issuer: str = ISSUER, audiences: tuple[str, ...] = (DEFAULT_AUDIENCE,)) -> None:
+    def __init__(
+        self, lookup: Lookup, issuer: str = ISSUER, audiences: tuple[str, ...] = (DEFAULT_AUDIENCE,)
+    ) -> None:
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._lookup = lookup
         self.issuer = issuer
@@ -87,8 +89,13 @@ class TokenIssuer:
     def review(self, token: str, audiences: list[str] | None = None) -> Reviewed:
         wanted = audiences or list(self.audiences)
         try:
-            claims = jwt.decode(token, self._key.public_key(), algorithms=["RS256"], issuer=self.issuer,
-                                options={"verify_aud": False, "require": ["exp", "sub", "aud"]})  # fmt: skip
+            claims = jwt.decode(
+                token,
+                self._key.public_key(),
+                algorithms=["RS256"],
+                issuer=self.issuer,
+                options={"verify_aud": False, "require": ["exp", "sub", "aud"]},
+            )
         except jwt.ExpiredSignatureError:
             return Reviewed(False, "[invalid bearer token, service account token has expired]")
         except jwt.InvalidTokenError as e:
@@ -96,20 +103,33 @@ class TokenIssuer:
         aud = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
         common = [a for a in wanted if a in aud]
         if not common:
-            return Reviewed(False, "[invalid bearer token, token audiences " + repr(aud) + " is invalid for the target audiences " + repr(wanted) + "]")
+            return Reviewed(
+                False,
+                "[invalid bearer token, token audiences "
+                + repr(aud)
+                + " is invalid for the target audiences "
+                + repr(wanted)
+                + "]",
+            )
         k8s = claims.get("kubernetes.io") or {}
         ns, sa_ref = k8s.get("namespace", ""), k8s.get("serviceaccount") or {}
         sa = self._lookup("serviceaccounts", ns, sa_ref.get("name", ""))
         if sa is None or sa["metadata"]["uid"] != sa_ref.get("uid"):
-            return Reviewed(False, f"[invalid bearer token, service account {ns}/{sa_ref.get('name')} has been deleted]")
+            return Reviewed(
+                False, f"[invalid bearer token, service account {ns}/{sa_ref.get('name')} has been deleted]"
+            )
         extra = [("authentication.kubernetes.io/credential-id", f"JTI={claims.get('jti', '')}")]
         pod_ref = k8s.get("pod")
         if pod_ref:
             pod = self._lookup("pods", ns, pod_ref.get("name", ""))
             if pod is None or pod["metadata"]["uid"] != pod_ref.get("uid"):
-                return Reviewed(False, f"[invalid bearer token, pod {ns}/{pod_ref.get('name')} has been deleted]")
-            extra += [("authentication.kubernetes.io/pod-name", pod_ref["name"]),
-                      ("authentication.kubernetes.io/pod-uid", pod_ref["uid"])]  # fmt: skip
+                return Reviewed(
+                    False, f"[invalid bearer token, pod {ns}/{pod_ref.get('name')} has been deleted]"
+                )
+            extra += [
+                ("authentication.kubernetes.io/pod-name", pod_ref["name"]),
+                ("authentication.kubernetes.io/pod-uid", pod_ref["uid"]),
+            ]
         return Reviewed(
             True,
             username=claims["sub"],

@@ -78,7 +78,11 @@ def stream(ops: Operations, req: WatchRequest) -> Iterator[Obj]:
         try:
             pos = int(rv)
         except ValueError:
-            yield {"type": "ERROR", "object": expired(f"invalid resource version {rv!r}").status() | {"code": 400, "reason": "BadRequest"}}
+            yield {
+                "type": "ERROR",
+                "object": expired(f"invalid resource version {rv!r}").status()
+                | {"code": 400, "reason": "BadRequest"},
+            }
             return
     next_bookmark = time.monotonic() + req.bookmark_interval
     while True:

@@ -95,6 +95,7 @@ class KubeApiServer:
         self._http.serve_forever()
 
     def stop(self) -> None:
+        self.store.end_watches()  # wakes the watch threads, which then cut their connections
         self._http.shutdown()
         self._http.close_connections()
         self._http.server_close()

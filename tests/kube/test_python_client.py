@@ -188,7 +188,7 @@ def test_watch_resumes_gets_bookmarks_and_410_after_compaction(
     assert seen == [("ADDED", "b"), ("DELETED", "a")]
     assert bookmarks == 1
     resume = w.resource_version  # the bookmark's revision: everything up to it was delivered
-    assert int(resume) >= kube_api.revision - 0
+    assert int(resume) == kube_api.revision
 
     # Resuming from the bookmark after a change sees only the change.
     core.patch_namespaced_config_map("b", "default", {"data": {"k": "1"}})
@@ -307,3 +307,44 @@ def test_leases_take_over_with_preconditions(kube_client: client.ApiClient) -> N
         == taken.spec.holder_identity
         == "b"
     )
+
+
+def test_webhook_configurations_and_namespaces(kube_client: client.ApiClient) -> None:
+    adm = client.AdmissionregistrationV1Api(kube_client)
+    hook = {
+        "metadata": {"name": "vmagent-injector"},
+        "webhooks": [
+            {
+                "name": "inject.vmagent.io",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "clientConfig": {
+                    "service": {"name": "vmagent-cp", "namespace": "vmagent", "path": "/inject"}
+                },
+            }
+        ],
+    }
+    adm.create_mutating_webhook_configuration(hook)
+    stored = adm.read_mutating_webhook_configuration("vmagent-injector")
+    assert stored.webhooks[0].client_config.service.path == "/inject"
+    core = client.CoreV1Api(kube_client)
+    core.create_namespace({"metadata": {"name": "gone"}})
+    assert core.read_namespaced_service_account("default", "gone").metadata.uid  # as the SA controller makes
+    core.create_namespaced_config_map("gone", _cm("x"))
+    core.delete_namespace("gone")
+    assert [
+        c.metadata.name
+        for c in core.list_config_map_for_all_namespaces(field_selector="metadata.namespace=gone").items
+    ] == []
+
+
+def test_product_never_imports_the_test_server() -> None:
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "vmagent"
+    offenders = [
+        str(p)
+        for p in root.rglob("*.py")
+        if "tests.kubeapi" in p.read_text() or "tests/kubeapi" in p.read_text()
+    ]
+    assert offenders == []

@@ -33,10 +33,6 @@ class ResourceType:
     def singular(self) -> str:
         return self.kind.lower()
 
-    @property
-    def storage_group(self) -> str:
-        return self.group
-
 
 def _t(group: str, version: str, resource: str, kind: str, namespaced: bool, **kw: Any) -> ResourceType:
     return ResourceType(group, version, resource, kind, namespaced, **kw)

@@ -13,10 +13,15 @@ import requests
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from tests.kubeapi.certs import CertAuthority
+
 
 def test_server_process_and_hooks(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.kubeapi", "--workdir", str(tmp_path), "--token", "t0ken"],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.kubeapi", "--workdir", str(tmp_path), "--token", "t0ken"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
@@ -46,6 +51,37 @@ def test_server_process_and_hooks(tmp_path: Path) -> None:
             == 200
         )
         assert requests.post(f"{info['url']}/_test/compact", verify=info["ca"], timeout=30).status_code == 401
+        api.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_server_process_with_given_certificate(tmp_path: Path) -> None:
+    ca = CertAuthority("given-ca")
+    pair = ca.issue("apiserver", hosts=("127.0.0.1",), server=True)
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    (tmp_path / "tls.crt").write_bytes(pair.cert_pem)
+    (tmp_path / "tls.key").write_bytes(pair.key_pem)
+    args = [
+        "--port",
+        "0",
+        "--cert",
+        str(tmp_path / "tls.crt"),
+        "--key",
+        str(tmp_path / "tls.key"),
+        "--cert-ca",
+        str(tmp_path / "ca.pem"),
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.kubeapi", *args], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert info["ca"] == str(tmp_path / "ca.pem")
+        api = config.new_client_from_config(config_file=info["kubeconfig"])
+        assert client.VersionApi(api).get_code().git_version.startswith("v1.32")
         api.close()
     finally:
         proc.terminate()

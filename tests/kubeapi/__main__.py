@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         "--cert", type=Path, help="serving certificate PEM (default: generated, signed by the server's CA)"
     )
     p.add_argument("--key", type=Path, help="key of --cert")
+    p.add_argument(
+        "--cert-ca", type=Path, help="CA certificate that signed --cert (written into the kubeconfigs)"
+    )
     p.add_argument("--client-ca", type=Path, help="also accept client certificates signed by this CA")
     p.add_argument(
         "--workdir", type=Path, help="where to write ca.crt and kubeconfigs (default: a new temp dir)"
@@ -34,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token", help="also accept this bearer token as the admin user")
     p.add_argument("--bookmark-interval", type=float, default=1.0, help="seconds between watch BOOKMARKs")
     args = p.parse_args(argv)
-    if bool(args.cert) != bool(args.key):
-        p.error("--cert and --key go together")
+    if not (bool(args.cert) == bool(args.key) == bool(args.cert_ca)):
+        p.error("--cert, --key and --cert-ca go together")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kubeapi-"))
     server = KubeApiServer(
         workdir,
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         args.port,
         cert=args.cert,
         key=args.key,
+        cert_ca=args.cert_ca,
         client_ca=args.client_ca,
         bookmark_interval=args.bookmark_interval,
     )

@@ -34,8 +34,8 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
 class KubeApiServer:
     """Serves on ``host:port`` (0: any free port) over HTTPS, certificates and kubeconfigs under ``workdir``.
 
-    ``cert``/``key`` replace the generated serving certificate; ``client_ca`` adds a CA whose client
-    certificates are accepted. The namespaces default, kube-system and kube-public exist from the start,
+    ``cert``/``key`` replace the generated serving certificate and ``cert_ca`` is then the CA that clients
+    trust (written into kubeconfigs); ``client_ca`` adds a CA whose client certificates are accepted. The namespaces default, kube-system and kube-public exist from the start,
     each with a ServiceAccount ``default``, as in a new cluster.
     """
 
@@ -47,6 +47,7 @@ class KubeApiServer:
         *,
         cert: Path | None = None,
         key: Path | None = None,
+        cert_ca: Path | None = None,
         client_ca: Path | None = None,
         bookmark_interval: float = 1.0,
         max_watch_seconds: float = 1800.0,
@@ -56,7 +57,11 @@ class KubeApiServer:
         self.ca = CertAuthority()
         self.ca_path = _write(workdir / "ca.crt", self.ca.cert_pem, 0o644)
         if cert and key:
-            self.cert_path, self.key_path = cert, key
+            if cert_ca is None:
+                raise ValueError(
+                    "a serving certificate (cert/key) needs cert_ca, the CA clients should trust"
+                )
+            self.cert_path, self.key_path, self.ca_path = cert, key, cert_ca
         else:
             pair = self.ca.issue(
                 "kube-apiserver",

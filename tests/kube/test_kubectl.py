@@ -178,3 +178,27 @@ def test_create_token(kube_api: KubeApiServer) -> None:
         and review["status"]["user"]["username"] == "system:serviceaccount:default:web"
     )
     assert json.loads(ok(kc, "get", "sa", "web", "-o", "json"))["metadata"]["name"] == "web"
+
+
+def test_unknown_fields_refused_with_strict_validation(kube_api: KubeApiServer, tmp_path: Path) -> None:
+    kc = kube_api.kubeconfig()
+    kube_api.create(WORKLOADENTRY_CRD)
+    we = tmp_path / "we.yaml"
+    we.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "WorkloadEntry",
+                "metadata": {"name": "vm-2"},
+                "spec": {"address": "10.1.0.7", "adress": "typo"},
+            }
+        )
+    )
+    r = kubectl(kc, "apply", "-f", str(we))  # kubectl's default --validate=strict: the server refuses
+    assert r.returncode != 0 and 'unknown field "spec.adress"' in r.stderr
+    ok(
+        kc, "apply", "--validate=false", "-f", str(we)
+    )  # without it the field is pruned, as a real server does
+    assert kube_api.get("networking.istio.io/v1", "WorkloadEntry", "vm-2", "default")["spec"] == {
+        "address": "10.1.0.7"
+    }

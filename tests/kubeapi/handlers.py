@@ -251,6 +251,7 @@ class Handler(BaseHTTPRequestHandler):
     ) -> None:
         ops = self.server.state.ops
         dry = query.get("dryRun") == "All"
+        strict = query.get("fieldValidation") == "Strict"
         allowed = set(t.verbs)
         if name is None:
             if method == "GET":
@@ -260,7 +261,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._list(t, ns_filter, query)
                 return
             if method == "POST" and "create" in allowed:
-                self._json(201, ops.create(t, ns, self._parse(raw), dry))
+                self._json(201, ops.create(t, ns, self._parse(raw), dry, strict))
                 return
             if method == "DELETE" and "deletecollection" in allowed:
                 listed = ops.list(t, ns_filter, self._matcher(t, query))
@@ -298,7 +299,7 @@ class Handler(BaseHTTPRequestHandler):
                 )
             self._json(200, obj)
         elif method == "PUT" and "update" in allowed:
-            self._json(200, ops.update(t, ns, name, self._parse(raw), sub, dry))
+            self._json(200, ops.update(t, ns, name, self._parse(raw), sub, dry, strict))
         elif method == "PATCH" and "patch" in allowed:
             ctype = self.headers.get("Content-Type") or ""
             self._json(
@@ -313,6 +314,7 @@ class Handler(BaseHTTPRequestHandler):
                     dry,
                     query.get("fieldManager", ""),
                     query.get("force") == "true",
+                    strict,
                 ),
             )
         elif method == "DELETE" and "delete" in allowed and not sub:

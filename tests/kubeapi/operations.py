@@ -195,13 +195,23 @@ class Operations:
                 causes.append(("spec.leaseDurationSeconds", f"Invalid value: {d!r}: must be greater than 0"))
         return causes
 
-    def _schema(self, t: ResourceType, obj: Obj) -> Obj:
+    def _schema(self, t: ResourceType, obj: Obj, strict: bool = False) -> Obj:
+        """Validate a custom resource by its CRD's schema; unknown fields are pruned, or refused (400) with
+        ``fieldValidation=Strict`` (what kubectl sends by default)."""
         if not t.crd:
             return obj
-        pruned, causes = check_custom_resource(obj, t.schema)
+        unknown: list[str] = []
+        out, causes = check_custom_resource(obj, t.schema, unknown)
+        name = obj.get("metadata", {}).get("name", "")
+        if strict and unknown:
+            text = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise ApiError(
+                400,
+                f'{t.kind} in version "{t.version}" cannot be handled as a {t.kind}: strict decoding error: {text}',
+            )
         if causes:
-            raise invalid(t, obj.get("metadata", {}).get("name", ""), causes)
-        return pruned
+            raise invalid(t, name, causes)
+        return out
 
     # -- reads ----------------------------------------------------------------------------------
     def get(self, t: ResourceType, ns: str, name: str) -> Obj:
@@ -262,7 +272,7 @@ class Operations:
         return ListResult(items, revision)
 
     # -- writes ---------------------------------------------------------------------------------
-    def create(self, t: ResourceType, ns: str, body: Any, dry_run: bool = False) -> Obj:
+    def create(self, t: ResourceType, ns: str, body: Any, dry_run: bool = False, strict: bool = False) -> Obj:
         if (t.group, t.resource) in VIRTUAL:
             return self.token_review(body)
         obj = self._validate(t, copy.deepcopy(body), ns, None)
@@ -275,7 +285,7 @@ class Operations:
             )
         name = meta["name"]
         self._require_namespace(t, ns)
-        obj = self._schema(t, obj)
+        obj = self._schema(t, obj, strict)
         meta = obj["metadata"]
         for f in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields"):
             meta.pop(f, None)
@@ -363,7 +373,14 @@ class Operations:
         )
 
     def update(
-        self, t: ResourceType, ns: str, name: str, body: Any, subresource: str = "", dry_run: bool = False
+        self,
+        t: ResourceType,
+        ns: str,
+        name: str,
+        body: Any,
+        subresource: str = "",
+        dry_run: bool = False,
+        strict: bool = False,
     ) -> Obj:
         new = self._validate(t, copy.deepcopy(body), ns, name)
         new["metadata"]["name"] = name
@@ -374,9 +391,18 @@ class Operations:
             rv = new["metadata"].get("resourceVersion")
             if rv and rv != old["metadata"]["resourceVersion"]:
                 raise conflict(t, name)
-            return self._write(t, ns, old, new, subresource, dry_run)
+            return self._write(t, ns, old, new, subresource, dry_run, strict)
 
-    def _write(self, t: ResourceType, ns: str, old: Obj, new: Obj, subresource: str, dry_run: bool) -> Obj:
+    def _write(
+        self,
+        t: ResourceType,
+        ns: str,
+        old: Obj,
+        new: Obj,
+        subresource: str,
+        dry_run: bool,
+        strict: bool = False,
+    ) -> Obj:
         """Store ``new`` in place of ``old`` with the server-owned fields kept; no write when nothing changed."""
         name = old["metadata"]["name"]
         if subresource == "status":
@@ -387,7 +413,7 @@ class Operations:
                 merged.pop("status", None)
             new = merged
         else:
-            new = self._schema(t, new)
+            new = self._schema(t, new, strict)
             if t.status:
                 if "status" in old:
                     new["status"] = old["status"]
@@ -434,6 +460,7 @@ class Operations:
         dry_run: bool = False,
         field_manager: str = "",
         force: bool = False,
+        strict: bool = False,
     ) -> Obj:
         ctype = content_type.split(";")[0].strip()
         try:
@@ -456,7 +483,7 @@ class Operations:
                         )
                     if isinstance(body, dict):
                         body.setdefault("metadata", {}).setdefault("name", name)
-                    return self.create(t, ns, body, dry_run)
+                    return self.create(t, ns, body, dry_run, strict)
                 raise not_found(t, name)
             self.present(t, old)
             try:
@@ -493,7 +520,7 @@ class Operations:
             if rv and rv != old["metadata"]["resourceVersion"]:
                 raise conflict(t, name)
             new = self._validate(t, new, ns, name)
-            return self._write(t, ns, old, new, subresource, dry_run)
+            return self._write(t, ns, old, new, subresource, dry_run, strict)
 
     def delete(
         self, t: ResourceType, ns: str, name: str, options: Obj | None = None, dry_run: bool = False

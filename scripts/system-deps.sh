@@ -8,6 +8,9 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# kubectl (tests/kube): the machine image's `kubectl` package (clients 1.27-1.33) provides /usr/bin/kubectl;
+# where it is absent, Debian's kubernetes-client (older, conflicts with it) is the one the archive has.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "system-deps: missing Debian packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2

@@ -13,7 +13,7 @@ subresource, label and field selectors, limit/continue, JSON patch, merge patch,
 merge keys of the list fields the project uses), server-side apply as a merge, list + watch with
 resourceVersion, bookmarks, sendInitialEvents, timeoutSeconds, 410 Expired after compaction; built-in kinds
 (resources.py), CustomResourceDefinitions (their resources served once created, validated and pruned by
-their structural schema, gone with their objects on delete), TokenRequest and TokenReview with bound
+their structural schema (unknown fields refused under fieldValidation=Strict), gone with their objects on delete), TokenRequest and TokenReview with bound
 service account tokens, Table output for ``kubectl get``.
 
 Store: an in-memory revisioned log with compaction (store.py), not etcd. Debian's etcd-server 3.4 would

@@ -17,14 +17,19 @@ from tests.kubeapi.server import KubeApiServer
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.kubeapi",
-                                description="Test Kubernetes API server (a fake for tests; see tests/kubeapi/__init__.py).")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m tests.kubeapi",
+        description="Test Kubernetes API server (a fake for tests; see tests/kubeapi/__init__.py).",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default: any free one, printed)")
     p.add_argument(
         "--cert", type=Path, help="serving certificate PEM (default: generated, signed by the server's CA)"
     )
     p.add_argument("--key", type=Path, help="key of --cert")
+    p.add_argument(
+        "--cert-ca", type=Path, help="CA certificate that signed --cert (written into the kubeconfigs)"
+    )
     p.add_argument("--client-ca", type=Path, help="also accept client certificates signed by this CA")
     p.add_argument(
         "--workdir", type=Path, help="where to write ca.crt and kubeconfigs (default: a new temp dir)"
@@ -32,11 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token", help="also accept this bearer token as the admin user")
     p.add_argument("--bookmark-interval", type=float, default=1.0, help="seconds between watch BOOKMARKs")
     args = p.parse_args(argv)
-    if bool(args.cert) != bool(args.key):
-        p.error("--cert and --key go together")
+    if not (bool(args.cert) == bool(args.key) == bool(args.cert_ca)):
+        p.error("--cert, --key and --cert-ca go together")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kubeapi-"))
-    server = KubeApiServer(workdir, args.host, args.port, cert=args.cert, key=args.key, client_ca=args.client_ca,
-                           bookmark_interval=args.bookmark_interval)  # fmt: skip
+    server = KubeApiServer(
+        workdir,
+        args.host,
+        args.port,
+        cert=args.cert,
+        key=args.key,
+        cert_ca=args.cert_ca,
+        client_ca=args.client_ca,
+        bookmark_interval=args.bookmark_interval,
+    )
     if args.token:
         server.add_token(args.token, "kubernetes-admin", ("system:masters",))
     info = {

@@ -38,8 +38,13 @@ def api_versions() -> Doc:
 
 def _group(registry: Registry, group: str) -> Doc:
     versions = [{"groupVersion": f"{group}/{v}", "version": v} for v in registry.versions(group)]
-    return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": versions,
-            "preferredVersion": versions[0]}  # fmt: skip
+    return {
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": group,
+        "versions": versions,
+        "preferredVersion": versions[0],
+    }
 
 
 def api_group_list(registry: Registry) -> Doc:
@@ -68,12 +73,27 @@ def _entries(t: ResourceType) -> list[Doc]:
         main["categories"] = list(t.categories)
     out = [main]
     if t.status:
-        out.append({"name": f"{t.resource}/status", "singularName": "", "namespaced": t.namespaced,
-                    "kind": t.kind, "verbs": ["get", "patch", "update"]})  # fmt: skip
+        out.append(
+            {
+                "name": f"{t.resource}/status",
+                "singularName": "",
+                "namespaced": t.namespaced,
+                "kind": t.kind,
+                "verbs": ["get", "patch", "update"],
+            }
+        )
     if t.group == "" and t.resource == "serviceaccounts":
-        out.append({"name": "serviceaccounts/token", "singularName": "", "namespaced": True,
-                    "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest",
-                    "verbs": ["create"]})  # fmt: skip
+        out.append(
+            {
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": True,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }
+        )
     return out
 
 

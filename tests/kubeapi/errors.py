@@ -6,9 +6,19 @@ from typing import Any
 
 from tests.kubeapi.resources import ResourceType
 
-REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
-           406: "NotAcceptable", 409: "Conflict", 410: "Expired", 415: "UnsupportedMediaType", 422: "Invalid",
-           500: "InternalError"}  # fmt: skip
+REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    409: "Conflict",
+    410: "Expired",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    500: "InternalError",
+}
 
 
 class ApiError(Exception):
@@ -22,8 +32,15 @@ class ApiError(Exception):
         self.details = details
 
     def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                               "message": self.message, "reason": self.reason, "code": self.code}  # fmt: skip
+        out: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
         if self.details:
             out["details"] = self.details
         return out
@@ -58,8 +75,10 @@ def conflict(t: ResourceType, name: str) -> ApiError:
 def invalid(t: ResourceType, name: str, causes: list[tuple[str, str]]) -> ApiError:
     """422 naming each bad field: causes are (field, message)."""
     text = "; ".join(f"{f}: {m}" for f, m in causes)
-    details = _details(t, name) | {"kind": t.kind,
-                                   "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes]}  # fmt: skip
+    details = _details(t, name) | {
+        "kind": t.kind,
+        "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes],
+    }
     return ApiError(422, f'{t.kind} "{name}" is invalid: {text}', "Invalid", details)
 
 

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from tests.kubeapi import discovery
+from tests.kubeapi import discovery, openapi, protobuf
 from tests.kubeapi.auth import Authenticator, User
 from tests.kubeapi.errors import ApiError
 from tests.kubeapi.operations import Operations
@@ -122,6 +122,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def _parse(self, raw: bytes) -> Any:
         ctype = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
+        if ctype == "application/vnd.kubernetes.protobuf":
+            try:
+                return protobuf.decode(raw)
+            except protobuf.ProtobufError as e:
+                raise ApiError(
+                    415, f"the body of the request was in an unknown format ({ctype}): {e}"
+                ) from None
+        if ctype not in ("application/json", "application/yaml", "application/apply-patch+yaml", ""):
+            raise ApiError(
+                415,
+                f"the body of the request was in an unknown format ({ctype}) - accepted media types include: application/json, application/yaml",
+            )
         try:
             if ctype in ("application/yaml", "application/apply-patch+yaml"):
                 return yaml.safe_load(raw)
@@ -166,6 +178,23 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/apis":
             self._json(200, discovery.api_group_list(reg))
             return
+        if path == "/openapi/v3":
+            self._json(200, openapi.root(reg))
+            return
+        if path.startswith("/openapi/v3/"):
+            gv = path.removeprefix("/openapi/v3/").split("/")
+            group, version = (
+                ("", gv[1])
+                if gv[0] == "api" and len(gv) == 2
+                else (gv[1], gv[2])
+                if len(gv) == 3
+                else ("", "")
+            )
+            doc = openapi.gv_doc(reg, group, version) if version else None
+            if doc is None:
+                raise ApiError(404, "the server could not find the requested resource")
+            self._json(200, doc)
+            return
         parts = path.split("/")[1:]
         if parts[0] == "api" and len(parts) >= 2:
             group, version, rest = "", parts[1], parts[2:]
@@ -209,13 +238,20 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, "the server could not find the requested resource")
         self._verb(method, t, ns or "", ns, name, sub, query, raw)
 
-    def _verb(self, method: str, t: ResourceType, ns: str, ns_filter: str | None, name: str | None, sub: str,
-              query: dict[str, str], raw: bytes) -> None:  # fmt: skip
+    def _verb(
+        self,
+        method: str,
+        t: ResourceType,
+        ns: str,
+        ns_filter: str | None,
+        name: str | None,
+        sub: str,
+        query: dict[str, str],
+        raw: bytes,
+    ) -> None:
         ops = self.server.state.ops
         dry = query.get("dryRun") == "All"
-        if method not in {"GET": ("get", "list", "watch"), "POST": ("create",), "PUT": ("update",),
-                          "PATCH": ("patch",), "DELETE": ("delete", "deletecollection")}[method] and sub != "token":  # fmt: skip
-            pass
+        strict = query.get("fieldValidation") == "Strict"
         allowed = set(t.verbs)
         if name is None:
             if method == "GET":
@@ -225,10 +261,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._list(t, ns_filter, query)
                 return
             if method == "POST" and "create" in allowed:
-                self._json(
-                    201 if not (t.group, t.resource) == ("authentication.k8s.io", "tokenreviews") else 201,
-                    ops.create(t, ns, self._parse(raw), dry),
-                )
+                self._json(201, ops.create(t, ns, self._parse(raw), dry, strict))
                 return
             if method == "DELETE" and "deletecollection" in allowed:
                 listed = ops.list(t, ns_filter, self._matcher(t, query))
@@ -236,8 +269,15 @@ class Handler(BaseHTTPRequestHandler):
                     ops.delete(t, o["metadata"].get("namespace", ""), o["metadata"]["name"])
                     for o in listed.items
                 ]
-                self._json(200, {"kind": f"{t.kind}List", "apiVersion": t.api_version,
-                                 "metadata": {"resourceVersion": str(ops.store.revision)}, "items": gone})  # fmt: skip
+                self._json(
+                    200,
+                    {
+                        "kind": f"{t.kind}List",
+                        "apiVersion": t.api_version,
+                        "metadata": {"resourceVersion": str(ops.store.revision)},
+                        "items": gone,
+                    },
+                )
                 return
             raise ApiError(
                 405,
@@ -259,11 +299,24 @@ class Handler(BaseHTTPRequestHandler):
                 )
             self._json(200, obj)
         elif method == "PUT" and "update" in allowed:
-            self._json(200, ops.update(t, ns, name, self._parse(raw), sub, dry))
+            self._json(200, ops.update(t, ns, name, self._parse(raw), sub, dry, strict))
         elif method == "PATCH" and "patch" in allowed:
             ctype = self.headers.get("Content-Type") or ""
-            self._json(200, ops.patch(t, ns, name, ctype, raw, sub, dry, query.get("fieldManager", ""),
-                                      query.get("force") == "true"))  # fmt: skip
+            self._json(
+                200,
+                ops.patch(
+                    t,
+                    ns,
+                    name,
+                    ctype,
+                    raw,
+                    sub,
+                    dry,
+                    query.get("fieldManager", ""),
+                    query.get("force") == "true",
+                    strict,
+                ),
+            )
         elif method == "DELETE" and "delete" in allowed and not sub:
             body = self._parse(raw) if raw else None
             self._json(200, ops.delete(t, ns, name, body if isinstance(body, dict) else None, dry))
@@ -293,11 +346,26 @@ class Handler(BaseHTTPRequestHandler):
             limit = int(query.get("limit") or 0)
         except ValueError:
             raise ApiError(400, f"invalid limit {query.get('limit')!r}") from None
-        result = ops.list(t, ns, self._matcher(t, query), query.get("resourceVersion", ""),
-                          query.get("resourceVersionMatch", ""), limit, query.get("continue", ""))  # fmt: skip
+        result = ops.list(
+            t,
+            ns,
+            self._matcher(t, query),
+            query.get("resourceVersion", ""),
+            query.get("resourceVersionMatch", ""),
+            limit,
+            query.get("continue", ""),
+        )
         if self._wants_table():
-            self._json(200, table(t, result.items, str(result.revision), query.get("includeObject", "Metadata"),
-                                  result.continue_token))  # fmt: skip
+            self._json(
+                200,
+                table(
+                    t,
+                    result.items,
+                    str(result.revision),
+                    query.get("includeObject", "Metadata"),
+                    result.continue_token,
+                ),
+            )
             return
         meta: Obj = {"resourceVersion": str(result.revision)}
         if result.continue_token:
@@ -343,9 +411,16 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if as_table and ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
                 obj = ev["object"]
-                ev = {"type": ev["type"], "object": {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
-                      "metadata": {"resourceVersion": obj["metadata"].get("resourceVersion", "")},
-                      "columnDefinitions": [], "rows": [row(t, obj, include)]}}  # fmt: skip
+                ev = {
+                    "type": ev["type"],
+                    "object": {
+                        "kind": "Table",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": {"resourceVersion": obj["metadata"].get("resourceVersion", "")},
+                        "columnDefinitions": [],
+                        "rows": [row(t, obj, include)],
+                    },
+                }
             data = json.dumps(ev).encode() + b"\n"
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()

@@ -76,8 +76,9 @@ class Operations:
 
     def _require_namespace(self, t: ResourceType, ns: str) -> None:
         if t.namespaced and self.store.get(("", "namespaces", "", ns)) is None:
-            raise ApiError(404, f'namespaces "{ns}" not found', "NotFound",
-                           {"name": ns, "kind": "namespaces"})  # fmt: skip
+            raise ApiError(
+                404, f'namespaces "{ns}" not found', "NotFound", {"name": ns, "kind": "namespaces"}
+            )
 
     def _validate(self, t: ResourceType, obj: Any, ns: str, name_in_url: str | None) -> Obj:
         if not isinstance(obj, dict):
@@ -194,13 +195,23 @@ class Operations:
                 causes.append(("spec.leaseDurationSeconds", f"Invalid value: {d!r}: must be greater than 0"))
         return causes
 
-    def _schema(self, t: ResourceType, obj: Obj) -> Obj:
+    def _schema(self, t: ResourceType, obj: Obj, strict: bool = False) -> Obj:
+        """Validate a custom resource by its CRD's schema; unknown fields are pruned, or refused (400) with
+        ``fieldValidation=Strict`` (what kubectl sends by default)."""
         if not t.crd:
             return obj
-        pruned, causes = check_custom_resource(obj, t.schema)
+        unknown: list[str] = []
+        out, causes = check_custom_resource(obj, t.schema, unknown)
+        name = obj.get("metadata", {}).get("name", "")
+        if strict and unknown:
+            text = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise ApiError(
+                400,
+                f'{t.kind} in version "{t.version}" cannot be handled as a {t.kind}: strict decoding error: {text}',
+            )
         if causes:
-            raise invalid(t, obj.get("metadata", {}).get("name", ""), causes)
-        return pruned
+            raise invalid(t, name, causes)
+        return out
 
     # -- reads ----------------------------------------------------------------------------------
     def get(self, t: ResourceType, ns: str, name: str) -> Obj:
@@ -209,8 +220,16 @@ class Operations:
             raise not_found(t, name)
         return self.present(t, obj)
 
-    def list(self, t: ResourceType, ns: str | None, match: Callable[[Obj], bool], rv: str = "",
-             rv_match: str = "", limit: int = 0, cont: str = "") -> ListResult:  # fmt: skip
+    def list(
+        self,
+        t: ResourceType,
+        ns: str | None,
+        match: Callable[[Obj], bool],
+        rv: str = "",
+        rv_match: str = "",
+        limit: int = 0,
+        cont: str = "",
+    ) -> ListResult:
         at: int | None = None
         start: tuple[str, str] | None = None
         if cont:
@@ -224,14 +243,24 @@ class Operations:
             if rv_match == "Exact":
                 at = want
             if want > self.store.revision:
-                raise ApiError(504, f"Too large resource version: {want}, current: {self.store.revision}", "Timeout",
-                               {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]})  # fmt: skip
+                raise ApiError(
+                    504,
+                    f"Too large resource version: {want}, current: {self.store.revision}",
+                    "Timeout",
+                    {
+                        "causes": [
+                            {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+                        ]
+                    },
+                )
         try:
             objs, revision = self.store.list(t.group, t.resource, ns if t.namespaced else None, at)
         except Expired as e:
             if cont:
-                raise expired("The provided continue parameter is too old to display a consistent list result. "
-                              "You can start a new list without the continue parameter.") from None  # fmt: skip
+                raise expired(
+                    "The provided continue parameter is too old to display a consistent list result. "
+                    "You can start a new list without the continue parameter."
+                ) from None
             raise expired(f"too old resource version: {e.requested} ({e.compacted})") from None
         items = [self.present(t, o) for o in objs if match(o)]
         if start is not None:
@@ -243,7 +272,7 @@ class Operations:
         return ListResult(items, revision)
 
     # -- writes ---------------------------------------------------------------------------------
-    def create(self, t: ResourceType, ns: str, body: Any, dry_run: bool = False) -> Obj:
+    def create(self, t: ResourceType, ns: str, body: Any, dry_run: bool = False, strict: bool = False) -> Obj:
         if (t.group, t.resource) in VIRTUAL:
             return self.token_review(body)
         obj = self._validate(t, copy.deepcopy(body), ns, None)
@@ -256,7 +285,7 @@ class Operations:
             )
         name = meta["name"]
         self._require_namespace(t, ns)
-        obj = self._schema(t, obj)
+        obj = self._schema(t, obj, strict)
         meta = obj["metadata"]
         for f in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields"):
             meta.pop(f, None)
@@ -278,9 +307,16 @@ class Operations:
                 stored = self._crd_established(stored)
             if (t.group, t.resource) == _NS:
                 # The service account controller's part: every namespace gets a ServiceAccount "default".
-                sa = {"apiVersion": "v1", "kind": "ServiceAccount",
-                      "metadata": {"name": "default", "namespace": name, "uid": str(uuid.uuid4()),
-                                   "creationTimestamp": now_rfc3339()}}  # fmt: skip
+                sa = {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {
+                        "name": "default",
+                        "namespace": name,
+                        "uid": str(uuid.uuid4()),
+                        "creationTimestamp": now_rfc3339(),
+                    },
+                }
                 self.store.put(("", "serviceaccounts", name, "default"), sa)
         return self.present(t, stored)
 
@@ -316,18 +352,35 @@ class Operations:
             "acceptedNames": crd["spec"]["names"],
             "storedVersions": [v["name"] for v in crd["spec"]["versions"] if v.get("storage")],
             "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-                 "message": "no conflicts found", "lastTransitionTime": now},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                 "message": "the initial names have been accepted", "lastTransitionTime": now},
+                {
+                    "type": "NamesAccepted",
+                    "status": "True",
+                    "reason": "NoConflicts",
+                    "message": "no conflicts found",
+                    "lastTransitionTime": now,
+                },
+                {
+                    "type": "Established",
+                    "status": "True",
+                    "reason": "InitialNamesAccepted",
+                    "message": "the initial names have been accepted",
+                    "lastTransitionTime": now,
+                },
             ],
-        }  # fmt: skip
+        }
         return self.store.put(
             ("apiextensions.k8s.io", "customresourcedefinitions", "", crd["metadata"]["name"]), crd
         )
 
     def update(
-        self, t: ResourceType, ns: str, name: str, body: Any, subresource: str = "", dry_run: bool = False
+        self,
+        t: ResourceType,
+        ns: str,
+        name: str,
+        body: Any,
+        subresource: str = "",
+        dry_run: bool = False,
+        strict: bool = False,
     ) -> Obj:
         new = self._validate(t, copy.deepcopy(body), ns, name)
         new["metadata"]["name"] = name
@@ -338,9 +391,18 @@ class Operations:
             rv = new["metadata"].get("resourceVersion")
             if rv and rv != old["metadata"]["resourceVersion"]:
                 raise conflict(t, name)
-            return self._write(t, ns, old, new, subresource, dry_run)
+            return self._write(t, ns, old, new, subresource, dry_run, strict)
 
-    def _write(self, t: ResourceType, ns: str, old: Obj, new: Obj, subresource: str, dry_run: bool) -> Obj:
+    def _write(
+        self,
+        t: ResourceType,
+        ns: str,
+        old: Obj,
+        new: Obj,
+        subresource: str,
+        dry_run: bool,
+        strict: bool = False,
+    ) -> Obj:
         """Store ``new`` in place of ``old`` with the server-owned fields kept; no write when nothing changed."""
         name = old["metadata"]["name"]
         if subresource == "status":
@@ -351,7 +413,7 @@ class Operations:
                 merged.pop("status", None)
             new = merged
         else:
-            new = self._schema(t, new)
+            new = self._schema(t, new, strict)
             if t.status:
                 if "status" in old:
                     new["status"] = old["status"]
@@ -387,8 +449,19 @@ class Operations:
             stored = self._crd_established(stored)
         return self.present(t, stored)
 
-    def patch(self, t: ResourceType, ns: str, name: str, content_type: str, raw: bytes, subresource: str = "",
-              dry_run: bool = False, field_manager: str = "", force: bool = False) -> Obj:  # fmt: skip
+    def patch(
+        self,
+        t: ResourceType,
+        ns: str,
+        name: str,
+        content_type: str,
+        raw: bytes,
+        subresource: str = "",
+        dry_run: bool = False,
+        field_manager: str = "",
+        force: bool = False,
+        strict: bool = False,
+    ) -> Obj:
         ctype = content_type.split(";")[0].strip()
         try:
             if ctype == "application/apply-patch+yaml":
@@ -410,7 +483,7 @@ class Operations:
                         )
                     if isinstance(body, dict):
                         body.setdefault("metadata", {}).setdefault("name", name)
-                    return self.create(t, ns, body, dry_run)
+                    return self.create(t, ns, body, dry_run, strict)
                 raise not_found(t, name)
             self.present(t, old)
             try:
@@ -447,7 +520,7 @@ class Operations:
             if rv and rv != old["metadata"]["resourceVersion"]:
                 raise conflict(t, name)
             new = self._validate(t, new, ns, name)
-            return self._write(t, ns, old, new, subresource, dry_run)
+            return self._write(t, ns, old, new, subresource, dry_run, strict)
 
     def delete(
         self, t: ResourceType, ns: str, name: str, options: Obj | None = None, dry_run: bool = False
@@ -507,8 +580,13 @@ class Operations:
                 422, 'TokenReview.authentication.k8s.io "" is invalid: spec.token: Required value', "Invalid"
             )
         result = self.tokens.review(spec["token"], spec.get("audiences") or None)
-        return {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "metadata": {"creationTimestamp": None},
-                "spec": spec, "status": result.status()}  # fmt: skip
+        return {
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": result.status(),
+        }
 
     def token_request(self, ns: str, sa_name: str, body: Any) -> Obj:
         sa = self.store.get(("", "serviceaccounts", ns, sa_name))

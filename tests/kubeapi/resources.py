@@ -33,18 +33,22 @@ class ResourceType:
     def singular(self) -> str:
         return self.kind.lower()
 
-    @property
-    def storage_group(self) -> str:
-        return self.group
-
 
 def _t(group: str, version: str, resource: str, kind: str, namespaced: bool, **kw: Any) -> ResourceType:
     return ResourceType(group, version, resource, kind, namespaced, **kw)
 
 
 BUILTINS: tuple[ResourceType, ...] = (
-    _t("", "v1", "namespaces", "Namespace", False, short_names=("ns",), status=True,
-       verbs=("create", "delete", "get", "list", "patch", "update", "watch")),
+    _t(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        False,
+        short_names=("ns",),
+        status=True,
+        verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
+    ),
     _t("", "v1", "services", "Service", True, short_names=("svc",), status=True, categories=("all",)),
     _t("", "v1", "endpoints", "Endpoints", True, short_names=("ep",)),
     _t("", "v1", "pods", "Pod", True, short_names=("po",), status=True, categories=("all",)),
@@ -55,27 +59,59 @@ BUILTINS: tuple[ResourceType, ...] = (
     _t("", "v1", "events", "Event", True, short_names=("ev",)),
     _t("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
     _t("coordination.k8s.io", "v1", "leases", "Lease", True),
-    _t("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
-       short_names=("crd", "crds"), status=True),
+    _t(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        False,
+        short_names=("crd", "crds"),
+        status=True,
+    ),
     _t("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", False, verbs=("create",)),
-    _t("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", "MutatingWebhookConfiguration",
-       False),
-    _t("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
-       "ValidatingWebhookConfiguration", False),
-    _t("apps", "v1", "deployments", "Deployment", True, short_names=("deploy",), status=True,
-       categories=("all",)),
+    _t(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        False,
+    ),
+    _t(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        False,
+    ),
+    _t(
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        True,
+        short_names=("deploy",),
+        status=True,
+        categories=("all",),
+    ),
     _t("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
     _t("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
     _t("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
     _t("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
-)  # fmt: skip
+)
 
 # Kinds the server accepts only through create and never stores.
 VIRTUAL = {("authentication.k8s.io", "tokenreviews")}
 
 # Preferred version of every group, in the order /apis lists them.
-GROUP_ORDER = ("apps", "discovery.k8s.io", "coordination.k8s.io", "apiextensions.k8s.io",
-               "authentication.k8s.io", "admissionregistration.k8s.io", "rbac.authorization.k8s.io")  # fmt: skip
+GROUP_ORDER = (
+    "apps",
+    "discovery.k8s.io",
+    "coordination.k8s.io",
+    "apiextensions.k8s.io",
+    "authentication.k8s.io",
+    "admissionregistration.k8s.io",
+    "rbac.authorization.k8s.io",
+)
 
 
 class Registry:

@@ -23,8 +23,11 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def check(value: Any, schema: Schema, path: str, errors: list[tuple[str, str]]) -> Any:
-    """Returns ``value`` pruned of unknown fields; appends (field path, message) for each violation."""
+def check(
+    value: Any, schema: Schema, path: str, errors: list[tuple[str, str]], pruned: list[str] | None = None
+) -> Any:
+    """Returns ``value`` pruned of unknown fields; appends (field path, message) for each violation and the
+    path of each pruned field to ``pruned``."""
     if schema.get("x-kubernetes-int-or-string"):
         if not isinstance(value, (int, str)) or isinstance(value, bool):
             errors.append((path, "must be an integer or a string"))
@@ -64,7 +67,7 @@ def check(value: Any, schema: Schema, path: str, errors: list[tuple[str, str]]) 
             errors.append((path, f"Invalid value: should have at least {schema['minItems']} items"))
         items = schema.get("items")
         if isinstance(items, dict):
-            return [check(v, items, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+            return [check(v, items, f"{path}[{i}]", errors, pruned) for i, v in enumerate(value)]
         return value
     if isinstance(value, dict):
         props: dict[str, Schema] = schema.get("properties") or {}
@@ -76,28 +79,34 @@ def check(value: Any, schema: Schema, path: str, errors: list[tuple[str, str]]) 
         out: dict[str, Any] = {}
         for k, v in value.items():
             if k in props:
-                out[k] = check(v, props[k], f"{path}.{k}", errors)
+                out[k] = check(v, props[k], f"{path}.{k}", errors, pruned)
             elif isinstance(extra, dict):
-                out[k] = check(v, extra, f"{path}.{k}", errors)
+                out[k] = check(v, extra, f"{path}.{k}", errors, pruned)
             elif preserve or extra is True or (not props and typ != "object" and not schema):
                 out[k] = v
-            # else: pruned, as the real server drops unknown fields of structural schemas
+            elif (
+                pruned is not None
+            ):  # dropped, as the real server prunes unknown fields of structural schemas
+                pruned.append(f"{path}.{k}".lstrip("."))
         return out
     return value
 
 
 def check_custom_resource(
-    obj: dict[str, Any], schema: Schema | None
+    obj: dict[str, Any], schema: Schema | None, pruned: list[str] | None = None
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Validate and prune everything but apiVersion/kind/metadata (which the server checks itself)."""
     if not schema:
         return obj, []
     errors: list[tuple[str, str]] = []
     props = schema.get("properties") or {}
-    out = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
+    out: dict[str, Any] = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
     body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
-    top = dict(schema, properties={k: v for k, v in props.items() if k not in ("apiVersion", "kind", "metadata")},
-               required=[r for r in schema.get("required") or [] if r not in ("apiVersion", "kind", "metadata")])  # fmt: skip
-    checked = check(body, top, "", errors)
+    top = dict(
+        schema,
+        properties={k: v for k, v in props.items() if k not in ("apiVersion", "kind", "metadata")},
+        required=[r for r in schema.get("required") or [] if r not in ("apiVersion", "kind", "metadata")],
+    )
+    checked = check(body, top, "", errors, pruned)
     out.update(checked)
     return out, [(f.lstrip("."), m) for f, m in errors]

@@ -36,27 +36,36 @@ _CMP = re.compile(r"^([A-Za-z0-9._/-]+)\s*(==|!=|=)\s*([A-Za-z0-9._-]*)$")
 _EXISTS = re.compile(r"^(!?)([A-Za-z0-9._/-]+)$")
 
 
+def _label_test(key: str, op: str, values: frozenset[str]) -> Match:
+    def test(obj: Obj) -> bool:
+        labels = _labels(obj)
+        if op == "in":
+            return labels.get(key) in values
+        if op == "notin":
+            return labels.get(key) not in values
+        if op == "!=":
+            return labels.get(key) not in values
+        if op == "=":
+            return labels.get(key) in values
+        if op == "exists":
+            return key in labels
+        return key not in labels
+
+    return test
+
+
 def label_selector(text: str) -> Match:
     tests: list[Match] = []
     for part in _split_top(text):
         if m := _SET.match(part):
-            key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",") if v.strip()}
-            if op == "in":
-                tests.append(lambda o, k=key, vs=values: _labels(o).get(k) in vs)
-            else:
-                tests.append(lambda o, k=key, vs=values: _labels(o).get(k) not in vs)
+            values = frozenset(v.strip() for v in m.group(3).split(",") if v.strip())
+            tests.append(_label_test(m.group(1), m.group(2), values))
         elif m := _CMP.match(part):
             key, op, value = m.groups()
-            if op == "!=":
-                tests.append(lambda o, k=key, v=value: _labels(o).get(k) != v)
-            else:
-                tests.append(lambda o, k=key, v=value: _labels(o).get(k) == v)
+            tests.append(_label_test(key, "!=" if op == "!=" else "=", frozenset([value])))
         elif m := _EXISTS.match(part):
             neg, key = m.groups()
-            if neg:
-                tests.append(lambda o, k=key: k not in _labels(o))
-            else:
-                tests.append(lambda o, k=key: k in _labels(o))
+            tests.append(_label_test(key, "absent" if neg else "exists", frozenset()))
         else:
             raise SelectorError(f"unable to parse requirement: {part!r}")
     return lambda o: all(t(o) for t in tests)
@@ -88,6 +97,13 @@ def _field(obj: Obj, path: str) -> str:
     return str(cur)
 
 
+def _field_test(path: str, negate: bool, value: str) -> Match:
+    def test(obj: Obj) -> bool:
+        return (_field(obj, path) == value) != negate
+
+    return test
+
+
 def field_selector(text: str, kind: str) -> Match:
     allowed = {"metadata.name", "metadata.namespace"} | FIELD_LABELS.get(kind, set())
     tests: list[Match] = []
@@ -97,9 +113,6 @@ def field_selector(text: str, kind: str) -> Match:
             raise SelectorError(f"invalid selector: {part!r}; can't understand it")
         path, op, value = m.groups()
         if path not in allowed:
-            raise SelectorError(f'field label not supported: {path}')  # fmt: skip
-        if op == "!=":
-            tests.append(lambda o, p=path, v=value: _field(o, p) != v)
-        else:
-            tests.append(lambda o, p=path, v=value: _field(o, p) == v)
+            raise SelectorError(f"field label not supported: {path}")
+        tests.append(_field_test(path, op == "!=", value))
     return lambda o: all(t(o) for t in tests)

@@ -34,23 +34,40 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
 class KubeApiServer:
     """Serves on ``host:port`` (0: any free port) over HTTPS, certificates and kubeconfigs under ``workdir``.
 
-    ``cert``/``key`` replace the generated serving certificate; ``client_ca`` adds a CA whose client
-    certificates are accepted. The namespaces default, kube-system and kube-public exist from the start,
+    ``cert``/``key`` replace the generated serving certificate and ``cert_ca`` is then the CA that clients
+    trust (written into kubeconfigs); ``client_ca`` adds a CA whose client certificates are accepted. The namespaces default, kube-system and kube-public exist from the start,
     each with a ServiceAccount ``default``, as in a new cluster.
     """
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int = 0, *, cert: Path | None = None,
-                 key: Path | None = None, client_ca: Path | None = None, bookmark_interval: float = 1.0,
-                 max_watch_seconds: float = 1800.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        workdir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        cert: Path | None = None,
+        key: Path | None = None,
+        cert_ca: Path | None = None,
+        client_ca: Path | None = None,
+        bookmark_interval: float = 1.0,
+        max_watch_seconds: float = 1800.0,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.ca = CertAuthority()
         self.ca_path = _write(workdir / "ca.crt", self.ca.cert_pem, 0o644)
         if cert and key:
-            self.cert_path, self.key_path = cert, key
+            if cert_ca is None:
+                raise ValueError(
+                    "a serving certificate (cert/key) needs cert_ca, the CA clients should trust"
+                )
+            self.cert_path, self.key_path, self.ca_path = cert, key, cert_ca
         else:
-            pair = self.ca.issue("kube-apiserver", hosts=(host, "localhost", "127.0.0.1", "kubernetes.default.svc"),
-                                 server=True)  # fmt: skip
+            pair = self.ca.issue(
+                "kube-apiserver",
+                hosts=(host, "localhost", "127.0.0.1", "kubernetes.default.svc"),
+                server=True,
+            )
             self.cert_path = _write(workdir / "apiserver.crt", pair.cert_pem, 0o644)
             self.key_path = _write(workdir / "apiserver.key", pair.key_pem)
         self.store = Store()
@@ -83,6 +100,7 @@ class KubeApiServer:
         self._http.serve_forever()
 
     def stop(self) -> None:
+        self.store.end_watches()  # wakes the watch threads, which then cut their connections
         self._http.shutdown()
         self._http.close_connections()
         self._http.server_close()
@@ -99,8 +117,14 @@ class KubeApiServer:
     def client_cert(self, user: str = "kubernetes-admin", group: str = "system:masters") -> Pair:
         return self.ca.issue(user, org=group)
 
-    def kubeconfig(self, path: Path | None = None, *, auth: str = "cert", token: str | None = None,
-                   namespace: str = "default") -> Path:  # fmt: skip
+    def kubeconfig(
+        self,
+        path: Path | None = None,
+        *,
+        auth: str = "cert",
+        token: str | None = None,
+        namespace: str = "default",
+    ) -> Path:
         """Writes a kubeconfig for this server (auth "cert": an admin client certificate; "token": a bearer
         token, the admin's unless ``token`` is given) and returns its path."""
         path = path or self.workdir / f"kubeconfig-{auth}"
@@ -179,8 +203,14 @@ class KubeApiServer:
         t = self._type({"apiVersion": api_version, "kind": kind})
         return self.ops.delete(t, namespace if t.namespaced else "", name)
 
-    def token(self, namespace: str, service_account: str, audiences: list[str] | None = None,
-              expires_in: int = 3600, pod: str | None = None) -> str:  # fmt: skip
+    def token(
+        self,
+        namespace: str,
+        service_account: str,
+        audiences: list[str] | None = None,
+        expires_in: int = 3600,
+        pod: str | None = None,
+    ) -> str:
         """A ServiceAccount token as TokenRequest mints it, but any lifetime (tests of expiry need seconds)."""
         sa = self.ops.get(
             self._type({"apiVersion": "v1", "kind": "ServiceAccount"}), namespace, service_account

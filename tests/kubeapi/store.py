@@ -9,6 +9,7 @@ older revision. ``compact()`` drops the log up to a revision: resuming from an o
 
 from __future__ import annotations
 
+import builtins
 import copy
 import threading
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ class Store:
             ]
             return out, rev
 
-    def events_after(self, revision: int) -> list[Event]:
+    def events_after(self, revision: int) -> builtins.list[Event]:
         """Events with a revision above ``revision``; Expired when some of them were compacted."""
         with self.cond:
             if revision < self.compacted:
@@ -122,7 +123,7 @@ class Store:
             self.cond.notify_all()
             return copy.deepcopy(last)
 
-    def keys(self, group: str, resource: str, namespace: str | None = None) -> list[Key]:
+    def keys(self, group: str, resource: str, namespace: str | None = None) -> builtins.list[Key]:
         with self.cond:
             return [
                 k

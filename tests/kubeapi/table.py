@@ -60,7 +60,7 @@ def columns(t: ResourceType) -> list[Obj]:
 def row(t: ResourceType, obj: Obj, include: str) -> Obj:
     meta = obj.get("metadata", {})
     cells: list[Any] = [meta.get("name", "")]
-    for name, typ, path in t.columns:
+    for _name, typ, path in t.columns:
         value = _jsonpath(obj, path)
         if typ == "date":
             value = _age(value) if isinstance(value, str) else "<unknown>"
@@ -79,5 +79,10 @@ def table(t: ResourceType, objs: list[Obj], resource_version: str, include: str,
     meta: Obj = {"resourceVersion": resource_version}
     if cont:
         meta["continue"] = cont
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": columns(t),
-            "rows": [row(t, o, include) for o in objs]}  # fmt: skip
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta,
+        "columnDefinitions": columns(t),
+        "rows": [row(t, o, include) for o in objs],
+    }

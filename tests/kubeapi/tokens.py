@@ -89,8 +89,13 @@ class TokenIssuer:
     def review(self, token: str, audiences: list[str] | None = None) -> Reviewed:
         wanted = audiences or list(self.audiences)
         try:
-            claims = jwt.decode(token, self._key.public_key(), algorithms=["RS256"], issuer=self.issuer,
-                                options={"verify_aud": False, "require": ["exp", "sub", "aud"]})  # fmt: skip
+            claims = jwt.decode(
+                token,
+                self._key.public_key(),
+                algorithms=["RS256"],
+                issuer=self.issuer,
+                options={"verify_aud": False, "require": ["exp", "sub", "aud"]},
+            )
         except jwt.ExpiredSignatureError:
             return Reviewed(False, "[invalid bearer token, service account token has expired]")
         except jwt.InvalidTokenError as e:
@@ -121,8 +126,10 @@ class TokenIssuer:
                 return Reviewed(
                     False, f"[invalid bearer token, pod {ns}/{pod_ref.get('name')} has been deleted]"
                 )
-            extra += [("authentication.kubernetes.io/pod-name", pod_ref["name"]),
-                      ("authentication.kubernetes.io/pod-uid", pod_ref["uid"])]  # fmt: skip
+            extra += [
+                ("authentication.kubernetes.io/pod-name", pod_ref["name"]),
+                ("authentication.kubernetes.io/pod-uid", pod_ref["uid"]),
+            ]
         return Reviewed(
             True,
             username=claims["sub"],

@@ -98,7 +98,16 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshLab, Cl
         api.create(yaml.safe_load(RATINGS_GROUP))
         lab.add_control_plane(
             {**DEMO_CONFIG, "30-ratings.yaml": RATINGS_GROUP},
-            extra_args=["--kubeconfig", str(kubeconfig), "--grace-period", "3s", "--heartbeat-timeout", "3s"],
+            extra_args=[
+                "--kubeconfig",
+                str(kubeconfig),
+                "--lease-namespace",
+                "default",
+                "--grace-period",
+                "3s",
+                "--heartbeat-timeout",
+                "3s",
+            ],
         )
         for name, group in (("web", "demo/web"), ("ratings", "default/ratings")):
             vm = lab.add_vm(name, group)

@@ -86,6 +86,12 @@ def add_subcommand(sub: Any) -> None:
     )
     kube.add_argument("--in-cluster", action="store_true", help="the same with the pod's service account")
     p.add_argument(
+        "--lease-namespace",
+        default="",
+        help="namespace of the Lease that picks the replica writing status (default: $POD_NAMESPACE, "
+        "else istio-system)",
+    )
+    p.add_argument(
         "--cluster-domain",
         default="cluster.local",
         help="DNS domain of the cluster's Services (NAME.NS.svc.DOMAIN); default: %(default)s",
@@ -124,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         in_cluster=args.in_cluster,
         cluster_domain=args.cluster_domain,
+        lease_namespace=args.lease_namespace,
         lifecycle=LifecycleSettings(
             heartbeat_interval=min(5.0, args.heartbeat_timeout.total_seconds() / 3),
             heartbeat_timeout=args.heartbeat_timeout.total_seconds(),

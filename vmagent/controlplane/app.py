@@ -33,6 +33,7 @@ from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
 from vmagent.controlplane.kube.client import KubeClient
 from vmagent.controlplane.kube.informer import Informer
 from vmagent.controlplane.kube.istio_source import IstioKubeSource
+from vmagent.controlplane.kube.lease import LeaseElector
 from vmagent.controlplane.kube.publisher import WorkloadEntryPublisher, published_by
 from vmagent.controlplane.kube.services import KubeServiceRegistry
 from vmagent.controlplane.mesh import MeshController, Translate
@@ -82,6 +83,7 @@ class ServeOptions:
     cluster_domain: str = "cluster.local"
     kube_sync_timeout: float = 10.0  # how long start() waits for the first list of every kind
     controller_id: str = ""  # names this control plane on the WorkloadEntries it writes (default: host name)
+    lease_namespace: str = ""  # where the replicas' Lease lives (default: $POD_NAMESPACE, else istio-system)
 
 
 class StateStore:
@@ -124,6 +126,7 @@ class ControlPlane:
         self.store = StateStore(opts.state_dir, settings, opts.ca_cert, opts.ca_key)
         self.kube: KubeClient | None = None
         self.kube_config: IstioKubeSource | None = None
+        self.elector: LeaseElector | None = None
         self.controller_id = opts.controller_id or os.environ.get("POD_NAME") or socket.gethostname()
         if opts.kubeconfig is not None or opts.in_cluster:
             self.kube = KubeClient.from_config(opts.kubeconfig, opts.in_cluster)
@@ -253,6 +256,8 @@ class ControlPlane:
         return self.store.ca.root_hash
 
     def start(self) -> None:
+        if self.elector is not None:
+            self.elector.start()
         self.configs.start()
         if self.kube_services is not None:
             self.kube_services.start()
@@ -297,6 +302,8 @@ class ControlPlane:
         if self.kube_services is not None:
             self.kube_services.stop()
         self.configs.stop()
+        if self.elector is not None:
+            self.elector.stop()
         if self.kube is not None:
             self.kube.close()
         self.store.close()
@@ -315,6 +322,8 @@ class ControlPlane:
             "enabled": True,
             "server": self.kube.host,
             "controller": self.controller_id,
+            "leader": self.elector.is_leader() if self.elector is not None else False,
+            "lease_holder": self.elector.holder if self.elector is not None else "",
             "resources": [
                 {
                     "resource": str(i.resource),

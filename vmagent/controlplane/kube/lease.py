@@ -23,6 +23,7 @@ from vmagent.controlplane.kube.client import JsonObj, KubeClient, KubeError, Res
 
 log = logging.getLogger(__name__)
 
+LEASE_NAME = "vmagent-cp-leader"
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 
 
@@ -68,6 +69,7 @@ class LeaseElector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.holder = ""  # the identity the Lease names, as last read
+        self.last_error = ""
         self.transitions = 0
 
     def is_leader(self) -> bool:
@@ -104,8 +106,12 @@ class LeaseElector:
             try:
                 ok = self.try_acquire_or_renew()
             except KubeError as exc:
-                log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
+                if str(exc) != self.last_error:
+                    log.warning("lease %s/%s: %s (retrying)", self.namespace, self.name, exc)
+                self.last_error = str(exc)
                 ok = False
+            else:
+                self.last_error = ""
             if ok:
                 self._last_renew = self._clock()
             self._set_leading(ok or self.is_leader())

@@ -143,13 +143,16 @@ CASES = [
         ],
     ),
     (
-        "jwtRule without issuer",
+        "jwtRule without issuer or jwksUri",
         doc(
             "RequestAuthentication",
-            "jwtRules:\n- jwksUri: https://idp.example.com/jwks\n",
+            "jwtRules:\n- jwks: '{}'\n",
             api="security.istio.io/v1",
         ),
-        ["bad.yaml: RequestAuthentication demo/x: spec.jwtRules[0].issuer: required field is missing"],
+        [
+            "bad.yaml: RequestAuthentication demo/x: spec.jwtRules[0].issuer: "
+            "issuer or jwksUri must be non-empty string"
+        ],
     ),
     (
         "bad apiVersion",
@@ -276,11 +279,9 @@ CASES = [
         ],
     ),
     (
-        "workload group template with an address, probe without handler",
-        doc("WorkloadGroup", "template: {address: 10.0.0.1}\nprobe: {periodSeconds: 5}\n"),
+        "workload group probe without handler",
+        doc("WorkloadGroup", "template: {}\nprobe: {periodSeconds: 5}\n"),
         [
-            "bad.yaml: WorkloadGroup demo/x: spec.template.address: must not be set in a WorkloadGroup template "
-            "(each workload has its own)",
             "bad.yaml: WorkloadGroup demo/x: spec.probe: one of 'httpGet', 'tcpSocket', 'exec' or 'grpc' is required",
         ],
     ),

@@ -25,12 +25,18 @@ class Ctx:
 
     errors: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    # (path, message) -> how vmagent differs from Istio there (IGNORED, REFUSED): the --istio-compat report.
+    compat: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def error(self, path: str, message: str) -> None:
+    def error(self, path: str, message: str, compat: str = "") -> None:
         self.errors.append((path, message))
+        if compat:
+            self.compat[(path, message)] = compat
 
-    def warn(self, path: str, message: str) -> None:
+    def warn(self, path: str, message: str, compat: str = "") -> None:
         self.warnings.append((path, message))
+        if compat:
+            self.compat[(path, message)] = compat
 
 
 def show(value: Any) -> str:
@@ -439,9 +445,9 @@ class Msg(Type):
                 text = f"field {str(key)!r} of {self.name} is not supported by vmagent: {spec.unsupported}"
                 text += f" ({spec.note})" if spec.note else ""
                 if spec.unsupported == REFUSED:
-                    ctx.error(kp, text)
+                    ctx.error(kp, text, compat=REFUSED)
                     continue
-                ctx.warn(kp, text)
+                ctx.warn(kp, text, compat=IGNORED)
             if spec.deprecated:
                 ctx.warn(kp, f"deprecated field: {spec.deprecated}")
             spec.resolve().check(v, kp, ctx)

@@ -181,10 +181,10 @@ CASES = [
     ),
     (
         "unsupported kind",
-        doc("Sidecar", "egress: []\n"),
+        doc("EnvoyFilter", "configPatches: []\n"),
         [
-            "bad.yaml: Sidecar demo/x: kind: unsupported kind 'Sidecar', expected one of: VirtualService, "
-            "DestinationRule, ServiceEntry, Gateway, WorkloadEntry, WorkloadGroup, PeerAuthentication, "
+            "bad.yaml: EnvoyFilter demo/x: kind: unsupported kind 'EnvoyFilter', expected one of: VirtualService, "
+            "DestinationRule, ServiceEntry, Gateway, WorkloadEntry, WorkloadGroup, Sidecar, PeerAuthentication, "
             "RequestAuthentication, AuthorizationPolicy"
         ],
     ),

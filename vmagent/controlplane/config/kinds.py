@@ -12,6 +12,7 @@ from vmagent.controlplane.config.security import (
     REQUEST_AUTHENTICATION,
 )
 from vmagent.controlplane.config.serviceentry import SERVICE_ENTRY
+from vmagent.controlplane.config.sidecar import SIDECAR
 from vmagent.controlplane.config.types import Msg
 from vmagent.controlplane.config.virtualservice import VIRTUAL_SERVICE
 from vmagent.controlplane.config.workload import WORKLOAD_ENTRY, WORKLOAD_GROUP
@@ -44,6 +45,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("Gateway", NETWORKING, _NET, GATEWAY),
         KindInfo("WorkloadEntry", NETWORKING, _NET, WORKLOAD_ENTRY),
         KindInfo("WorkloadGroup", NETWORKING, _NET, WORKLOAD_GROUP),
+        KindInfo("Sidecar", NETWORKING, _NET, SIDECAR),
         KindInfo("PeerAuthentication", SECURITY, _SEC, PEER_AUTHENTICATION),
         KindInfo("RequestAuthentication", SECURITY, _SEC, REQUEST_AUTHENTICATION),
         KindInfo("AuthorizationPolicy", SECURITY, _SEC, AUTHORIZATION_POLICY),

@@ -26,6 +26,7 @@ from vmagent.controlplane.translate.gateway_listeners import gateway_resources
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 from vmagent.controlplane.translate.security import inbound_security
 from vmagent.controlplane.translate.services import visible_services
+from vmagent.controlplane.translate.sidecar import apply_sidecar
 from vmagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 Resources = dict[str, dict[str, Any]]
@@ -40,6 +41,7 @@ _SELECTOR_PATHS: Mapping[str, tuple[str, ...]] = {
     "PeerAuthentication": ("selector", "matchLabels"),
     "RequestAuthentication": ("selector", "matchLabels"),
     "AuthorizationPolicy": ("selector", "matchLabels"),
+    "Sidecar": ("workloadSelector", "labels"),
 }
 
 
@@ -118,6 +120,8 @@ def build_outbound_resources(
     """
     view = outbound_view(proxy)
     visible = visible_services(services, view.namespace)
+    if view.mode != "gateway":  # as in Istio, a Sidecar resource does not apply to gateways
+        visible = apply_sidecar(visible, view.namespace, view.labels, configs, mesh.root_namespace)
     out: Resources = {CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}}
     for plan in clusters.plan_outbound(visible, view, configs, mesh):
         cluster, auto_tls = clusters.outbound_cluster(plan, mesh)

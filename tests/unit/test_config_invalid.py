@@ -185,7 +185,7 @@ CASES = [
         [
             "bad.yaml: EnvoyFilter demo/x: kind: unsupported kind 'EnvoyFilter', expected one of: VirtualService, "
             "DestinationRule, ServiceEntry, Gateway, WorkloadEntry, WorkloadGroup, Sidecar, PeerAuthentication, "
-            "RequestAuthentication, AuthorizationPolicy"
+            "RequestAuthentication, AuthorizationPolicy, Telemetry"
         ],
     ),
     (

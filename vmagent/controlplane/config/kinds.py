@@ -13,12 +13,14 @@ from vmagent.controlplane.config.security import (
 )
 from vmagent.controlplane.config.serviceentry import SERVICE_ENTRY
 from vmagent.controlplane.config.sidecar import SIDECAR
+from vmagent.controlplane.config.telemetry import TELEMETRY
 from vmagent.controlplane.config.types import Msg
 from vmagent.controlplane.config.virtualservice import VIRTUAL_SERVICE
 from vmagent.controlplane.config.workload import WORKLOAD_ENTRY, WORKLOAD_GROUP
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"
+TELEMETRY_GROUP = "telemetry.istio.io"
 
 
 @dataclass(frozen=True)
@@ -49,5 +51,6 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("PeerAuthentication", SECURITY, _SEC, PEER_AUTHENTICATION),
         KindInfo("RequestAuthentication", SECURITY, _SEC, REQUEST_AUTHENTICATION),
         KindInfo("AuthorizationPolicy", SECURITY, _SEC, AUTHORIZATION_POLICY),
+        KindInfo("Telemetry", TELEMETRY_GROUP, ("v1alpha1", "v1"), TELEMETRY),
     )
 }

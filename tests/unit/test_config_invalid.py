@@ -183,7 +183,8 @@ CASES = [
         "unsupported kind",
         doc("EnvoyFilter", "configPatches: []\n"),
         [
-            "bad.yaml: EnvoyFilter demo/x: kind: unsupported kind 'EnvoyFilter', expected one of: VirtualService, "
+            "bad.yaml: EnvoyFilter demo/x: kind: unsupported kind 'EnvoyFilter' (vmagent does not patch generated "
+            "Envoy configuration (no EnvoyFilter support yet)), expected one of: VirtualService, "
             "DestinationRule, ServiceEntry, Gateway, WorkloadEntry, WorkloadGroup, Sidecar, PeerAuthentication, "
             "RequestAuthentication, AuthorizationPolicy, Telemetry"
         ],

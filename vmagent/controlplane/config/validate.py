@@ -41,6 +41,13 @@ _IGNORED_METADATA = (
 _STRING_MAP = MapOf(Str())
 # Istio kinds vmagent does not support (reported as such by --istio-compat).
 ISTIO_KINDS = frozenset(("Sidecar", "EnvoyFilter", "WasmPlugin", "Telemetry", "ProxyConfig")) - set(KINDS)
+# Why an Istio kind is refused, appended to the "unsupported kind" error.
+_KIND_REASONS = {
+    "EnvoyFilter": "vmagent does not patch generated Envoy configuration (no EnvoyFilter support yet)",
+    "WasmPlugin": "vmagent does not load Wasm modules (no WasmPlugin support yet; Wasm filters are not "
+    "proven with the bundled Envoy)",
+    "ProxyConfig": "proxy settings come from the agent's configuration file",
+}
 
 
 @dataclass
@@ -82,7 +89,9 @@ def validate_document(doc: Any, file: str, index: int) -> DocResult:
     elif not isinstance(kind, str) or kind not in KINDS:
         ctx.error(
             "kind",
-            f"unsupported kind {show(kind)}, expected one of: {', '.join(KINDS)}",
+            f"unsupported kind {show(kind)}"
+            + (f" ({_KIND_REASONS[kind]})" if isinstance(kind, str) and kind in _KIND_REASONS else "")
+            + f", expected one of: {', '.join(KINDS)}",
             compat="kind" if kind in ISTIO_KINDS else "",
         )
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vmagent.controlplane.config.destinationrule import DESTINATION_RULE
+from vmagent.controlplane.config.envoyfilter import ENVOY_FILTER
 from vmagent.controlplane.config.gateway import GATEWAY
 from vmagent.controlplane.config.security import (
     AUTHORIZATION_POLICY,
@@ -48,6 +49,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("WorkloadEntry", NETWORKING, _NET, WORKLOAD_ENTRY),
         KindInfo("WorkloadGroup", NETWORKING, _NET, WORKLOAD_GROUP),
         KindInfo("Sidecar", NETWORKING, _NET, SIDECAR),
+        KindInfo("EnvoyFilter", NETWORKING, ("v1alpha3",), ENVOY_FILTER),
         KindInfo("PeerAuthentication", SECURITY, _SEC, PEER_AUTHENTICATION),
         KindInfo("RequestAuthentication", SECURITY, _SEC, REQUEST_AUTHENTICATION),
         KindInfo("AuthorizationPolicy", SECURITY, _SEC, AUTHORIZATION_POLICY),

@@ -22,6 +22,7 @@ from vmagent.controlplane.model import Service
 from vmagent.controlplane.translate import authn, clusters, inbound, listeners, names, routes
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.endpoints import load_assignment
+from vmagent.controlplane.translate.envoyfilter import apply_envoy_filters
 from vmagent.controlplane.translate.gateway_listeners import gateway_resources
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 from vmagent.controlplane.translate.security import inbound_security
@@ -42,6 +43,7 @@ _SELECTOR_PATHS: Mapping[str, tuple[str, ...]] = {
     "RequestAuthentication": ("selector", "matchLabels"),
     "AuthorizationPolicy": ("selector", "matchLabels"),
     "Sidecar": ("workloadSelector", "labels"),
+    "EnvoyFilter": ("workloadSelector", "labels"),
 }
 
 
@@ -157,6 +159,7 @@ def build_inbound_resources(
     """
     out: Resources = {t: dict(outbound.get(t, {})) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
     if proxy.mode == "gateway":
+        apply_envoy_filters(out, proxy, configs, mesh)
         return _sorted(out)
     for c in clusters.inbound_passthrough_clusters(proxy, mesh):
         _put(out, CLUSTER, c.name, c)
@@ -168,6 +171,7 @@ def build_inbound_resources(
     for c in authn.jwks_clusters(security.request_authentications, out[CLUSTER].keys(), mesh):
         _put(out, CLUSTER, c.name, c)
     _put(out, LISTENER, names.VIRTUAL_INBOUND, inbound.virtual_inbound(proxy, security, mesh))
+    apply_envoy_filters(out, proxy, configs, mesh)
     return _sorted(out)
 
 

@@ -107,3 +107,76 @@ def test_cli_process_exit_codes(tmp_path: Path) -> None:
     assert failed.returncode == 1 and "spec.ports[1].name: duplicate port name 'tcp'" in failed.stderr
     usage = subprocess.run([*cmd, "validate"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "-f/--filename" in usage.stderr
+
+
+COMPAT = """\
+apiVersion: networking.istio.io/v1
+kind: WasmPlugin
+metadata: {name: default, namespace: demo}
+spec:
+  url: file:///opt/filter.wasm
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: r, namespace: demo}
+spec:
+  host: r
+  trafficPolicy:
+    connectionPool: {http: {http2KeepAlive: {time: 10s}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: demo}
+spec:
+  action: CUSTOM
+  provider: {name: opa}
+  rules: [{}]
+"""
+
+
+def test_validate_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    assert main(["validate", "-o", "json", "-f", str(bad)]) == 1
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert err == ""
+    assert doc["valid"] is False and doc["objects"] == 0 and doc["warnings"] == []
+    assert doc["errors"][1] == {
+        "file": str(bad),
+        "object": "ServiceEntry demo/db",
+        "path": "spec.ports[1].name",
+        "message": "duplicate port name 'tcp'",
+    }
+    assert "istioCompat" not in doc
+    assert main(["validate", "-o", "json", "-f", str(DATA)]) == 0
+    assert json.loads(capsys.readouterr().out)["objects"] == 11
+
+
+def test_validate_istio_compat_reports_kinds_fields_and_semantics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    (tmp_path / "mesh").mkdir()
+    f = tmp_path / "mesh" / "a.yaml"
+    f.write_text(COMPAT.split("---\n", 1)[1])
+    g = tmp_path / "mesh" / "b.yaml"
+    g.write_text(COMPAT.split("---\n", 1)[0])
+    assert main(["validate", "--istio-compat", "-o", "json", "-f", str(tmp_path / "mesh")]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    got = [(c["object"], c["path"], c["compat"]) for c in doc["istioCompat"]]
+    assert got == [
+        ("AuthorizationPolicy demo/ext", "spec.action", "different"),
+        ("DestinationRule demo/r", "spec.trafficPolicy.connectionPool.http.http2KeepAlive", "ignored"),
+        ("WasmPlugin demo/default", "kind", "kind"),
+    ]
+    f.unlink()
+    assert main(["validate", "--istio-compat", "-f", str(tmp_path / "mesh")]) == 1
+    out, _ = capsys.readouterr()
+    assert out.splitlines()[0] == "Istio compatibility: 1 difference"
+    assert out.splitlines()[1].startswith(
+        f"  kind: {g}: WasmPlugin demo/default: kind: unsupported kind 'WasmPlugin'"
+    )

@@ -217,6 +217,18 @@ def test_not_principals_and_wildcards() -> None:
     assert not decide([pol], Req(principal=None)), "principals: ['*'] requires an authenticated peer"
 
 
+def test_trust_domains_and_source_trust_domain_condition() -> None:
+    other_td = "spiffe://partner.example/ns/demo/sa/web"
+    pol = ap("p", {"rules": [{"from": [{"source": {"trustDomains": ["cluster.local"]}}]}]})
+    assert decide([pol], Req(principal=WEB))
+    assert not decide([pol], Req(principal=other_td))
+    assert not decide([pol], Req(principal=None)), "plaintext has no trust domain"
+    deny = ap("d", {"action": "DENY", "rules": [{"from": [{"source": {"notTrustDomains": ["cluster.*"]}}]}]})
+    assert decide([deny], Req(principal=WEB)) and not decide([deny], Req(principal=other_td))
+    cond = ap("c", {"rules": [{"when": [{"key": "source.trustDomain", "values": ["partner.example"]}]}]})
+    assert decide([cond], Req(principal=other_td)) and not decide([cond], Req(principal=WEB))
+
+
 def test_operations_methods_paths_hosts_ports() -> None:
     pol = ap(
         "p",

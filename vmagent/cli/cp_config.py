@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vmagent.controlplane.config.analyze import analyze
+from vmagent.controlplane.config.compat import compat_report
 from vmagent.controlplane.config.issues import Issue
 from vmagent.controlplane.config.loader import LoadResult, load_paths
 from vmagent.controlplane.config.store import ConfigStore
@@ -26,6 +28,19 @@ def add_subcommand(sub: Any) -> None:
         "with its file, object and field path and exits 1 if there is any; warnings go to stderr.",
     )
     _files_arg(v)
+    v.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON document on stdout with valid, objects, errors, warnings (and istioCompat)",
+    )
+    v.add_argument(
+        "--istio-compat",
+        action="store_true",
+        help="also report what would behave differently from Istio: Istio kinds and fields vmagent does "
+        "not support (ignored or refused) and semantics it implements differently",
+    )
     v.set_defaults(func=validate)
 
     a: argparse.ArgumentParser = sub.add_parser(
@@ -73,9 +88,34 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
 
 
+def _issue_json(issue: Issue) -> dict[str, str]:
+    out = {"file": issue.file, "object": issue.obj, "path": issue.path, "message": issue.message}
+    if issue.compat:
+        out["compat"] = issue.compat
+    return out
+
+
 def validate(args: argparse.Namespace) -> int:
     result = load_paths(args.files)
-    if not _report(result, analyze(result.objects) if result.ok else ()):
+    extra = analyze(result.objects) if result.ok else []
+    compat = compat_report(result) if args.istio_compat else []
+    if args.output == "json":
+        doc: dict[str, Any] = {
+            "valid": result.ok,
+            "objects": len(result.objects),
+            "errors": [_issue_json(e) for e in result.errors],
+            "warnings": [_issue_json(w) for w in [*result.warnings, *extra]],
+        }
+        if args.istio_compat:
+            doc["istioCompat"] = [_issue_json(c) for c in compat]
+        print(json.dumps(doc, indent=2))
+        return 0 if result.ok else 1
+    ok = _report(result, extra)
+    if args.istio_compat:
+        print(f"Istio compatibility: {_plural(len(compat), 'difference')}")
+        for c in compat:
+            print(f"  {c.compat}: {c}")
+    if not ok:
         return 1
     print(f"{_plural(len(result.objects), 'object')} valid")
     return 0

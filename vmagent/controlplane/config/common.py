@@ -9,6 +9,7 @@ from vmagent.controlplane.config.types import (
     PERCENT_VALUE,
     PORT,
     STR,
+    Check,
     Ctx,
     F,
     ListOf,
@@ -18,6 +19,7 @@ from vmagent.controlplane.config.types import (
     child,
     is_dns1123_label,
     item,
+    key_path,
 )
 
 # Protocols Istio recognises on ports (case-insensitive).
@@ -78,12 +80,61 @@ STRING_MATCH = Msg(
 
 PERCENT = Msg("Percent", {"value": PERCENT_VALUE})
 PORT_SELECTOR = Msg("PortSelector", {"number": PORT})
-WORKLOAD_SELECTOR = Msg("WorkloadSelector", {"matchLabels": LABELS})
+
+
+def _selector_check(field: str) -> Check:
+    def check(value: dict[str, Any], path: str, ctx: Ctx) -> None:
+        labels = value.get(field)
+        for key, val in as_dict(labels).items():
+            kp = key_path(child(path, field), key)
+            if key == "":
+                ctx.error(kp, "empty key is not supported in selector")
+            if "*" in str(key) or (isinstance(val, str) and "*" in val):
+                ctx.error(kp, f"wildcard is not supported in selector: '{key}={val}'")
+
+    return check
+
+
+WORKLOAD_SELECTOR = Msg("WorkloadSelector", {"matchLabels": LABELS}, checks=[_selector_check("matchLabels")])
 # ServiceEntry (and Sidecar) use networking.v1alpha3.WorkloadSelector, whose field is `labels`.
-SE_WORKLOAD_SELECTOR = Msg("WorkloadSelector", {"labels": LABELS})
+SE_WORKLOAD_SELECTOR = Msg("WorkloadSelector", {"labels": LABELS}, checks=[_selector_check("labels")])
+
+# (group, kind) a policy targetRef may name; "" is the core group (Istio's allowed target kinds).
+TARGET_REF_KINDS = (
+    ("", "Service"),
+    ("core", "Service"),
+    ("networking.istio.io", "ServiceEntry"),
+    ("gateway.networking.k8s.io", "Gateway"),
+    ("gateway.networking.k8s.io", "GatewayClass"),
+)
+
+
+def _check_target_ref(value: dict[str, Any], path: str, ctx: Ctx) -> None:
+    if value.get("namespace"):
+        ctx.error(
+            child(path, "namespace"),
+            "targetRef namespace must not be set; cross namespace referencing is not supported",
+        )
+    group, kind = value.get("group", ""), value.get("kind")
+    if isinstance(group, str) and isinstance(kind, str) and kind and (group, kind) not in TARGET_REF_KINDS:
+        allowed = ", ".join(f"{g or 'core'}/{k}" for g, k in TARGET_REF_KINDS if g != "")
+        ctx.error(path, f"targetRef must be to one of {allowed} but was {group}/{kind}")
+
+
 POLICY_TARGET_REF = Msg(
     "PolicyTargetReference",
-    {"group": STR, "kind": F(STR, required=True), "name": F(STR, required=True), "namespace": STR},
+    {
+        "group": Str(
+            r"|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*",
+            what="an API group (DNS subdomain) or empty",
+        ),
+        "kind": F(
+            Str(r"[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?", what="a kind such as 'Service'"), required=True
+        ),
+        "name": F(Str(nonempty=True), required=True),
+        "namespace": STR,
+    },
+    checks=[_check_target_ref],
 )
 EXPORT_TO = ListOf(Str(r"\*|\.|~|[a-z0-9]([-a-z0-9]*[a-z0-9])?", what="'*', '.' or a namespace name"))
 

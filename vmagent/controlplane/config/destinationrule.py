@@ -14,9 +14,11 @@ from vmagent.controlplane.config.common import (
 from vmagent.controlplane.config.types import (
     DURATION,
     DURATION_1MS,
+    IGNORED,
     LABELS,
     NONNEG,
     PORT,
+    REFUSED,
     STR,
     STRINGS,
     UINT32,
@@ -25,6 +27,7 @@ from vmagent.controlplane.config.types import (
     Ctx,
     Enum,
     F,
+    Float,
     Host,
     Int,
     ListOf,
@@ -74,11 +77,23 @@ LOAD_BALANCER = Msg(
     {
         "simple": Enum("UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"),
         "consistentHash": CONSISTENT_HASH,
-        "localityLbSetting": LOCALITY_LB,
-        "warmupDurationSecs": DURATION,
-        "warmup": Msg(
-            "WarmupConfiguration",
-            {"duration": F(DURATION, required=True), "minimumPercent": Int(0, 100), "aggression": Int(1)},
+        "localityLbSetting": F(
+            LOCALITY_LB, unsupported=IGNORED, note="endpoints of all localities are used alike"
+        ),
+        "warmupDurationSecs": F(
+            DURATION, unsupported=IGNORED, note="new endpoints get their full share at once"
+        ),
+        "warmup": F(
+            Msg(
+                "WarmupConfiguration",
+                {
+                    "duration": F(DURATION, required=True),
+                    "minimumPercent": Float(0.0, 100.0),
+                    "aggression": Float(1.0, float("inf")),
+                },
+            ),
+            unsupported=IGNORED,
+            note="new endpoints get their full share at once",
         ),
     },
     oneofs=[("simple", "consistentHash")],
@@ -106,9 +121,25 @@ CONNECTION_POOL = Msg(
                 "maxRequestsPerConnection": NONNEG,
                 "maxRetries": NONNEG,
                 "idleTimeout": DURATION_1MS,
-                "h2UpgradePolicy": Enum("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"),
-                "useClientProtocol": Bool(),
-                "maxConcurrentStreams": NONNEG,
+                "h2UpgradePolicy": F(
+                    Enum("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"),
+                    unsupported=IGNORED,
+                    note="the upstream protocol follows the service port's protocol",
+                ),
+                "useClientProtocol": F(
+                    Bool(),
+                    unsupported=IGNORED,
+                    note="the upstream protocol follows the service port's protocol",
+                ),
+                "maxConcurrentStreams": F(NONNEG, unsupported=IGNORED, note="Envoy's default limit applies"),
+                "http2KeepAlive": F(
+                    Msg(
+                        "ConnectionPoolSettings.HTTPSettings.HTTP2KeepAlive",
+                        {"time": DURATION, "interval": DURATION, "timeout": DURATION},
+                    ),
+                    unsupported=IGNORED,
+                    note="no HTTP/2 PING keepalive is sent",
+                ),
             },
         ),
     },
@@ -154,8 +185,10 @@ CLIENT_TLS = Msg(
         "credentialName": STR,
         "subjectAltNames": STRINGS,
         "sni": STR,
-        "insecureSkipVerify": Bool(),
-        "caCrl": STR,
+        "insecureSkipVerify": F(
+            Bool(), unsupported=IGNORED, note="the server certificate is always verified"
+        ),
+        "caCrl": F(STR, unsupported=REFUSED, note="certificate revocation lists are not checked"),
     },
     checks=[_check_client_tls],
 )
@@ -192,15 +225,23 @@ TRAFFIC_POLICY = Msg(
         "outlierDetection": OUTLIER_DETECTION,
         "tls": CLIENT_TLS,
         "portLevelSettings": ListOf(PORT_TRAFFIC_POLICY),
-        "tunnel": Msg(
-            "TrafficPolicy.TunnelSettings",
-            {
-                "protocol": Enum("CONNECT", "POST"),
-                "targetHost": F(STR, required=True),
-                "targetPort": F(PORT, required=True),
-            },
+        "tunnel": F(
+            unsupported=REFUSED,
+            note="HTTP CONNECT tunnels are not built",
+            type=Msg(
+                "TrafficPolicy.TunnelSettings",
+                {
+                    "protocol": Enum("CONNECT", "POST"),
+                    "targetHost": F(STR, required=True),
+                    "targetPort": F(PORT, required=True),
+                },
+            ),
         ),
-        "proxyProtocol": Msg("TrafficPolicy.ProxyProtocol", {"version": Enum("V1", "V2")}),
+        "proxyProtocol": F(
+            Msg("TrafficPolicy.ProxyProtocol", {"version": Enum("V1", "V2")}),
+            unsupported=REFUSED,
+            note="no PROXY protocol header is sent upstream",
+        ),
     },
     checks=[_check_port_levels],
 )

@@ -14,6 +14,7 @@ from vmagent.controlplane.config.common import (
 from vmagent.controlplane.config.types import (
     LABELS,
     PORT,
+    REFUSED,
     STR,
     STRINGS,
     Bool,
@@ -53,7 +54,7 @@ SERVER_TLS = Msg(
         "serverCertificate": STR,
         "privateKey": STR,
         "caCertificates": STR,
-        "caCrl": STR,
+        "caCrl": F(STR, unsupported=REFUSED, note="certificate revocation lists are not checked"),
         "credentialName": STR,
         "credentialNames": STRINGS,
         "tlsCertificates": ListOf(
@@ -63,8 +64,12 @@ SERVER_TLS = Msg(
             )
         ),
         "subjectAltNames": STRINGS,
-        "verifyCertificateSpki": STRINGS,
-        "verifyCertificateHash": STRINGS,
+        "verifyCertificateSpki": F(
+            STRINGS, unsupported=REFUSED, note="client certificate pins are not checked"
+        ),
+        "verifyCertificateHash": F(
+            STRINGS, unsupported=REFUSED, note="client certificate pins are not checked"
+        ),
         "minProtocolVersion": Enum(*_TLS_VERSIONS),
         "maxProtocolVersion": Enum(*_TLS_VERSIONS),
         "cipherSuites": STRINGS,
@@ -96,7 +101,7 @@ SERVER = Msg(
         "bind": STR,
         "hosts": F(ListOf(Host(namespaced=True), nonempty=True), required=True),
         "tls": SERVER_TLS,
-        "defaultEndpoint": STR,
+        "defaultEndpoint": F(STR, unsupported=REFUSED, note="traffic is routed by VirtualServices only"),
         "name": STR,
     },
     checks=[_check_server],

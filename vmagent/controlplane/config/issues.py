@@ -13,6 +13,9 @@ class Issue:
     obj: str  # "VirtualService demo/reviews", or "document 3" when the object cannot be named
     path: str  # field path, e.g. spec.http[0].route[1].weight
     message: str
+    # How vmagent differs from Istio here: "" (it does not), "ignored" or "refused" (a field of Istio's
+    # API vmagent does not implement), "kind" (an Istio kind vmagent does not support).
+    compat: str = ""
 
     def __str__(self) -> str:
         parts = [p for p in (self.file, self.obj, self.path) if p]

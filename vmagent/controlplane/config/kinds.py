@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vmagent.controlplane.config.destinationrule import DESTINATION_RULE
+from vmagent.controlplane.config.envoyfilter import ENVOY_FILTER
 from vmagent.controlplane.config.gateway import GATEWAY
 from vmagent.controlplane.config.security import (
     AUTHORIZATION_POLICY,
@@ -12,12 +13,15 @@ from vmagent.controlplane.config.security import (
     REQUEST_AUTHENTICATION,
 )
 from vmagent.controlplane.config.serviceentry import SERVICE_ENTRY
+from vmagent.controlplane.config.sidecar import SIDECAR
+from vmagent.controlplane.config.telemetry import TELEMETRY
 from vmagent.controlplane.config.types import Msg
 from vmagent.controlplane.config.virtualservice import VIRTUAL_SERVICE
 from vmagent.controlplane.config.workload import WORKLOAD_ENTRY, WORKLOAD_GROUP
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"
+TELEMETRY_GROUP = "telemetry.istio.io"
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,11 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("Gateway", NETWORKING, _NET, GATEWAY),
         KindInfo("WorkloadEntry", NETWORKING, _NET, WORKLOAD_ENTRY),
         KindInfo("WorkloadGroup", NETWORKING, _NET, WORKLOAD_GROUP),
+        KindInfo("Sidecar", NETWORKING, _NET, SIDECAR),
+        KindInfo("EnvoyFilter", NETWORKING, ("v1alpha3",), ENVOY_FILTER),
         KindInfo("PeerAuthentication", SECURITY, _SEC, PEER_AUTHENTICATION),
         KindInfo("RequestAuthentication", SECURITY, _SEC, REQUEST_AUTHENTICATION),
         KindInfo("AuthorizationPolicy", SECURITY, _SEC, AUTHORIZATION_POLICY),
+        KindInfo("Telemetry", TELEMETRY_GROUP, ("v1alpha1", "v1"), TELEMETRY),
     )
 }

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from vmagent.controlplane.config.common import POLICY_TARGET_REF, WORKLOAD_SELECTOR, as_dict, as_list
 from vmagent.controlplane.config.types import (
     DURATION_1MS,
+    IGNORED,
+    REFUSED,
     STR,
     STRINGS,
     Bool,
@@ -55,6 +57,8 @@ def _check_peer_authn(value: dict[str, Any], path: str, ctx: Ctx) -> None:
             child(path, "portLevelMtls"),
             "requires a workload 'selector' (not allowed mesh- or namespace-wide)",
         )
+    if value.get("portLevelMtls") == {}:
+        ctx.error(child(path, "portLevelMtls"), "port level mTLS, if defined, must have at least one element")
 
 
 PEER_AUTHENTICATION = Msg(
@@ -64,7 +68,24 @@ PEER_AUTHENTICATION = Msg(
 )
 
 
+# Header names Envoy will not let a JWT claim overwrite (pseudo-headers fail the name pattern already).
+RESERVED_CLAIM_HEADERS = ("host", "authority")
+_STRICT_HEADER = re.compile(r"[-A-Za-z0-9]+")
+
+
+def _check_claim_header(value: dict[str, Any], path: str, ctx: Ctx) -> None:
+    header = value.get("header")
+    if not isinstance(header, str) or not header:
+        return
+    if not _STRICT_HEADER.fullmatch(header):
+        ctx.error(child(path, "header"), f"header name {header!r} is not a valid header name")
+    elif header.lower() in RESERVED_CLAIM_HEADERS:
+        ctx.error(child(path, "header"), f"header name {header!r} is reserved and cannot be set from a claim")
+
+
 def _check_url(value: dict[str, Any], path: str, ctx: Ctx) -> None:
+    if not value.get("issuer") and not value.get("jwksUri"):
+        ctx.error(child(path, "issuer"), "issuer or jwksUri must be non-empty string")
     uri = value.get("jwksUri")
     if isinstance(uri, str) and uri:
         parts = urlsplit(uri)
@@ -75,15 +96,15 @@ def _check_url(value: dict[str, Any], path: str, ctx: Ctx) -> None:
 JWT_RULE = Msg(
     "JWTRule",
     {
-        "issuer": F(Str(nonempty=True), required=True),
-        "audiences": STRINGS,
+        "issuer": STR,
+        "audiences": ListOf(Str(nonempty=True)),
         "jwksUri": STR,
         "jwks": STR,
         "fromHeaders": ListOf(
             Msg("JWTHeader", {"name": F(Str(nonempty=True), required=True), "prefix": STR})
         ),
-        "fromParams": STRINGS,
-        "fromCookies": STRINGS,
+        "fromParams": ListOf(Str(nonempty=True)),
+        "fromCookies": ListOf(Str(nonempty=True)),
         "outputPayloadToHeader": STR,
         "forwardOriginalToken": Bool(),
         "outputClaimToHeaders": ListOf(
@@ -93,9 +114,16 @@ JWT_RULE = Msg(
                     "header": F(Str(nonempty=True), required=True),
                     "claim": F(Str(nonempty=True), required=True),
                 },
+                checks=[_check_claim_header],
             )
         ),
         "timeout": DURATION_1MS,
+        "jwks_uri": F(STR, unsupported=REFUSED, note="Istio's legacy spelling; write jwksUri"),
+        "spaceDelimitedClaims": F(
+            ListOf(Str(nonempty=True), max_items=64),
+            unsupported=IGNORED,
+            note="only 'scope' and 'permission' claims are split at spaces",
+        ),
     },
     oneofs=[("jwksUri", "jwks")],
     checks=[_check_url],
@@ -113,6 +141,29 @@ def _check_ports(values: Any, path: str, ctx: Ctx) -> None:
     for i, p in enumerate(as_list(values)):
         if isinstance(p, str) and p.isdigit() and not 0 < int(p) <= 65535:
             ctx.error(item(path, i), f"invalid port {p!r}, expected a port number between 1 and 65535")
+
+
+def _check_service_accounts(values: Any, path: str, ctx: Ctx) -> None:
+    """Istio's form: SA or NS/SA, no wildcard, at most one '/', both parts non-empty."""
+    for i, v in enumerate(as_list(values)):
+        if not isinstance(v, str) or not v:
+            continue
+        parts = v.split("/")
+        if "*" in v or len(parts) > 2 or "" in parts:
+            ctx.error(item(path, i), f"invalid service account {v!r}, expected 'NAMESPACE/NAME' or 'NAME'")
+        elif len(v) > 320:
+            ctx.error(item(path, i), "longer than 320 characters")
+
+
+def _check_source(value: dict[str, Any], path: str, ctx: Ctx) -> None:
+    _nonempty_fields(value, path, ctx)
+    for k in ("serviceAccounts", "notServiceAccounts"):
+        _check_service_accounts(value.get(k), child(path, k), ctx)
+    identities = ("principals", "notPrincipals", "namespaces", "notNamespaces")
+    if any(value.get(k) for k in identities) and (
+        value.get("serviceAccounts") or value.get("notServiceAccounts")
+    ):
+        ctx.error(path, "cannot set serviceAccounts with namespaces or principals")
 
 
 def _nonempty_fields(value: dict[str, Any], path: str, ctx: Ctx) -> None:
@@ -134,14 +185,16 @@ SOURCE = Msg(
         "notRequestPrincipals": STRINGS,
         "namespaces": STRINGS,
         "notNamespaces": STRINGS,
-        "serviceAccounts": STRINGS,
-        "notServiceAccounts": STRINGS,
+        "serviceAccounts": ListOf(STR, max_items=16),
+        "notServiceAccounts": ListOf(STR, max_items=16),
+        "trustDomains": STRINGS,
+        "notTrustDomains": STRINGS,
         "ipBlocks": ListOf(IpOrCidr()),
         "notIpBlocks": ListOf(IpOrCidr()),
         "remoteIpBlocks": ListOf(IpOrCidr()),
         "notRemoteIpBlocks": ListOf(IpOrCidr()),
     },
-    checks=[_nonempty_fields],
+    checks=[_check_source],
 )
 
 
@@ -168,7 +221,7 @@ OPERATION = Msg(
 
 _CONDITION_KEY = re.compile(
     r"request\.headers\[[^\]]+\]|request\.auth\.claims\[[^\]]+\](\[[^\]]+\])*"
-    r"|source\.(ip|namespace|principal|serviceAccount)|remote\.ip"
+    r"|source\.(ip|namespace|principal|serviceAccount|trustDomain)|remote\.ip"
     r"|request\.auth\.(principal|audiences|presenter)"
     r"|destination\.(ip|port)|connection\.sni|experimental\.envoy\.filters\.[A-Za-z0-9_.]+\[[^\]]+\]"
 )

@@ -72,6 +72,13 @@ def _check_service_entry(value: dict[str, Any], path: str, ctx: Ctx) -> None:
             ctx.error(
                 item(child(path, "hosts"), i), f"wildcard host {h!r} cannot be resolved with {resolution}"
             )
+    if resolution not in ("NONE", "STATIC"):
+        for i, a in enumerate(as_list(value.get("addresses"))):
+            if isinstance(a, str) and "/" in a:
+                ctx.error(
+                    item(child(path, "addresses"), i),
+                    "CIDR addresses are allowed only for NONE/STATIC resolution types",
+                )
     if endpoints and value.get("workloadSelector") is not None:
         ctx.error(path, "only one of 'endpoints', 'workloadSelector' may be set")
     if resolution == "DNS_ROUND_ROBIN" and len(endpoints) > 1:

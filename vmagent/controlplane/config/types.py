@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import re2  # type: ignore[import-untyped]
+
 
 @dataclass
 class Ctx:
@@ -23,12 +25,18 @@ class Ctx:
 
     errors: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    # (path, message) -> how vmagent differs from Istio there (IGNORED, REFUSED): the --istio-compat report.
+    compat: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def error(self, path: str, message: str) -> None:
+    def error(self, path: str, message: str, compat: str = "") -> None:
         self.errors.append((path, message))
+        if compat:
+            self.compat[(path, message)] = compat
 
-    def warn(self, path: str, message: str) -> None:
+    def warn(self, path: str, message: str, compat: str = "") -> None:
         self.warnings.append((path, message))
+        if compat:
+            self.compat[(path, message)] = compat
 
 
 def show(value: Any) -> str:
@@ -65,6 +73,10 @@ def key_path(path: str, key: Any) -> str:
 
 class Type(ABC):
     """One node of a schema."""
+
+    def children(self) -> list[tuple[str, Type]]:
+        """Nested types with their path step (".name", "[]", "{}"): how tools walk the schema."""
+        return []
 
     @abstractmethod
     def check(self, value: Any, path: str, ctx: Ctx) -> None:
@@ -129,9 +141,8 @@ class Float(Type):
             ctx.error(path, f"expected a number, got {show(value)}")
             return
         if value < self.lo or value > self.hi:
-            ctx.error(
-                path, f"{show(value)} is out of range, expected a number between {self.lo:g} and {self.hi:g}"
-            )
+            bounds = f">= {self.lo:g}" if self.hi == float("inf") else f"between {self.lo:g} and {self.hi:g}"
+            ctx.error(path, f"{show(value)} is out of range, expected a number {bounds}")
 
 
 PERCENT_VALUE = Float(0.0, 100.0)
@@ -297,22 +308,38 @@ class IpOrCidr(Type):
             ctx.error(path, f"invalid address {show(value)}, expected {what}")
 
 
+def re2_problem(pattern: str) -> str | None:
+    """Why RE2 (the engine of Istio and Envoy) cannot compile ``pattern``, or None when it can."""
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print each failure on stderr
+    try:
+        re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else ""
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        return str(reason) or "not valid RE2 syntax"
+    return None
+
+
 class Regex(Type):
-    """A regular expression (Istio uses RE2; Python's syntax is checked as an approximation)."""
+    """A regular expression, compiled with RE2 itself (lookahead and backreferences are refused)."""
 
     def check(self, value: Any, path: str, ctx: Ctx) -> None:
         if not isinstance(value, str):
             ctx.error(path, f"expected a string, got {show(value)}")
             return
-        try:
-            re.compile(value)
-        except re.error as exc:
-            ctx.error(path, f"invalid regular expression {show(value)}: {exc}")
+        problem = re2_problem(value)
+        if problem is not None:
+            ctx.error(path, f"invalid regular expression {show(value)}: RE2 cannot compile it ({problem})")
 
 
 class ListOf(Type):
-    def __init__(self, elem: Type, nonempty: bool = False) -> None:
-        self.elem, self.nonempty = elem, nonempty
+    def __init__(self, elem: Type, nonempty: bool = False, max_items: int | None = None) -> None:
+        self.elem, self.nonempty, self.max_items = elem, nonempty, max_items
+
+    def children(self) -> list[tuple[str, Type]]:
+        return [("[]", self.elem)]
 
     def check(self, value: Any, path: str, ctx: Ctx) -> None:
         if not isinstance(value, list):
@@ -320,18 +347,25 @@ class ListOf(Type):
             return
         if self.nonempty and not value:
             ctx.error(path, "must not be empty")
+        if self.max_items is not None and len(value) > self.max_items:
+            ctx.error(path, f"too many items ({len(value)}), at most {self.max_items} allowed")
         for i, v in enumerate(value):
             self.elem.check(v, item(path, i), ctx)
 
 
 class MapOf(Type):
-    def __init__(self, value: Type, key: Type | None = None) -> None:
-        self.value, self.key = value, key
+    def __init__(self, value: Type, key: Type | None = None, nonempty: bool = False) -> None:
+        self.value, self.key, self.nonempty = value, key, nonempty
+
+    def children(self) -> list[tuple[str, Type]]:
+        return [("{}", self.value)]
 
     def check(self, value: Any, path: str, ctx: Ctx) -> None:
         if not isinstance(value, dict):
             ctx.error(path, f"expected a mapping, got {show(value)}")
             return
+        if self.nonempty and not value:
+            ctx.error(path, "must not be empty")
         for k, v in value.items():
             kp = key_path(path, k)
             if self.key is not None:
@@ -348,13 +382,24 @@ LABELS = MapOf(STR)
 Check = Callable[[dict[str, Any], str, Ctx], None]
 
 
+IGNORED = "ignored"
+REFUSED = "refused"
+
+
 @dataclass(frozen=True)
 class F:
-    """A message field: its type, whether it is required, and a deprecation note (accepted with a warning)."""
+    """A message field: its type, whether it is required, and a deprecation note (accepted with a warning).
+
+    ``unsupported`` marks a field of Istio's API that vmagent does not implement: ``IGNORED`` (accepted
+    with a warning, the behaviour differs from Istio) or ``REFUSED`` (an error); ``note`` says why or
+    what to write instead.
+    """
 
     type: Type | Callable[[], Type]
     required: bool = False
     deprecated: str = ""
+    unsupported: str = ""
+    note: str = ""
 
     def resolve(self) -> Type:
         return self.type if isinstance(self.type, Type) else self.type()
@@ -379,6 +424,9 @@ class Msg(Type):
         self.oneofs = [tuple(o) for o in oneofs]
         self.checks = list(checks)
 
+    def children(self) -> list[tuple[str, Type]]:
+        return [(f".{name}", spec.resolve()) for name, spec in self.fields.items()]
+
     def check(self, value: Any, path: str, ctx: Ctx) -> None:
         if not isinstance(value, dict):
             ctx.error(path, f"expected a mapping ({self.name}), got {show(value)}")
@@ -393,6 +441,13 @@ class Msg(Type):
                 continue
             if v is None:
                 continue
+            if spec.unsupported:
+                text = f"field {str(key)!r} of {self.name} is not supported by vmagent: {spec.unsupported}"
+                text += f" ({spec.note})" if spec.note else ""
+                if spec.unsupported == REFUSED:
+                    ctx.error(kp, text, compat=REFUSED)
+                    continue
+                ctx.warn(kp, text, compat=IGNORED)
             if spec.deprecated:
                 ctx.warn(kp, f"deprecated field: {spec.deprecated}")
             spec.resolve().check(v, kp, ctx)

@@ -39,6 +39,14 @@ _IGNORED_METADATA = (
     "selfLink",
 )
 _STRING_MAP = MapOf(Str())
+# Istio kinds vmagent does not support (reported as such by --istio-compat).
+ISTIO_KINDS = frozenset(("Sidecar", "EnvoyFilter", "WasmPlugin", "Telemetry", "ProxyConfig")) - set(KINDS)
+# Why an Istio kind is refused, appended to the "unsupported kind" error.
+_KIND_REASONS = {
+    "WasmPlugin": "vmagent does not load Wasm modules (no WasmPlugin support yet; Wasm filters are not "
+    "proven with the bundled Envoy)",
+    "ProxyConfig": "proxy settings come from the agent's configuration file",
+}
 
 
 @dataclass
@@ -78,7 +86,13 @@ def validate_document(doc: Any, file: str, index: int) -> DocResult:
     if kind is None:
         ctx.error("kind", "required field is missing")
     elif not isinstance(kind, str) or kind not in KINDS:
-        ctx.error("kind", f"unsupported kind {show(kind)}, expected one of: {', '.join(KINDS)}")
+        ctx.error(
+            "kind",
+            f"unsupported kind {show(kind)}"
+            + (f" ({_KIND_REASONS[kind]})" if isinstance(kind, str) and kind in _KIND_REASONS else "")
+            + f", expected one of: {', '.join(KINDS)}",
+            compat="kind" if kind in ISTIO_KINDS else "",
+        )
     else:
         info = KINDS[kind]
     api_version = doc.get("apiVersion")
@@ -96,8 +110,8 @@ def validate_document(doc: Any, file: str, index: int) -> DocResult:
     if info is not None:
         info.spec.check(spec, "spec", ctx)
 
-    errors = [Issue(file, label, p, m) for p, m in ctx.errors]
-    warnings = [Issue(file, label, p, m) for p, m in ctx.warnings]
+    errors = [Issue(file, label, p, m, ctx.compat.get((p, m), "")) for p, m in ctx.errors]
+    warnings = [Issue(file, label, p, m, ctx.compat.get((p, m), "")) for p, m in ctx.warnings]
     if errors or info is None:
         return DocResult(None, errors, warnings)
     obj = ConfigObject(

@@ -15,9 +15,11 @@ from vmagent.controlplane.config.common import (
 from vmagent.controlplane.config.types import (
     DURATION,
     DURATION_1MS,
+    IGNORED,
     LABELS,
     NONNEG,
     PORT,
+    REFUSED,
     STR,
     STRINGS,
     UINT32,
@@ -59,7 +61,7 @@ HTTP_MATCH = Msg(
         "ignoreUriCase": Bool(),
         "withoutHeaders": MapOf(STRING_MATCH),
         "sourceNamespace": STR,
-        "statPrefix": STR,
+        "statPrefix": F(STR, unsupported=IGNORED, note="route statistics use vmagent's own names"),
     },
 )
 
@@ -82,7 +84,11 @@ HTTP_REDIRECT = Msg(
         "uri": STR,
         "authority": STR,
         "port": PORT,
-        "derivePort": Enum("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"),
+        "derivePort": F(
+            Enum("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"),
+            unsupported=REFUSED,
+            note="set 'port' instead",
+        ),
         "scheme": STR,
         "redirectCode": UINT32,
     },
@@ -114,7 +120,7 @@ HTTP_RETRY = Msg(
         "attempts": NONNEG,
         "perTryTimeout": DURATION_1MS,
         "retryOn": STR,
-        "retryRemoteLocalities": Bool(),
+        "retryRemoteLocalities": F(Bool(), unsupported=IGNORED, note="localities are not told apart"),
         "retryIgnorePreviousHosts": Bool(),
         "backoff": DURATION_1MS,
     },
@@ -122,9 +128,7 @@ HTTP_RETRY = Msg(
 
 
 def _check_delay(value: dict[str, Any], path: str, ctx: Ctx) -> None:
-    if value.get("exponentialDelay") is not None:
-        ctx.error(child(path, "exponentialDelay"), "exponentialDelay is not supported, use fixedDelay")
-    elif value.get("fixedDelay") is None:
+    if value.get("exponentialDelay") is None and value.get("fixedDelay") is None:
         ctx.error(child(path, "fixedDelay"), "required field is missing")
 
 
@@ -140,7 +144,9 @@ FAULT = Msg(
             "HTTPFaultInjection.Delay",
             {
                 "fixedDelay": DURATION_1MS,
-                "exponentialDelay": DURATION,
+                "exponentialDelay": F(
+                    DURATION, unsupported=REFUSED, note="Istio does not implement it either; use fixedDelay"
+                ),
                 "percentage": PERCENT,
                 "percent": F(Int(0, 100, what="a percentage"), deprecated="use 'percentage.value' instead"),
             },
@@ -151,7 +157,7 @@ FAULT = Msg(
             {
                 "httpStatus": Int(200, 599, what="an HTTP status"),
                 "grpcStatus": STR,
-                "http2Error": STR,
+                "http2Error": F(STR, unsupported=REFUSED, note="use httpStatus or grpcStatus"),
                 "percentage": PERCENT,
             },
             oneofs=[("httpStatus", "grpcStatus", "http2Error")],
@@ -221,6 +227,7 @@ HTTP_ROUTE = Msg(
         "mirrors": ListOf(MIRROR_POLICY),
         "mirrorPercent": F(Int(0, 100, what="a percentage"), deprecated="use 'mirrorPercentage' instead"),
         "mirrorPercentage": PERCENT,
+        "mirror_percent": F(STR, unsupported=REFUSED, note="Istio's legacy spelling; write mirrorPercentage"),
         "corsPolicy": CORS,
         "headers": HEADERS,
     },
@@ -244,7 +251,7 @@ L4_MATCH = Msg(
     {
         "destinationSubnets": SUBNETS,
         "port": PORT,
-        "sourceSubnet": IpOrCidr(),
+        "sourceSubnet": F(IpOrCidr(), unsupported=REFUSED, note="a route would match every source"),
         "sourceLabels": LABELS,
         "gateways": STRINGS,
         "sourceNamespace": STR,

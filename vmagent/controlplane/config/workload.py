@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmagent.controlplane.config.types import (
+    IGNORED,
     LABELS,
     NONNEG,
     PORT,
@@ -27,12 +28,23 @@ from vmagent.controlplane.config.types import (
 SERVICE_ACCOUNT = Str(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", what="a service account name (DNS-1123)")
 
 
+def uds_problem(path: str) -> str | None:
+    """Istio's rules for a unix:// WorkloadEntry address (``path`` after the scheme)."""
+    if not path:
+        return "empty unix socket path"
+    if not path.startswith(("/", "@")):
+        return "UDS must be an absolute path or abstract socket"
+    if path.endswith("/"):
+        return "UDS may not be a dir"
+    return None
+
+
 def address_problem(address: str) -> str | None:
     """Why ``address`` is neither an IP, a DNS name nor a unix:// socket path; None when it is fine."""
     if is_ip(address):
         return None
     if address.startswith("unix://"):
-        return None if len(address) > len("unix://") else "empty unix socket path"
+        return uds_problem(address[len("unix://") :])
     if host_problem(address, wildcard=False):
         return "expected an IP address, a DNS name or unix:///path"
     return None
@@ -45,6 +57,8 @@ def _check_entry(value: dict[str, Any], path: str, ctx: Ctx) -> None:
         if problem:
             ctx.error(child(path, "address"), f"invalid address {address!r}: {problem}")
     ports = value.get("ports")
+    if isinstance(address, str) and address.startswith("unix://") and ports:
+        ctx.error(child(path, "ports"), "UDS may not include ports")
     for name in ports if isinstance(ports, dict) else {}:
         if isinstance(name, str) and not is_dns1123_label(name):
             ctx.error(
@@ -122,15 +136,11 @@ PROBE = Msg(
 )
 
 
-def _check_template(value: dict[str, Any], path: str, ctx: Ctx) -> None:
-    if value.get("address"):
-        ctx.error(
-            child(path, "address"), "must not be set in a WorkloadGroup template (each workload has its own)"
-        )
-
-
 TEMPLATE = workload_entry_msg("WorkloadEntry")
-TEMPLATE.checks.append(_check_template)
+# Istio ignores a template's address: each workload registers its own.
+TEMPLATE.fields["address"] = F(
+    STR, unsupported=IGNORED, note="as in Istio, each workload registers its own address"
+)
 
 WORKLOAD_GROUP = Msg(
     "WorkloadGroup",

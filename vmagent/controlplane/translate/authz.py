@@ -148,6 +148,20 @@ def _namespace(value: str) -> rbac_pb2.Principal:
     return rbac_pb2.Principal(authenticated=auth)
 
 
+def _trust_domain(value: str) -> rbac_pb2.Principal:
+    """The peer certificate's trust domain (``*``: any authenticated peer; ``x*`` / ``*x`` forms)."""
+    if value == "*":
+        return rbac_pb2.Principal(authenticated=rbac_pb2.Principal.Authenticated())
+    if value.endswith("*"):
+        td = re.escape(value[:-1]) + "[^/]*"
+    elif value.startswith("*"):
+        td = "[^/]*" + re.escape(value[1:])
+    else:
+        td = re.escape(value)
+    auth = rbac_pb2.Principal.Authenticated(principal_name=_regex(f"spiffe://{td}/.*"))
+    return rbac_pb2.Principal(authenticated=auth)
+
+
 def _service_account(value: str, ctx: _Ctx) -> rbac_pb2.Principal:
     ns, _, sa = value.partition("/")
     return _peer(f"{ctx.trust_domain}/ns/{ns}/sa/{sa}")
@@ -210,6 +224,8 @@ def _source_field(key: str, value: str, ctx: _Ctx) -> rbac_pb2.Principal:
         return _namespace(value)
     if key == "serviceAccounts":
         return _service_account(value, ctx)
+    if key == "trustDomains":
+        return _trust_domain(value)
     if key == "ipBlocks":
         return rbac_pb2.Principal(direct_remote_ip=_cidr(value))
     if key == "remoteIpBlocks":
@@ -328,6 +344,7 @@ def _condition_value(key: str, value: str, ctx: _Ctx) -> rbac_pb2.Principal | rb
         "source.namespace": _namespace,
         "source.principal": _peer,
         "source.serviceAccount": lambda v: _service_account(v, ctx),
+        "source.trustDomain": _trust_domain,
         "destination.ip": lambda v: rbac_pb2.Permission(destination_ip=_cidr(v)),
         "destination.port": _port,
         "connection.sni": lambda v: rbac_pb2.Permission(

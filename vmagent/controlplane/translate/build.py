@@ -22,10 +22,12 @@ from vmagent.controlplane.model import Service
 from vmagent.controlplane.translate import authn, clusters, inbound, listeners, names, routes
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.endpoints import load_assignment
+from vmagent.controlplane.translate.envoyfilter import apply_envoy_filters
 from vmagent.controlplane.translate.gateway_listeners import gateway_resources
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 from vmagent.controlplane.translate.security import inbound_security
 from vmagent.controlplane.translate.services import visible_services
+from vmagent.controlplane.translate.sidecar import apply_sidecar
 from vmagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 Resources = dict[str, dict[str, Any]]
@@ -40,6 +42,8 @@ _SELECTOR_PATHS: Mapping[str, tuple[str, ...]] = {
     "PeerAuthentication": ("selector", "matchLabels"),
     "RequestAuthentication": ("selector", "matchLabels"),
     "AuthorizationPolicy": ("selector", "matchLabels"),
+    "Sidecar": ("workloadSelector", "labels"),
+    "EnvoyFilter": ("workloadSelector", "labels"),
 }
 
 
@@ -118,6 +122,8 @@ def build_outbound_resources(
     """
     view = outbound_view(proxy)
     visible = visible_services(services, view.namespace)
+    if view.mode != "gateway":  # as in Istio, a Sidecar resource does not apply to gateways
+        visible = apply_sidecar(visible, view.namespace, view.labels, configs, mesh.root_namespace)
     out: Resources = {CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}}
     for plan in clusters.plan_outbound(visible, view, configs, mesh):
         cluster, auto_tls = clusters.outbound_cluster(plan, mesh)
@@ -153,6 +159,7 @@ def build_inbound_resources(
     """
     out: Resources = {t: dict(outbound.get(t, {})) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
     if proxy.mode == "gateway":
+        apply_envoy_filters(out, proxy, configs, mesh)
         return _sorted(out)
     for c in clusters.inbound_passthrough_clusters(proxy, mesh):
         _put(out, CLUSTER, c.name, c)
@@ -164,6 +171,7 @@ def build_inbound_resources(
     for c in authn.jwks_clusters(security.request_authentications, out[CLUSTER].keys(), mesh):
         _put(out, CLUSTER, c.name, c)
     _put(out, LISTENER, names.VIRTUAL_INBOUND, inbound.virtual_inbound(proxy, security, mesh))
+    apply_envoy_filters(out, proxy, configs, mesh)
     return _sorted(out)
 
 

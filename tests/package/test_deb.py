@@ -91,12 +91,12 @@ def test_install_remove_purge(packages: Packages, rootfs: RootfsCache, tmp_path:
 
         # Purge: state and configuration go too.
         vm.exec(["dpkg", "-P", "vmagent"], timeout=300)
+        # the whole tree is as before the installation (this lists every leftover at once)
+        assert_no_leftovers(vm, before)
         assert not (vm.root / "var" / "lib" / "vmagent").exists()
         assert not (vm.root / "etc" / "vmagent").exists()
         status = vm.exec(["dpkg-query", "-W", "-f=${Status}", "vmagent"], check=False)
         assert status.returncode != 0 or "not-installed" in status.stdout
-        # ... and the whole tree is as before the installation
-        assert_no_leftovers(vm, before)
 
 
 def test_cp_package_starts_control_plane(packages: Packages, rootfs: RootfsCache, tmp_path: Path) -> None:

@@ -54,8 +54,10 @@ def snapshot(root: Path) -> dict[str, Entry]:
 
 
 def _allowed(path: str, allowed: Mapping[str, str]) -> bool:
-    """``allowed`` keys are exact paths, or prefixes ending in "/" that cover everything below them."""
-    return path in allowed or any(key.endswith("/") and path.startswith(key) for key in allowed)
+    """``allowed`` keys are exact paths, or paths ending in "/": that directory and everything below it."""
+    return path in allowed or any(
+        key.endswith("/") and (path.startswith(key) or path == key[:-1]) for key in allowed
+    )
 
 
 def leftovers(

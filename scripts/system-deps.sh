@@ -2,8 +2,11 @@
 # Installs the Debian packages that the demo and the tests need, once: a no-op when all are present.
 # Usage: scripts/system-deps.sh   (needs root when something is missing)
 set -euo pipefail
-pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev iptables iproute2 procps
-      debootstrap systemd-container rpm rpmlint lintian curl ca-certificates make git bind9-dnsutils)
+# docs/development.md lists which command needs which package (tests/tools.py checks them before a test run).
+# nftables: only the tests' inspector (`nft list ruleset`); vmagent itself never runs nft.
+pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev iptables nftables iproute2 procps
+      passwd mawk systemd debootstrap systemd-container rpm rpmlint lintian curl ca-certificates make git
+      bind9-dnsutils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

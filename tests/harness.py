@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+from tests.tools import missing_message
 from vmagent.lab.wait import wait_for
 
 
@@ -24,9 +25,11 @@ def require_root() -> None:
 
 
 def require_tool(name: str) -> str:
+    """The path of command ``name``; fails (never skips: a skipped check passes by accident) naming the
+    Debian package that scripts/system-deps.sh installs for it."""
     path = shutil.which(name)
     if not path:
-        pytest.skip(f"needs {name!r} on PATH (scripts/system-deps.sh installs it)")
+        pytest.fail(missing_message(name))
     return path
 
 

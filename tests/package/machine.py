@@ -132,7 +132,12 @@ class RootfsCache:
             raise
 
     def copy(self, dest: Path) -> Path:
-        run(["cp", "-a", "--reflink=auto", str(self.path), str(dest)], timeout=300)
+        """A private copy at ``dest``. The cached tree may be a symlink to a shared cache (as helpers share
+        one build): ``cp -a`` would copy the link itself and every test would then change the shared
+        tree, so the link is resolved first."""
+        run(["cp", "-a", "--reflink=auto", str(self.path.resolve()), str(dest)], timeout=300)
+        if dest.is_symlink() or not dest.is_dir():
+            raise AssertionError(f"copying {self.path} to {dest} did not make a directory")
         return dest
 
 

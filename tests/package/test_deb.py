@@ -9,17 +9,37 @@ import pytest
 
 from tests.package.conftest import Packages
 from tests.package.machine import Machine, RootfsCache, booted
+from tests.package.treediff import Entry, leftovers, snapshot
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
+# What may differ in a booted machine's tree between "before installing" and "after purging", and why.
+# Anything else left behind (a file, a directory, a changed mode or owner) fails the test.
+ALLOWED_AFTER_PURGE: dict[str, str] = {
+    "/var/log/journal/": "the running system's journal, written by every unit, ours included",
+    "/var/lib/systemd/timers/": "stamps of the system's own timers (apt-daily...) that elapse meanwhile",
+}
+
+
 def install(machine: Machine, deb: Path) -> None:
-    shutil.copy(deb, machine.root / "root" / deb.name)
-    machine.exec(["dpkg", "-i", f"/root/{deb.name}"], timeout=300)
+    """``dpkg -i`` the package (copied into the machine for that, and deleted again)."""
+    copy = machine.root / "root" / deb.name
+    shutil.copy(deb, copy)
+    try:
+        machine.exec(["dpkg", "-i", f"/root/{deb.name}"], timeout=300)
+    finally:
+        copy.unlink()
+
+
+def assert_no_leftovers(machine: Machine, before: dict[str, Entry]) -> None:
+    left = leftovers(before, snapshot(machine.root), ALLOWED_AFTER_PURGE)
+    assert left == [], "purge left these behind:\n" + "\n".join(left)
 
 
 def test_install_remove_purge(packages: Packages, rootfs: RootfsCache, tmp_path: Path) -> None:
     with booted(rootfs, tmp_path, "d1", with_link=False) as (vm, _):
+        before = snapshot(vm.root)
         install(vm, packages.deb)
 
         # The proxy user exists (sysusers, or the useradd fallback) and is a system account without a shell.
@@ -72,6 +92,8 @@ def test_install_remove_purge(packages: Packages, rootfs: RootfsCache, tmp_path:
 
         # Purge: state and configuration go too.
         vm.exec(["dpkg", "-P", "vmagent"], timeout=300)
+        # the whole tree is as before the installation (this lists every leftover at once)
+        assert_no_leftovers(vm, before)
         assert not (vm.root / "var" / "lib" / "vmagent").exists()
         assert not (vm.root / "etc" / "vmagent").exists()
         status = vm.exec(["dpkg-query", "-W", "-f=${Status}", "vmagent"], check=False)
@@ -79,9 +101,11 @@ def test_install_remove_purge(packages: Packages, rootfs: RootfsCache, tmp_path:
 
 
 def test_cp_package_starts_control_plane(packages: Packages, rootfs: RootfsCache, tmp_path: Path) -> None:
-    """vmagent-cp is enabled and started on installation when its daemon exists, and stops on removal."""
+    """vmagent-cp is enabled and started on installation when its daemon exists, stops on removal, and
+    leaves nothing behind on purge."""
     assert packages.cp_deb is not None
     with booted(rootfs, tmp_path, "d2", with_link=False) as (vm, _):
+        before = snapshot(vm.root)
         install(vm, packages.cp_deb)
         assert "usage: vmagent-cp" in vm.exec(["vmagent-cp", "--help"]).stdout
         assert vm.exec(["systemctl", "is-enabled", "vmagent-cp.service"]).stdout.strip() == "enabled"
@@ -110,3 +134,7 @@ def test_cp_package_starts_control_plane(packages: Packages, rootfs: RootfsCache
             vm.exec(["systemctl", "is-active", "vmagent-cp.service"], check=False).stdout.strip() != "active"
         )
         assert (vm.root / "var" / "lib" / "vmagent-cp").is_dir()
+        # Purge: the CA and the configuration go, and the whole tree is as before the installation.
+        vm.exec(["dpkg", "-P", "vmagent-cp"], timeout=300)
+        assert not (vm.root / "var" / "lib" / "vmagent-cp").exists()
+        assert_no_leftovers(vm, before)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -143,8 +144,8 @@ class Hosts:
     peer: Netns
     config_dir: Path
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """``vmagent capture ARGS --config-dir DIR`` inside the vm namespace."""
+    def cli(self, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``vmagent capture ARGS --config-dir DIR`` inside the vm namespace (with ``path`` as PATH)."""
         cmd = [
             sys.executable,
             "-m",
@@ -154,7 +155,8 @@ class Hosts:
             "--config-dir",
             str(self.config_dir),
         ]
-        return self.vm.run(cmd, check=False, timeout=60)
+        env = None if path is None else {**os.environ, "PATH": path}
+        return self.vm.run(cmd, check=False, timeout=60, env=env)
 
     def write_config(self, text: str) -> None:
         (self.config_dir / "config.yaml").write_text(text)
@@ -313,12 +315,51 @@ def test_apply_twice_adds_nothing_and_clean_restores_exactly(hosts: Hosts, backe
     assert "ipv4: not applied" in hosts.cli("show").stdout
 
 
-def test_clean_on_a_host_without_a_nat_table_leaves_no_trace(hosts: Hosts) -> None:
+@pytest.fixture(scope="session")
+def path_without_nft(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A PATH that finds every command of this machine but ``nft``: a host without nftables installed
+    (many cloud images), while this one has it (scripts/system-deps.sh)."""
+    bindir = tmp_path_factory.mktemp("bin-without-nft")
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if not os.path.isdir(directory):
+            continue
+        for entry in os.scandir(directory):
+            link = bindir / entry.name
+            if entry.name != "nft" and not link.exists() and os.access(entry.path, os.X_OK):
+                link.symlink_to(entry.path)
+    path = str(bindir)
+    assert shutil.which("nft", path=path) is None and shutil.which("iptables-nft-restore", path=path)
+    return path
+
+
+@pytest.mark.parametrize("nft", ["installed", "not installed"])
+def test_clean_on_a_host_without_a_nat_table_leaves_no_trace(
+    hosts: Hosts, nft: str, path_without_nft: str
+) -> None:
+    """Exact on both kinds of host: capture never needs the nft binary. nft (always on this machine) is
+    the test's inspector: ``nft list ruleset`` shows every table of every family, also ones iptables-save
+    does not list."""
+    inspector = require_tool("nft")
+    path = None if nft == "installed" else path_without_nft
+
+    def ruleset() -> str:
+        return hosts.vm.run([inspector, "list", "ruleset"]).stdout
+
     before = saves(hosts.vm)
     assert "*nat" not in before[0] and "*nat" not in before[1]
-    assert hosts.cli("apply").returncode == 0
-    assert hosts.cli("clean").returncode == 0
+    assert ruleset() == ""
+    applied = hosts.cli("apply", path=path)
+    assert applied.returncode == 0, applied.stderr
+    assert "table ip nat" in ruleset() and "table ip6 nat" in ruleset()
+    dry = hosts.cli("clean", "--dry-run", path=path)
+    assert (
+        "# then, when the nat table apply created is empty again, iptables-nft-restore --wait=10"
+        in dry.stdout
+    )
+    cleaned = hosts.cli("clean", path=path)
+    assert cleaned.returncode == 0, cleaned.stderr
     assert saves(hosts.vm) == before
+    assert ruleset() == ""
 
 
 def test_dry_run_prints_the_restore_input_and_changes_nothing(hosts: Hosts) -> None:

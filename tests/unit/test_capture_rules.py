@@ -202,10 +202,12 @@ LEGACY_TOOLS = {t.replace("-nft-", "-legacy-") for t in NFT_TOOLS}
 
 class FakeIptables:
     """Records commands; ``saves`` maps a save binary to its output; restores of binaries in ``failing``
-    fail; a successful restore replaces the matching save output with ``after[restore binary]``."""
+    fail; a successful restore replaces the matching save output with ``after[restore binary]``; a
+    restore without ``--noflush`` of an empty ``*nat`` deletes the table (as iptables-nft-restore does:
+    tests/system/test_capture.py checks the real one)."""
 
     def __init__(self, tools: set[str], saves: dict[str, str] | None = None) -> None:
-        self.tools = tools | {"nft"}
+        self.tools = set(tools)
         self.saves = dict(saves or {})
         self.broken: set[str] = set()
         self.failing: set[str] = set()
@@ -229,7 +231,9 @@ class FakeIptables:
             return subprocess.CompletedProcess(cmd, 1, "", "failed")
         if name.endswith("-restore"):
             save = name.replace("-restore", "-save")
-            if name in self.after:
+            if "--noflush" not in cmd and input == "*nat\nCOMMIT\n":
+                self.saves[save] = ""
+            elif name in self.after:
                 self.saves[save] = self.after[name]
         return subprocess.CompletedProcess(cmd, 0, self.saves.get(name, ""), "")
 
@@ -335,6 +339,62 @@ def test_dry_run_text_names_the_command() -> None:
     assert ":VMAGENT_CREATED_TABLE - [0:0]" in text
     assert fake.restores() == []
     assert format_plan(m.plan_clean(), m.backend()).count("# (nothing to do)") == 2
+
+
+EMPTY_NAT = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_clean_deletes_the_nat_table_apply_created_without_the_nft_binary(backend: str) -> None:
+    tools = NFT_TOOLS if backend == "nft" else LEGACY_TOOLS
+    fake = FakeIptables(tools)
+    m = manager(fake)
+    save = f"iptables-{backend}-save"
+    restore = f"iptables-{backend}-restore"
+    fake.after[restore] = transition(NatState(), desired_state(cfg(), IDS, "ipv4", mark_table=True))
+    fake.after[restore.replace("iptables", "ip6tables")] = fake.after[restore]
+    m.apply()
+    assert m.state("ipv4").created_table
+    fake.after = {restore: EMPTY_NAT, restore.replace("iptables", "ip6tables"): EMPTY_NAT}
+    dry = format_plan(m.plan_clean(), m.backend())
+    fake.calls.clear()
+    m.clean()
+    cmds = [cmd for cmd, _ in fake.calls if cmd[0].endswith("-restore")]
+    texts = [text for cmd, text in fake.calls if cmd[0].endswith("-restore")]
+    if backend == "nft":
+        # per family: the --noflush transaction removing ours, then the table drop through the same tool
+        assert cmds == [
+            [restore, "--noflush", "--wait=10"],
+            [restore, "--wait=10"],
+            [restore.replace("iptables", "ip6tables"), "--noflush", "--wait=10"],
+            [restore.replace("iptables", "ip6tables"), "--wait=10"],
+        ]
+        assert texts[1] == texts[3] == "*nat\nCOMMIT\n"
+        assert fake.saves[save] == ""
+        assert (
+            f"# then, when the nat table apply created is empty again, {restore} --wait=10 deletes it:" in dry
+        )
+    else:
+        # a legacy table cannot be deleted: only the --noflush transactions run, the empty table stays
+        assert all("--noflush" in cmd for cmd in cmds) and len(cmds) == 2
+        assert fake.saves[save] == EMPTY_NAT
+        assert "# then" not in dry
+    assert not any(cmd[0] == "nft" for cmd, _ in fake.calls)
+
+
+def test_clean_keeps_a_nat_table_that_holds_rules_of_others() -> None:
+    fake = FakeIptables(NFT_TOOLS)
+    m = manager(fake)
+    applied = transition(NatState(), desired_state(cfg(), IDS, "ipv4", mark_table=True))
+    fake.after = {"iptables-nft-restore": applied, "ip6tables-nft-restore": applied}
+    m.apply()
+    # someone added a rule of their own to the table apply created
+    others = EMPTY_NAT.replace("COMMIT", "-A OUTPUT -d 10.9.9.9/32 -j RETURN\nCOMMIT")
+    fake.after = {"iptables-nft-restore": others, "ip6tables-nft-restore": others}
+    fake.calls.clear()
+    m.clean()
+    assert all("--noflush" in cmd for cmd, _ in fake.calls if cmd[0].endswith("-restore"))
+    assert fake.saves["iptables-nft-save"] == others
 
 
 def test_show_lists_our_rules() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vmagent.agent.capture_backend import Backend, CommandRunner, Which, detect_backend, read_state
 from vmagent.agent.capture_config import CaptureConfig, ProxyIds, lookup_proxy_ids
@@ -21,16 +21,18 @@ from vmagent.common.proc import run
 
 log = logging.getLogger(__name__)
 
-_NFT_FAMILY: dict[Family, str] = {"ipv4": "ip", "ipv6": "ip6"}
+# Fed to the nft backend's restore tool WITHOUT --noflush: deletes the (empty) nat table, creates nothing.
+DROP_TABLE_INPUT = "*nat\nCOMMIT\n"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What a change would do per family: the restore input (``""`` = nothing to do) and the state it
-    starts from."""
+    """What a change would do per family: the restore input (``""`` = nothing to do), the state it
+    starts from, and (clean) whether the nat table apply created is to be deleted once it is empty."""
 
     texts: dict[Family, str]
     before: dict[Family, NatState]
+    drop_table: dict[Family, bool] = field(default_factory=dict)
 
 
 class CaptureManager:
@@ -129,7 +131,7 @@ class CaptureManager:
                 continue
             before[family] = self.state(family)
             texts[family] = transition(before[family], NatState())
-        return Plan(texts, before)
+        return Plan(texts, before, {f: state.created_table for f, state in before.items()})
 
     # -- changes ---------------------------------------------------------------------------------------
     def apply(self) -> None:
@@ -154,7 +156,7 @@ class CaptureManager:
         for family, text in plan.texts.items():
             if text:
                 self._restore(family, text)
-            if plan.before[family].created_table:
+            if plan.drop_table.get(family):
                 self._drop_table_if_empty(family)
         if any(plan.texts.values()):
             log.info("capture removed")
@@ -202,14 +204,21 @@ class CaptureManager:
         return f"{'+'.join(done)} rolled back, nothing was changed"
 
     def _drop_table_if_empty(self, family: Family) -> None:
-        """Delete the family's nat table when it holds nothing (nft only; legacy tables cannot be removed)."""
+        """Delete the family's nat table when it holds nothing (nf_tables backend only).
+
+        iptables-nft-restore without ``--noflush`` deletes every table its input names before filling it
+        again, and a table whose input declares nothing is not created again: ``*nat`` + ``COMMIT``
+        removes the table with the backend's own tool, so no ``nft`` binary is needed. A legacy
+        (x_tables) table lives as long as the kernel module and cannot be removed.
+        """
         state = self.state(family)
         if not state.table_exists or not state.table_empty:
             return
-        if self.backend().name != "nft" or not self._which("nft"):
-            log.info("%s nat table left in place (empty): it cannot be removed with this backend", family)
+        backend = self.backend()
+        if backend.name != "nft":
+            log.info("%s nat table left in place (empty): a legacy table cannot be removed", family)
             return
-        self._runner(["nft", "delete", "table", _NFT_FAMILY[family], "nat"])
+        self._runner([backend.restore[family], "--wait=10"], input=DROP_TABLE_INPUT)
 
 
 def format_plan(plan: Plan, backend: Backend) -> str:
@@ -218,4 +227,8 @@ def format_plan(plan: Plan, backend: Backend) -> str:
     for family, text in plan.texts.items():
         out.append(f"# {family}: {' '.join(backend.restore_cmd(family))}")
         out.append(text.rstrip("\n") if text else "# (nothing to do)")
+        if plan.drop_table.get(family) and backend.name == "nft":
+            drop = " ".join([backend.restore[family], "--wait=10"])
+            out.append(f"# then, when the nat table apply created is empty again, {drop} deletes it:")
+            out += [f"# {line}" for line in DROP_TABLE_INPUT.splitlines()]
     return "\n".join(out) + "\n"

@@ -1,0 +1,127 @@
+"""The external commands the test tiers run on this machine, and the Debian package that provides each.
+
+``scripts/system-deps.sh`` installs every package named here; ``tests/conftest.py`` checks the commands of
+the collected tiers once, before the first test, so a missing tool stops the run with its name and package
+instead of failing deep inside an assertion (or, worse, skipping). docs/development.md has the same table
+with the code (vmagent/, packaging/, scripts/, bench/) included; keep the two in step.
+
+Commands run *inside* the package tier's booted Debian tree (dpkg -i, systemctl, journalctl, ps...) come
+from that tree (tests/package/machine.py PACKAGES), not from this machine, and are not listed here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+
+# command -> Debian package (bookworm)
+DEBIAN_PACKAGE: dict[str, str] = {
+    "sh": "dash",
+    "test": "coreutils",
+    "cp": "coreutils",
+    "chroot": "coreutils",
+    "ip": "iproute2",
+    "ss": "iproute2",
+    "sysctl": "procps",
+    "setpriv": "util-linux",
+    "nsenter": "util-linux",
+    "useradd": "passwd",
+    "getent": "libc-bin",
+    "iptables": "iptables",
+    "iptables-save": "iptables",
+    "iptables-restore": "iptables",
+    "ip6tables-save": "iptables",
+    "ip6tables-restore": "iptables",
+    "iptables-nft": "iptables",
+    "iptables-nft-save": "iptables",
+    "iptables-nft-restore": "iptables",
+    "ip6tables-nft-save": "iptables",
+    "ip6tables-nft-restore": "iptables",
+    "iptables-legacy": "iptables",
+    "iptables-legacy-save": "iptables",
+    "iptables-legacy-restore": "iptables",
+    "ip6tables-legacy-save": "iptables",
+    "ip6tables-legacy-restore": "iptables",
+    "nft": "nftables",
+    "curl": "curl",
+    "dig": "bind9-dnsutils",
+    "dpkg": "dpkg",
+    "dpkg-deb": "dpkg",
+    "rpm": "rpm",
+    "rpmlint": "rpmlint",
+    "lintian": "lintian",
+    "debootstrap": "debootstrap",
+    "systemd-nspawn": "systemd-container",
+    "systemd-analyze": "systemd",
+    "git": "git",
+    "awk": "mawk",
+    "gcc": "gcc",
+    "pkg-config": "pkg-config",
+}
+
+_CAPTURE = (
+    "iptables",
+    "iptables-save",
+    "iptables-restore",
+    "ip6tables-save",
+    "ip6tables-restore",
+    "iptables-nft",
+    "iptables-nft-save",
+    "iptables-nft-restore",
+    "ip6tables-nft-save",
+    "ip6tables-nft-restore",
+    "iptables-legacy",
+    "iptables-legacy-save",
+    "iptables-legacy-restore",
+    "ip6tables-legacy-save",
+    "ip6tables-legacy-restore",
+)
+
+# tier (the directory under tests/) -> the commands its tests and the code they drive run on this machine
+TIER_TOOLS: dict[str, tuple[str, ...]] = {
+    "unit": ("sh",),
+    "integration": ("sh", "test", "setpriv"),
+    "system": (
+        *_CAPTURE,
+        "nft",
+        "ip",
+        "ss",
+        "sysctl",
+        "setpriv",
+        "useradd",
+        "getent",
+        "curl",
+        "dig",
+        "test",
+    ),
+    "package": (
+        "ip",
+        "nsenter",
+        "systemd-nspawn",
+        "systemd-analyze",
+        "debootstrap",
+        "cp",
+        "chroot",
+        "dpkg",
+        "dpkg-deb",
+        "rpm",
+        "rpmlint",
+        "lintian",
+        "git",
+        "awk",
+    ),
+}
+
+
+def missing_message(tool: str) -> str:
+    package = DEBIAN_PACKAGE.get(tool, "unknown: add it to tests/tools.py")
+    return f"tool {tool!r} (Debian package {package}) is missing: run scripts/system-deps.sh"
+
+
+def missing_tools(tools: Iterable[str]) -> list[str]:
+    """The commands of ``tools`` not found on PATH, each once, in the given order."""
+    seen: list[str] = []
+    for tool in tools:
+        if tool not in seen and shutil.which(tool) is None:
+            seen.append(tool)
+    return seen

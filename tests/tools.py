@@ -57,6 +57,7 @@ DEBIAN_PACKAGE: dict[str, str] = {
     "awk": "mawk",
     "gcc": "gcc",
     "pkg-config": "pkg-config",
+    "kubectl": "kubectl (the machine image's) or kubernetes-client",
 }
 
 _CAPTURE = (
@@ -93,7 +94,9 @@ TIER_TOOLS: dict[str, tuple[str, ...]] = {
         "curl",
         "dig",
         "test",
+        "kubectl",
     ),
+    "kube": ("kubectl",),
     "package": (
         "ip",
         "nsenter",

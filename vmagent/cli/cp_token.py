@@ -118,8 +118,9 @@ def create(args: argparse.Namespace) -> int:
     else:
         if args.state_dir is None:
             args.state_dir = DEFAULT_STATE_DIR
+        asked = f"no control plane answers at {args.server}" if args.server else "no --server given"
         print(
-            f"token: no control plane answers at {args.server}; using state dir {args.state_dir}"
+            f"token: {asked}; using state dir {args.state_dir}"
             + (f" and config dir {args.config_dir}" if args.config_dir else ""),
             file=sys.stderr,
         )

@@ -4,6 +4,7 @@ help. Each case stops the demo once its control plane runs (agents may be starti
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -127,3 +128,28 @@ def test_help_prints_help_and_starts_nothing() -> None:
     assert not leftovers()
     bad = subprocess.run([*DEMO, "--no-such-flag"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unrecognized arguments" in bad.stderr
+
+
+def test_keep_leaves_the_mesh_up_says_how_to_reach_it_and_tears_down_on_sigterm() -> None:
+    proc = start("--keep")
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("  kill "):
+            break
+    text = "\n".join(lines)
+    assert "the mesh stays up:" in text, text
+    assert proc.poll() is None, "the demo ended although --keep was given"
+    # The printed curl command reaches api from web while the demo waits.
+    curl = next(
+        line.strip() for line in lines if line.strip().startswith("ip netns exec") and " curl " in line
+    )
+    r = subprocess.run(curl.split(), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r
+    assert json.loads(r.stdout)["name"] == "api"
+    assert f"kill {proc.pid}" in text
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, rest
+    assert_all_gone()

@@ -1,7 +1,9 @@
 """Failover without errors: two VMs behind one service (no VirtualService, no DestinationRule), a client VM
 sending a paced request loop (>= 200 req/s) through capture; one api VM's application is SIGKILLed while
 the loop runs. Istio's default route retry policy (503 retried on another host) must hide it: zero failed
-requests. The figures are printed (``pytest -s``) and asserted."""
+requests. The figures are printed (``pytest -s``) and asserted. Also: DNS capture on by default after a
+plain join (and the ``--no-dns-capture`` opt-out), and, as a strict xfail, the known gap of a VM whose whole
+network is cut (docs/traffic.md, "Failover")."""
 
 from __future__ import annotations
 
@@ -112,9 +114,9 @@ def test_join_with_no_dns_capture_opts_out(mesh: MeshLab) -> None:
     assert r.returncode in (6, 28) and r.stdout.endswith("000"), r
 
 
-def cut_network(ns_run: Any, ifnames: list[str]) -> None:
+def cut_network(ns_run: Any, ifnames: list[str], state: str = "down") -> None:
     for name in ifnames:
-        ns_run(["ip", "link", "set", name, "down"])
+        ns_run(["ip", "link", "set", name, state])
 
 
 @pytest.mark.xfail(
@@ -139,6 +141,9 @@ def test_network_of_one_vm_cut_fails_no_request(mesh: MeshLab) -> None:
     wait_for(
         lambda: seen.add(mesh.wait_reachable(web, URL)["name"]) or seen == {"api-1", "api-2"}, timeout=60
     )
-    report = run_loop_and(mesh, lambda: cut_network(victim.ns.run, ifnames))
+    try:
+        report = run_loop_and(mesh, lambda: cut_network(victim.ns.run, ifnames))
+    finally:
+        cut_network(victim.ns.run, ifnames, "up")
     assert report["rate_per_s"] >= 200, report
     assert report["failed"] == 0, report

@@ -33,8 +33,13 @@ unit: deps
 demo: deps
 	@v=$(VENV); PATH=$$v/bin:$$PATH $$v/bin/python -m vmagent.demo
 
+# The benchmarks (the other bench/*.py are their helper modules); tests/unit/test_bench_list.py keeps
+# this list equal to the bench/*.py files that run as a program.
+BENCHMARKS = csr registration xds_convergence dataplane agent_footprint
+
 bench: deps
-	@v=$(VENV); for b in bench/*.py; do PATH=$$v/bin:$$PATH $$v/bin/python $$b; done
+	@v=$(VENV); set -e; for b in $(BENCHMARKS); do echo "== bench/$$b.py" >&2; \
+	  PATH=$$v/bin:$$PATH $$v/bin/python bench/$$b.py; done
 
 packages: deps
 	@v=$(VENV); PATH=$$v/bin:$$PATH packaging/build.sh

@@ -103,7 +103,8 @@ class BenchControlPlane:
         cmd = [
             venv_tool("vmagent-cp"), "token", "create", "--group", group, "--ttl", ttl,
             "--uses", str(uses), "--state-dir", str(self.state_dir),
-            "--config-dir", str(self.config_dir), "--join-address", self.join_address, "-o", "json",
+            "--config-dir", str(self.config_dir), "--join-address", self.join_address,
+            "--server", self.http, "-o", "json",
         ]  # fmt: skip
         _, result = run_timed(cmd)
         out: dict[str, Any] = json.loads(result.stdout)

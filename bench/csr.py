@@ -332,7 +332,9 @@ def create_token(layout: Layout, uses: int, ttl: str = "2h") -> dict[str, Any]:
     cmd = [
         venv_tool("vmagent-cp"), "token", "create", "--group", f"{NAMESPACE}/{GROUP}",
         "--uses", str(uses), "--ttl", ttl, "--state-dir", str(layout.state_dir),
-        "--config-dir", str(layout.config_dir), "--join-address", layout.tls_address, "-o", "json",
+        "--config-dir", str(layout.config_dir), "--join-address", layout.tls_address,
+        "--server", "",  # its servers listen on random ports: use the state and config dirs given
+        "-o", "json",
     ]  # fmt: skip
     _, result = run_timed(cmd)
     out: dict[str, Any] = json.loads(result.stdout)

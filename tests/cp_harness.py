@@ -128,12 +128,16 @@ class ControlPlaneProcess:
         self.stop()
         self.start()
 
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
     def token(self, group: str, ttl: str = "1h", uses: int = 1) -> dict[str, str]:
         """``token create -o json`` output: token, ca_hash, command, ..."""
         r = cli(
             "vmagent-cp", "token", "create", "--group", group, "--ttl", ttl, "--uses", str(uses),
             "--state-dir", str(self.state_dir), "--config-dir", str(self.config_dir),
-            "--join-address", self.join_address, "-o", "json",
+            "--join-address", self.join_address, "--server", self.http_url, "-o", "json",
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
         out: dict[str, str] = json.loads(r.stdout)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from tests.cp_harness import ControlPlaneProcess, VmDirs, cli, join
+from tests.harness import free_port
 from vmagent.common.x509util import load_chain, spiffe_ids, verify_chain
 
 
@@ -116,10 +117,52 @@ def test_token_for_missing_group_is_refused(control_plane: ControlPlaneProcess, 
 def test_token_create_for_missing_group_fails(control_plane: ControlPlaneProcess) -> None:
     r = control_plane.cp(
         "token", "create", "--group", "demo/nope", "--state-dir", str(control_plane.state_dir),
-        "--config-dir", str(control_plane.config_dir),
+        "--config-dir", str(control_plane.config_dir), "--server", control_plane.http_url,
     )  # fmt: skip
     assert r.returncode == 1
-    assert "WorkloadGroup demo/nope not found" in r.stderr
+    assert f"WorkloadGroup demo/nope not found in the control plane at {control_plane.http_url}" in r.stderr
+
+
+def test_token_create_asks_the_running_server(control_plane: ControlPlaneProcess, tmp_path: Path) -> None:
+    """Only the group and the server URL: the state dir, the group check and the join address come from
+    the running `serve`, and the printed command joins."""
+    r = control_plane.cp(
+        "token", "create", "--group", "demo/web", "--server", control_plane.http_url, "-o", "json"
+    )
+    assert r.returncode == 0, r.stderr
+    tok = json.loads(r.stdout)
+    assert tok["address"] == control_plane.join_address  # what serve --listen names, not 0.0.0.0
+    vm = VmDirs.under(tmp_path)
+    assert join(control_plane, vm, tok["token"], tok["ca_hash"]).returncode == 0
+    # Another state dir than the server's would make tokens it refuses: said plainly.
+    other = control_plane.cp(
+        "token", "create", "--group", "demo/web", "--server", control_plane.http_url,
+        "--state-dir", str(tmp_path / "other"),
+    )  # fmt: skip
+    assert other.returncode == 1
+    assert f"uses state dir {control_plane.state_dir.resolve()}" in other.stderr
+
+
+def test_token_create_without_a_server_falls_back_and_says_so(control_plane: ControlPlaneProcess) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    r = control_plane.cp(
+        "token", "create", "--group", "demo/web", "--server", nobody,
+        "--state-dir", str(control_plane.state_dir), "--config-dir", str(control_plane.config_dir), "-o", "json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"no control plane answers at {nobody}" in r.stderr
+    missing = control_plane.cp(
+        "token",
+        "create",
+        "--group",
+        "demo/web",
+        "--server",
+        nobody,
+        "--state-dir",
+        str(control_plane.state_dir),
+    )
+    assert missing.returncode == 1
+    assert "start `vmagent-cp serve`" in missing.stderr and "no --config-dir given" in missing.stderr
 
 
 def test_wrong_ca_hash_is_refused(control_plane: ControlPlaneProcess, tmp_path: Path) -> None:

@@ -106,6 +106,8 @@ class ControlPlane:
                     str(self.config_dir),
                     "--join-address",
                     f"{CP_ADDR}:15012",
+                    "--server",
+                    "",  # serve's HTTP API is in its own namespace: use the dirs given
                     "-o",
                     "json",
                 ],

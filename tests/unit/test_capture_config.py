@@ -32,7 +32,7 @@ def test_defaults_are_safe() -> None:
     assert cfg.include_outbound_cidrs == "*"
     assert cfg.exclude_outbound_cidrs == ()
     assert cfg.exclude_outbound_ports == ()
-    assert cfg.dns is False
+    assert cfg.dns is True  # mesh names resolve after a plain join (opt-out: capture.dns: false)
     assert cfg.ipv6 is None
     assert cfg.backend == "auto"
     assert cfg.proxy_user == "vmagent-proxy"

@@ -60,12 +60,16 @@ def test_default_ipv4_rules() -> None:
         "-o lo ! -d 127.0.0.0/8 -m owner --gid-owner 4343 -j VMAGENT_INBOUND",
         "-m owner --uid-owner 4242 -j RETURN",
         "-m owner --gid-owner 4343 -j RETURN",
+        # DNS capture is on by default (before the loopback return, so a local stub resolver is covered)
+        "-p udp --dport 53 -j VMAGENT_DNS",
+        "-p tcp --dport 53 -j VMAGENT_DNS",
         "-o lo -j RETURN",
         "-d 127.0.0.0/8 -j RETURN",
         "-d 169.254.169.254/32 -j RETURN",
         "-p tcp -j VMAGENT_REDIRECT",
     ]
-    assert not any("VMAGENT_DNS" in line for line in out)  # DNS capture is opt-in
+    assert "-A VMAGENT_DNS -p udp -j REDIRECT --to-ports 15053" in out
+    assert not any("VMAGENT_DNS" in line for line in render(cfg(dns=False)))  # the opt-out
     assert not any("1337" in line for line in out)
 
 

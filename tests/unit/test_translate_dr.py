@@ -99,12 +99,16 @@ def test_outlier_detection_fields_and_deprecated_consecutive_errors(tmp_path: Pa
         "consecutive_gateway_failure": 7,
         "enforcing_consecutive_gateway_failure": 100,
         "enforcing_consecutive_5xx": 0,
+        "enforcing_success_rate": 0,
     }
     assert cluster(res)["common_lb_config"]["healthy_panic_threshold"] == {"value": 30.0}
     assert cluster(res, "v1")["outlier_detection"] == {
         "consecutive_gateway_failure": 3,
         "enforcing_consecutive_gateway_failure": 100,
+        "enforcing_success_rate": 0,
     }
+    # As in Istio: without minHealthPercent the panic threshold is 0 (ejected hosts stay out).
+    assert cluster(res, "v1")["common_lb_config"]["healthy_panic_threshold"] == {}
 
 
 def test_outlier_detection_5xx(tmp_path: Path) -> None:
@@ -121,7 +125,33 @@ def test_outlier_detection_5xx(tmp_path: Path) -> None:
         "interval": "1s",
         "base_ejection_time": "60s",
         "max_ejection_percent": 100,
+        "enforcing_success_rate": 0,
     }
+
+
+def test_outlier_detection_local_origin_and_long_ejection_as_istio(tmp_path: Path) -> None:
+    res = build(
+        tmp_path,
+        dr("""  trafficPolicy:
+    outlierDetection:
+      splitExternalLocalOriginErrors: true
+      consecutiveLocalOriginFailures: 2
+      baseEjectionTime: 10m
+      maxEjectionPercent: 0
+"""),
+    )
+    assert cluster(res)["outlier_detection"] == {
+        "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": 2,
+        "enforcing_consecutive_local_origin_failure": 100,
+        "enforcing_local_origin_success_rate": 0,
+        "enforcing_success_rate": 0,
+        "base_ejection_time": "600s",
+        "max_ejection_time": "600s",
+    }
+    # Without the split, local-origin failures count as 5xx and the field has no effect (as in Istio).
+    res = build(tmp_path, dr("  trafficPolicy: {outlierDetection: {consecutiveLocalOriginFailures: 2}}\n"))
+    assert cluster(res)["outlier_detection"] == {"enforcing_success_rate": 0}
 
 
 def test_consistent_hash_sets_ring_hash_and_the_route_hash_policy(tmp_path: Path) -> None:

@@ -294,3 +294,47 @@ def test_tcp_route_splits_by_weight(tmp_path: Path) -> None:
         {"name": "outbound|8080||api.demo.svc.cluster.local", "weight": 30},
     ]
     assert proxy["stat_prefix"] == "outbound|5432||db.demo.svc.cluster.local"
+
+
+ISTIO_DEFAULT_RETRY = {
+    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+    "num_retries": 2,
+    "retriable_status_codes": [503],
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": "5",
+}
+
+
+def test_routes_without_retries_get_istios_default_retry_policy(tmp_path: Path) -> None:
+    """A 503 from one endpoint (its application died) is retried on another endpoint, as in Istio."""
+    (default,) = api_routes(build(tmp_path, ""))
+    assert default["route"]["retry_policy"] == ISTIO_DEFAULT_RETRY
+    (routed,) = api_routes(build(tmp_path, vs("api", "  http: [{route: [{destination: {host: api}}]}]")))
+    assert routed["route"]["retry_policy"] == ISTIO_DEFAULT_RETRY
+
+
+def test_consistent_hash_and_ignore_previous_hosts_keep_retries_on_the_host_choice(tmp_path: Path) -> None:
+    hashed_rule = (
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api-hash, namespace: demo}\n"
+        "spec:\n  host: api\n  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n"
+    )
+    path = tmp_path / "case.yaml"
+    path.write_text(BASE.split("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule")[0])
+    path.write_text(path.read_text() + "---\n" + hashed_rule)
+    res = load_case(path).build()
+    route = MessageToDict(res[ROUTE]["8080"], preserving_proto_field_name=True)
+    host = next(h for h in route["virtual_hosts"] if h["name"] == "api.demo.svc.cluster.local:8080")
+    rp = host["routes"][0]["route"]["retry_policy"]
+    assert "retry_host_predicate" not in rp
+    assert rp["retriable_status_codes"] == [503] and rp["num_retries"] == 2
+    body = "  http: [{route: [{destination: {host: api}}], retries: {attempts: 3, retryIgnorePreviousHosts: false}}]"
+    (r,) = api_routes(build(tmp_path, vs("api", body)))
+    assert "retry_host_predicate" not in r["route"]["retry_policy"]
+    assert r["route"]["retry_policy"]["num_retries"] == 3

@@ -58,7 +58,7 @@ class CaptureConfig:
     include_outbound_cidrs: Literal["*"] | tuple[IpNetwork, ...] = ALL
     exclude_outbound_cidrs: tuple[IpNetwork, ...] = ()
     exclude_outbound_ports: tuple[int, ...] = ()
-    dns: bool = False
+    dns: bool = True  # mesh names resolve by default (`vmagent join --no-dns-capture` turns it off)
     ipv6: bool | None = None
     backend: Backend = "auto"
     proxy_user: str = PROXY_USER

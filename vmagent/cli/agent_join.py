@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vmagent.agent.gateway import enable_gateway_mode
+from vmagent.agent.capture_config import CaptureConfig
+from vmagent.agent.config import AgentConfig
+from vmagent.agent.gateway import enable_gateway_mode, gateway_capture, parse_gateway
 from vmagent.agent.join import JoinRequest, join
 from vmagent.agent.paths import DEFAULT_CONFIG_DIR, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, AgentPaths
 from vmagent.common import proc
@@ -55,6 +57,12 @@ def add_subcommand(sub: Any) -> None:
         "with no traffic capture (writes gateway.enabled: true; see docs/gateway.md)",
     )
     p.add_argument(
+        "--no-dns-capture",
+        action="store_true",
+        help="do not send the VM's DNS queries (port 53) to the agent's DNS proxy; mesh names then do not "
+        "resolve unless the VM's resolver knows them (writes capture.dns: false; see docs/dns.md)",
+    )
+    p.add_argument(
         "--rejoin",
         action="store_true",
         help="replace an existing identity (for example an expired one) using a new token",
@@ -89,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     if args.gateway:
         enable_gateway_mode(paths.config_file)
         print("gateway mode on: this VM's Envoy serves the Gateways that select its labels")
+    if args.no_dns_capture:
+        set_dns_capture(paths.config_file, False)
+    print(dns_capture_line(paths.config_file))
     if result.already_joined:
         print(
             f"already joined as {result.identity} (certificate valid until {result.not_after}); "
@@ -110,3 +121,27 @@ def _start_service() -> None:
         return
     proc.run(["systemctl", "enable", "--now", "vmagent.service"], timeout=120)
     print("vmagent.service enabled and started")
+
+
+def set_dns_capture(config_file: Path, on: bool) -> None:
+    """Write ``capture.dns`` into the agent's config file, keeping the rest."""
+    cfg = AgentConfig.load(config_file)
+    cfg.sections["capture"] = {**cfg.section("capture"), "dns": on}
+    cfg.save(config_file)
+
+
+def dns_capture_line(config_file: Path) -> str:
+    """One line saying whether this VM resolves mesh names through the agent, and how to change it."""
+    cfg = AgentConfig.load(config_file)
+    capture = gateway_capture(
+        cfg.sections.get("capture"),
+        parse_gateway(cfg.sections.get("gateway"), str(config_file), config_file.parent),
+    )
+    c = CaptureConfig.from_mapping(capture, str(config_file))
+    if c.enabled and c.dns:
+        return (
+            "DNS capture: on (applications resolve mesh names such as NAME.NS.svc.cluster.local through the "
+            f"agent; set capture.dns: false in {config_file} or join with --no-dns-capture to turn it off)"
+        )
+    why = "capture is off" if not c.enabled else f"capture.dns: false in {config_file}"
+    return f"DNS capture: off ({why}); mesh names resolve only if the VM's own resolver knows them"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +126,51 @@ def render_text(doc: dict[str, Any]) -> str:
         lines.append(f"leave:          {leave.get('state')} since {leave.get('started_at')}")
     if isinstance(doc.get("left"), dict):
         lines.append(f"left the mesh:  {doc['left'].get('left_at')} (entry {doc['left'].get('entry')})")
-    for key in ("control_plane", "xds", "envoy", "capture", "dns"):
-        if key in doc:
-            lines.append(f"{key + ':':15} {json.dumps(doc[key], sort_keys=True)}")
+    lines += _link_lines(doc)
     return "\n".join(lines)
+
+
+def _link_lines(doc: dict[str, Any]) -> list[str]:
+    """Control-plane link, xDS sync, Envoy, capture and DNS as one human line each."""
+    lines: list[str] = []
+    cp = doc.get("control_plane")
+    if isinstance(cp, dict):
+        if cp.get("connected"):
+            link = "connected" + (", registered" if cp.get("registered") else "")
+        else:
+            link = "NOT CONNECTED" + (f" ({cp['last_error']})" if cp.get("last_error") else "")
+        lines.append(f"control plane:  {cp.get('address')}, {link}")
+    xds = doc.get("xds")
+    if isinstance(xds, dict):
+        parts = []
+        for kind, st in sorted(xds.items()):
+            st = st if isinstance(st, dict) else {}
+            text = f"{kind} {st.get('acked_version') or 'not acked'}"
+            if st.get("nack"):
+                text += f" (NACK: {st['nack']})"
+            parts.append(text)
+        lines.append(f"xds:            {', '.join(parts) or 'nothing received yet'}")
+    envoy = doc.get("envoy")
+    if isinstance(envoy, dict):
+        text = f"pid {envoy.get('pid') or '-'}, {'live' if envoy.get('live') else 'NOT LIVE'}"
+        text += f", {envoy.get('restarts') or 0} restarts"
+        if envoy.get("last_exit_code") is not None:
+            text += f" (last exit code {envoy['last_exit_code']})"
+        lines.append(f"envoy:          {text}")
+    capture = doc.get("capture")
+    if isinstance(capture, dict):
+        if not capture.get("enabled"):
+            text = "off"
+        else:
+            text = "applied" if capture.get("applied") else "NOT APPLIED"
+        if capture.get("error"):
+            text += f" ({capture['error']})"
+        lines.append(f"capture:        {text}")
+    dns = doc.get("dns")
+    if isinstance(dns, dict):
+        text = f"on, {dns.get('names', 0)} mesh names" if dns.get("enabled") else "off"
+        queries = dns.get("queries")
+        if isinstance(queries, dict) and queries:
+            text += ", queries " + ", ".join(f"{k} {v}" for k, v in sorted(queries.items()))
+        lines.append(f"dns:            {text}")
+    return lines

@@ -1,19 +1,30 @@
-"""`vmagent-cp token create|list|revoke`: join tokens, kept in the state dir's SQLite store."""
+"""`vmagent-cp token create|list|revoke`: join tokens, kept in the state dir's SQLite store.
+
+`token create` agrees with the running control plane without repeating its flags: it asks
+``/api/v1/server`` of ``--server`` (default http://127.0.0.1:15014) for the server's state dir, its
+WorkloadGroups and the address it listens on for joins. When no server answers it falls back to
+``--state-dir`` / ``--config-dir`` and this host's address, and says so on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
-import socket
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from vmagent.cli.common import add_output_flag, print_json
-from vmagent.common.constants import CP_GRPC_PORT, DEFAULT_TRUST_DOMAIN
+from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, DEFAULT_TRUST_DOMAIN
 from vmagent.common.durations import duration_arg
 from vmagent.common.errors import VmagentError
-from vmagent.controlplane.app import DEFAULT_STATE_DIR, StateStore
+from vmagent.controlplane.app import DEFAULT_STATE_DIR, StateStore, join_address
 from vmagent.controlplane.ca import CaSettings
+
+DEFAULT_SERVER = f"http://127.0.0.1:{CP_HTTP_PORT}"
 
 
 def add_subcommand(sub: Any) -> None:
@@ -32,7 +43,15 @@ def add_subcommand(sub: Any) -> None:
     c.add_argument(
         "--join-address",
         metavar="HOST:PORT",
-        help=f"address VMs reach the control plane at (default: this host's address:{CP_GRPC_PORT})",
+        help="address VMs reach the control plane at (default: the address the running server listens on "
+        f"for joins; without a running server this host's address:{CP_GRPC_PORT})",
+    )
+    c.add_argument(
+        "--server",
+        metavar="URL",
+        default=DEFAULT_SERVER,
+        help="the running control plane's HTTP API, asked for its state dir, groups and join address "
+        "(default: %(default)s)",
     )
     _common(c)
     add_output_flag(c)
@@ -50,7 +69,11 @@ def add_subcommand(sub: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help=f"the control plane's state dir (default: the running server's, else {DEFAULT_STATE_DIR})",
+    )
     p.add_argument("--config-dir", type=Path, help="the control plane's config dir (to check the group)")
     p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN, help=argparse.SUPPRESS)
     p.add_argument("--ca-cert", type=Path, help="operator CA certificate, when serve uses one")
@@ -58,23 +81,62 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _store(args: argparse.Namespace) -> StateStore:
+    if args.state_dir is None:
+        args.state_dir = DEFAULT_STATE_DIR
     return StateStore(args.state_dir, CaSettings(args.trust_domain), args.ca_cert, args.ca_key)
+
+
+def server_info(url: str, timeout: float = 3.0) -> dict[str, Any] | None:
+    """The running control plane's ``/api/v1/server`` document, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/api/v1/server", timeout=timeout) as resp:  # noqa: S310
+            doc = json.loads(resp.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return doc if isinstance(doc, dict) and "state_dir" in doc else None
 
 
 def create(args: argparse.Namespace) -> int:
     ns, sep, name = args.group.partition("/")
     if not sep or not ns or not name or "/" in name:
         raise VmagentError(f"--group must be NAMESPACE/NAME, got {args.group!r}")
-    if not _group_exists(args.config_dir, args.state_dir, ns, name):
-        where = f"in {args.config_dir}" if args.config_dir else "(no --config-dir given)"
-        raise VmagentError(f"WorkloadGroup {ns}/{name} not found {where}; create it before making tokens")
+    server = server_info(args.server) if args.server else None
+    if server is not None:
+        served = Path(str(server["state_dir"]))
+        if args.state_dir is not None and args.state_dir.resolve() != served:
+            raise VmagentError(
+                f"the control plane at {args.server} uses state dir {served}, not {args.state_dir}: "
+                "its tokens would not be accepted; drop --state-dir or pass that one"
+            )
+        args.state_dir = served
+        if f"{ns}/{name}" not in server.get("workload_groups", []):
+            raise VmagentError(
+                f"WorkloadGroup {ns}/{name} not found in the control plane at {args.server}; "
+                "create it (config dir or `vmagent-cp apply`) before making tokens"
+            )
+        address = args.join_address or str(server["join_address"])
+    else:
+        if args.state_dir is None:
+            args.state_dir = DEFAULT_STATE_DIR
+        asked = f"no control plane answers at {args.server}" if args.server else "no --server given"
+        print(
+            f"token: {asked}; using state dir {args.state_dir}"
+            + (f" and config dir {args.config_dir}" if args.config_dir else ""),
+            file=sys.stderr,
+        )
+        if not _group_exists(args.config_dir, args.state_dir, ns, name):
+            where = f"in {args.config_dir} or" if args.config_dir else "(no --config-dir given) in"
+            raise VmagentError(
+                f"WorkloadGroup {ns}/{name} not found {where} the state store of {args.state_dir}; "
+                "start `vmagent-cp serve` (then its groups are asked for) or pass its --config-dir"
+            )
+        address = args.join_address or join_address(f"0.0.0.0:{CP_GRPC_PORT}")
     store = _store(args)
     try:
         token, rec = store.tokens.create(ns, name, args.ttl, args.uses)
         ca_hash = store.ca.root_hash
     finally:
         store.close()
-    address = args.join_address or f"{_default_host()}:{CP_GRPC_PORT}"
     command = ["vmagent", "join", address, "--token", token, "--ca-hash", ca_hash]
     if args.output == "json":
         print_json(
@@ -115,16 +177,6 @@ def revoke(args: argparse.Namespace) -> int:
         store.close()
     print(f"token {rec.jti} for {rec.namespace}/{rec.group} revoked")
     return 0
-
-
-def _default_host() -> str:
-    """This host's first non-loopback address, else its name."""
-    from vmagent.controlplane.grpc_server import local_addresses
-
-    for a in local_addresses():
-        if not a.startswith("127.") and ":" not in a:
-            return a
-    return socket.getfqdn()
 
 
 def _group_exists(config_dir: Path | None, state_dir: Path, namespace: str, name: str) -> bool:

@@ -105,6 +105,19 @@ class StateStore:
         self.db.close()
 
 
+def join_address(listen: str) -> str:
+    """The address VMs join at for ``serve --listen HOST:PORT``: HOST itself, or for a wildcard host
+    (0.0.0.0, ::, empty) this host's first non-loopback IPv4 address (else its name)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        from vmagent.controlplane.grpc_server import local_addresses
+
+        usable = [a for a in local_addresses() if not a.startswith("127.") and ":" not in a]
+        host = usable[0] if usable else socket.getfqdn()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def config_sources(
     config_dir: Path | None, state_dir: Path, cluster: ConfigSource | None = None
 ) -> list[ConfigSource]:
@@ -220,11 +233,24 @@ class ControlPlane:
         self.http.add_json("/api/v1/kubernetes", self.kube_status)
         self.http.add_json("/api/v1/certificates", lambda: [c.as_json() for c in self.store.records.issued()])
         self.http.add_json("/api/v1/revocations", self.store.records.revocations)
+        self.http.add_json("/api/v1/server", self.server_json)
         self.ca_workers: CaWorkers | None = None
         self._stopped = threading.Event()
 
     def _remove_entries(self, callers: set[tuple[str, str]], reason: str) -> int:
         return len(self.workloads.remove_where(lambda r: (r.spiffe_id, r.cert_serial) in callers, reason))
+
+    def server_json(self) -> dict[str, Any]:
+        """What `vmagent-cp token create` needs from the running server (``/api/v1/server``): its state
+        and config dirs, the address VMs join at, and the WorkloadGroups it knows."""
+        return {
+            "state_dir": str(self.opts.state_dir.resolve()),
+            "config_dir": str(self.opts.config_dir.resolve()) if self.opts.config_dir else None,
+            "trust_domain": self.opts.trust_domain,
+            "listen": self.opts.listen,
+            "join_address": join_address(self.opts.listen),
+            "workload_groups": sorted(f"{g.namespace}/{g.name}" for g in self.configs.list("WorkloadGroup")),
+        }
 
     def _push_names(self) -> None:
         self._names.trigger(None)

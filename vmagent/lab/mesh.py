@@ -94,6 +94,7 @@ class VmHost:
     agent: subprocess.Popen[str] | None = None
     agent_log: LineLog | None = None
     apps: list[subprocess.Popen[str]] = field(default_factory=list)
+    join_output: str = ""  # what `vmagent join` printed
 
     @property
     def address(self) -> str:
@@ -223,6 +224,7 @@ class MeshLab:
         start: bool = True,
         labels: dict[str, str] | None = None,
         register: str = "auto",
+        join_args: tuple[str, ...] = (),
     ) -> VmHost:
         """A VM that joins ``group`` (NS/NAME), with the echo app on ``app_port`` and the agent running.
 
@@ -242,10 +244,10 @@ class MeshLab:
             overrides.setdefault("registration", {})["labels"] = labels
         self._resolv_conf(ns)
         tok = self.cp.token(group)
-        vm.vmagent(
+        vm.join_output = vm.vmagent(
             "join", self.cp.join_address, "--token", tok["token"], "--ca-hash", tok["ca_hash"],
-            "--address", ns.address, *vm.dirs(), "--no-start",
-        )  # fmt: skip
+            "--address", ns.address, *vm.dirs(), "--no-start", *join_args,
+        ).stdout  # fmt: skip
         self._configure(vm, overrides)
         if app_port is not None:
             vm.start_app(app_port)
@@ -290,7 +292,7 @@ class MeshLab:
     def _configure(self, vm: VmHost, overrides: dict[str, Any]) -> None:
         path = vm.config_dir / "config.yaml"
         cfg = yaml.safe_load(path.read_text())
-        cfg.setdefault("capture", {})["dns"] = True
+        # DNS capture stays as `vmagent join` left it (on by default, off with --no-dns-capture).
         cfg.setdefault("dns", {})["upstreams"] = ["127.0.0.1:9"]  # nothing outside the mesh to resolve
         for key, value in overrides.items():
             if isinstance(value, dict):

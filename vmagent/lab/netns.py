@@ -112,8 +112,10 @@ class Netns:
     # -- life cycle ----------------------------------------------------------------------------------
     def create(self) -> Netns:
         """Create the namespace (``ip netns add``) and bring loopback up. Returns self."""
-        run(["ip", "netns", "add", self.name])
+        # Marked before `ip netns add` runs: a signal (Ctrl-C) arriving while it runs must not leave a
+        # namespace that close() would think was never made (deleting a missing one is harmless).
         self._created = True
+        run(["ip", "netns", "add", self.name])
         self.run(["ip", "link", "set", "lo", "up"])
         return self
 

@@ -7,9 +7,10 @@ pseudo-headers ``:scheme``/``:method``/``:authority``, ``headers`` (an empty mat
 Regexes go to Envoy as written (RE2); one RE2 refuses makes Envoy NACK the route configuration.
 
 Action: ``route`` (a cluster, or weighted clusters with per-destination header operations), ``redirect``
-or ``directResponse``; ``timeout`` (none by default, as in Istio), ``retries`` (``attempts: 0`` turns
-retries off; without ``retryOn``, Istio's default including 503; status codes in ``retryOn`` become
-retriable status codes; other hosts preferred on retry), ``mirror``/``mirrors`` with their percentages,
+or ``directResponse``; ``timeout`` (none by default, as in Istio), ``retries`` (none given: Istio's default, 2 retries on
+connect-failure, refused-stream, unavailable, cancelled and 503, each on another host; ``attempts: 0``
+turns retries off; status codes in ``retryOn`` become retriable status codes; no ``previous_hosts``
+for consistent-hash destinations or with ``retryIgnorePreviousHosts: false``), ``mirror``/``mirrors`` with their percentages,
 ``rewrite`` (uri as prefix rewrite, ``uriRegexRewrite``, authority), ``headers`` on requests and
 responses, and — through per-route filter config — ``fault`` (delay and abort with percentages) and
 ``corsPolicy``. ``consistentHash`` of the destination's DestinationRule becomes the route's hash policy.
@@ -37,13 +38,15 @@ from vmagent.controlplane.translate.virtualservice import Destination, RouteCont
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
-# The retry of routes without ``retries``: Istio's mesh default minus status-code retries (they would
-# hide a 503 that a connection pool limit produced on purpose).
-DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled"
-DEFAULT_RETRIES = 2
-# Istio's retry default for VirtualService retries without ``retryOn``.
+# Istio's default route retry policy (pilot's retry.DefaultPolicy): 2 retries on connection failures,
+# refused streams, gRPC unavailable/cancelled and a 503 from the upstream, each retry on another host
+# (``previous_hosts``, up to 5 host selections). It is also the base of VirtualService ``retries``.
 ISTIO_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 ISTIO_RETRY_CODES = (503,)
+DEFAULT_RETRY_ON = ISTIO_RETRY_ON
+DEFAULT_RETRIES = 2
+HOST_SELECTION_ATTEMPTS = 5
+PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 _REDIRECT_CODES = {
     301: rc.RedirectAction.MOVED_PERMANENTLY,
     302: rc.RedirectAction.FOUND,
@@ -168,30 +171,45 @@ def _percentage(spec: Mapping[str, Any], old_key: str = "percent", key: str = "p
     return 100.0
 
 
-def default_retry_policy() -> rc.RetryPolicy:
-    return rc.RetryPolicy(retry_on=DEFAULT_RETRY_ON, num_retries=u32(DEFAULT_RETRIES))
+def default_retry_policy(consistent_hash: bool = False) -> rc.RetryPolicy:
+    """Istio's default retry policy; with a consistent-hash destination retries stay on the same host
+    choice (no ``previous_hosts``), as in Istio."""
+    policy = rc.RetryPolicy(
+        retry_on=ISTIO_RETRY_ON,
+        num_retries=u32(DEFAULT_RETRIES),
+        retriable_status_codes=ISTIO_RETRY_CODES,
+        host_selection_retry_max_attempts=HOST_SELECTION_ATTEMPTS,
+    )
+    if not consistent_hash:
+        policy.retry_host_predicate.append(
+            rc.RetryPolicy.RetryHostPredicate(
+                name=PREVIOUS_HOSTS, typed_config=typed(previous_hosts_pb2.PreviousHostsPredicate())
+            )
+        )
+    return policy
 
 
-def retry_policy(retries: Mapping[str, Any]) -> rc.RetryPolicy | None:
-    """Envoy's retry policy for Istio ``retries`` (None when ``attempts`` is 0)."""
+def retry_policy(retries: Mapping[str, Any], consistent_hash: bool = False) -> rc.RetryPolicy | None:
+    """Envoy's retry policy for Istio ``retries`` (None when ``attempts`` is 0): the default with
+    ``attempts``, ``retryOn`` (numbers become retriable status codes), ``perTryTimeout``, ``backoff``
+    and ``retryIgnorePreviousHosts`` applied."""
     attempts = int(retries.get("attempts") or 0)
     if attempts <= 0:
         return None
     text = str(retries.get("retryOn") or "")
-    policy = rc.RetryPolicy(
-        num_retries=u32(attempts),
-        retry_host_predicate=[
-            rc.RetryPolicy.RetryHostPredicate(
-                name="envoy.retry_host_predicates.previous_hosts",
-                typed_config=typed(previous_hosts_pb2.PreviousHostsPredicate()),
+    policy = default_retry_policy(consistent_hash)
+    policy.num_retries.CopyFrom(u32(attempts))
+    ignore_previous = retries.get("retryIgnorePreviousHosts")
+    if ignore_previous is not None:
+        del policy.retry_host_predicate[:]
+        if ignore_previous:
+            policy.retry_host_predicate.append(
+                rc.RetryPolicy.RetryHostPredicate(
+                    name=PREVIOUS_HOSTS, typed_config=typed(previous_hosts_pb2.PreviousHostsPredicate())
+                )
             )
-        ],
-        host_selection_retry_max_attempts=5,
-    )
-    if not text:
-        policy.retry_on = ISTIO_RETRY_ON
-        policy.retriable_status_codes.extend(ISTIO_RETRY_CODES)
-    else:
+    if text:
+        del policy.retriable_status_codes[:]
         tokens = [t.strip() for t in text.split(",") if t.strip()]
         codes = [int(t) for t in tokens if t.isdigit()]
         words = [t for t in tokens if not t.isdigit()]
@@ -289,10 +307,12 @@ def _route_action(
             action.weighted_clusters.clusters.append(cw)
     timeout = seconds(spec.get("timeout"))
     action.timeout.CopyFrom(duration(timeout or 0))
+    hashes = [tuple(route_hash_policy(ctx.policy(d))) for d in dests]
+    hashed = bool(hashes and hashes[0] and all(h == hashes[0] for h in hashes))
     retries = spec.get("retries")
     if retries is None:
-        action.retry_policy.CopyFrom(default_retry_policy())
-    elif (policy := retry_policy(_d(retries))) is not None:
+        action.retry_policy.CopyFrom(default_retry_policy(hashed))
+    elif (policy := retry_policy(_d(retries), hashed)) is not None:
         action.retry_policy.CopyFrom(policy)
     action.request_mirror_policies.extend(_mirrors(vs, spec, ctx))
     rewrite = _d(spec.get("rewrite"))
@@ -308,8 +328,7 @@ def _route_action(
         )
     if rewrite.get("authority"):
         action.host_rewrite_literal = str(rewrite["authority"])
-    hashes = [tuple(route_hash_policy(ctx.policy(d))) for d in dests]
-    if hashes and hashes[0] and all(h == hashes[0] for h in hashes):
+    if hashed:
         action.hash_policy.extend(hashes[0])
     route.route.CopyFrom(action)
 

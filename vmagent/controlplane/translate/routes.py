@@ -22,6 +22,7 @@ from envoy.config.route.v3 import route_pb2
 from vmagent.controlplane.model import Port, Service
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
+from vmagent.controlplane.translate.destination import find_destination_rule
 from vmagent.controlplane.translate.httproute import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_ON,
@@ -30,20 +31,24 @@ from vmagent.controlplane.translate.httproute import (
 )
 from vmagent.controlplane.translate.protos import boolean, duration
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
+from vmagent.controlplane.translate.trafficpolicy import route_hash_policy
 from vmagent.controlplane.translate.virtualservice import RouteContext, select_virtual_service
 
 __all__ = ["DEFAULT_RETRIES", "DEFAULT_RETRY_ON", "default_route", "outbound_route_config", "service_routes"]
 
 
-def default_route(cluster: str) -> rc.Route:
-    """Everything to ``cluster``, with no overall timeout (Envoy's default of 15 s is not Istio's)."""
+def default_route(cluster: str, hash_policy: Sequence[rc.RouteAction.HashPolicy] = ()) -> rc.Route:
+    """Everything to ``cluster``, with no overall timeout (Envoy's default of 15 s is not Istio's) and
+    Istio's default retries; ``hash_policy`` from a consistent-hash DestinationRule (then retries do
+    not move to another host, as in Istio)."""
     return rc.Route(
         name="default",
         match=rc.RouteMatch(prefix="/"),
         route=rc.RouteAction(
             cluster=cluster,
             timeout=duration(0),
-            retry_policy=default_retry_policy(),
+            retry_policy=default_retry_policy(consistent_hash=bool(hash_policy)),
+            hash_policy=list(hash_policy),
         ),
     )
 
@@ -57,14 +62,17 @@ def service_routes(
     services: Mapping[str, Service] | None = None,
 ) -> list[rc.Route]:
     """The routes of one service's virtual host: its VirtualService's, else the default route."""
-    if proxy is not None and mesh is not None and configs is not None:
-        vs = select_virtual_service(service, proxy, configs, mesh)
-        if vs is not None:
-            ctx = RouteContext(proxy, mesh, configs, services or {service.hostname: service}, port.number)
-            routes = virtual_service_routes(vs, ctx)
-            if routes or vs.spec.get("http"):
-                return routes or [_not_found()]
-    return [default_route(names.outbound_cluster(port.number, service.hostname))]
+    cluster = names.outbound_cluster(port.number, service.hostname)
+    if proxy is None or mesh is None or configs is None:
+        return [default_route(cluster)]
+    vs = select_virtual_service(service, proxy, configs, mesh)
+    if vs is not None:
+        ctx = RouteContext(proxy, mesh, configs, services or {service.hostname: service}, port.number)
+        routes = virtual_service_routes(vs, ctx)
+        if routes or vs.spec.get("http"):
+            return routes or [_not_found()]
+    rule = find_destination_rule(service, proxy.namespace, configs, mesh)
+    return [default_route(cluster, route_hash_policy(rule.traffic_policy(port.number)))]
 
 
 def _not_found() -> rc.Route:

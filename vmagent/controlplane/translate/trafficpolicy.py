@@ -15,8 +15,9 @@
   maximum, as without a rule.
 * ``outlierDetection``: ``consecutive5xxErrors`` (enforced at 100 %, or disabled by 0),
   ``consecutiveGatewayErrors``, the deprecated ``consecutiveErrors`` (gateway errors only, as Istio
-  reads it), ``interval``, ``baseEjectionTime``, ``maxEjectionPercent``; ``minHealthPercent`` becomes
-  the cluster's healthy panic threshold.
+  reads it), ``interval``, ``baseEjectionTime``, ``maxEjectionPercent``, ``splitExternalLocalOriginErrors``
+  with ``consecutiveLocalOriginFailures``; success-rate ejection off; ``minHealthPercent`` becomes the
+  cluster's healthy panic threshold (0, panic mode off, when unset), all as Istio maps them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.protos import duration, typed, u32
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+ENVOY_MAX_EJECTION_S = 300.0  # Envoy's default max_ejection_time
 _SIMPLE = {
     "ROUND_ROBIN": cluster_pb2.Cluster.ROUND_ROBIN,
     "LEAST_REQUEST": cluster_pb2.Cluster.LEAST_REQUEST,
@@ -59,13 +61,14 @@ def apply_traffic_policy(cluster: cluster_pb2.Cluster, policy: Mapping[str, Any]
     """Set load balancing, connection pool and outlier detection of ``policy`` on ``cluster``."""
     _load_balancer(cluster, _d(policy.get("loadBalancer")))
     _connection_pool(cluster, _d(policy.get("connectionPool")), protocol)
-    outlier = _d(policy.get("outlierDetection"))
-    if outlier:
+    if isinstance(policy.get("outlierDetection"), Mapping):
+        outlier = _d(policy["outlierDetection"])
         cluster.outlier_detection.CopyFrom(outlier_detection(outlier))
-        if outlier.get("minHealthPercent") is not None:
-            cluster.common_lb_config.healthy_panic_threshold.CopyFrom(
-                percent_pb2.Percent(value=float(outlier["minHealthPercent"]))
-            )
+        # As in Istio: the panic threshold is minHealthPercent, 0 (panic mode off) when unset, so that
+        # ejected hosts of a small service do not get traffic back through Envoy's 50 % default.
+        cluster.common_lb_config.healthy_panic_threshold.CopyFrom(
+            percent_pb2.Percent(value=float(outlier.get("minHealthPercent") or 0))
+        )
 
 
 def _load_balancer(cluster: cluster_pb2.Cluster, lb: dict[str, Any]) -> None:
@@ -139,8 +142,14 @@ def _connection_pool(cluster: cluster_pb2.Cluster, pool: dict[str, Any], protoco
 
 
 def outlier_detection(od: Mapping[str, Any]) -> outlier_detection_pb2.OutlierDetection:
-    """Istio's outlier detection settings as Envoy's (other detectors stay at Envoy's defaults)."""
-    out = outlier_detection_pb2.OutlierDetection()
+    """Istio's outlier detection settings as Envoy's, the way Istio maps them.
+
+    Success-rate detection is off (Envoy enables it by default, Istio turns it off); a detector Istio
+    leaves unset keeps Envoy's default; ``maxEjectionPercent`` 0 means Envoy's default (10 %);
+    a ``baseEjectionTime`` above Envoy's ``max_ejection_time`` (300 s) raises that cap too; local-origin
+    failures count separately only with ``splitExternalLocalOriginErrors``.
+    """
+    out = outlier_detection_pb2.OutlierDetection(enforcing_success_rate=u32(0))
     errors = od.get("consecutiveErrors")
     if errors is not None and int(errors) > 0:
         # The deprecated field counts gateway errors (502, 503, 504) only, as in Istio.
@@ -157,12 +166,17 @@ def outlier_detection(od: Mapping[str, Any]) -> outlier_detection_pb2.OutlierDet
         out.interval.CopyFrom(duration(t))
     if (t := seconds(od.get("baseEjectionTime"))) is not None:
         out.base_ejection_time.CopyFrom(duration(t))
-    if od.get("maxEjectionPercent") is not None:
+        if t > ENVOY_MAX_EJECTION_S:
+            out.max_ejection_time.CopyFrom(duration(t))
+    if int(od.get("maxEjectionPercent") or 0) > 0:
         out.max_ejection_percent.CopyFrom(u32(int(od["maxEjectionPercent"])))
-    if od.get("consecutiveLocalOriginFailures") is not None:
-        out.consecutive_local_origin_failure.CopyFrom(u32(int(od["consecutiveLocalOriginFailures"])))
-    if od.get("splitExternalLocalOriginErrors") is not None:
-        out.split_external_local_origin_errors = bool(od["splitExternalLocalOriginErrors"])
+    if od.get("splitExternalLocalOriginErrors"):
+        out.split_external_local_origin_errors = True
+        local = int(od.get("consecutiveLocalOriginFailures") or 0)
+        if local > 0:
+            out.consecutive_local_origin_failure.CopyFrom(u32(local))
+            out.enforcing_consecutive_local_origin_failure.CopyFrom(u32(100))
+        out.enforcing_local_origin_success_rate.CopyFrom(u32(0))
     return out
 
 

@@ -138,7 +138,7 @@ def test_invalid_edit_keeps_the_last_good_config_and_is_reported(mesh: MeshLab) 
     web = mesh.vms["web"]
     services = mesh.cp.config_dir / "20-services.yaml"
     good = services.read_text()
-    assert _cp_metric(mesh, "vmagent_cp_proxies_connected") == 2
+    assert _cp_metric(mesh, "pilot_xds") == 2
     services.write_text(good.replace("protocol: HTTP", "protocol: HTTQ", 1))
     try:
         wait_for(

@@ -88,8 +88,10 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         wait_pushed: WaitPushed = _pushed_at_once,
         is_revoked: IsRevoked | None = None,
         leave_timeout: float = 10.0,
+        on_registration: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_registration = on_registration or (lambda _result: None)
         self._groups = group_lookup
         self._trust_domain = trust_domain
         self._name_table = name_table
@@ -173,10 +175,13 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
             rec = await asyncio.to_thread(self._store.register, group, reg, session)
         except _Denied as exc:
             log.warning("refused registration from %s: %s", identity, exc)
+            self._on_registration("denied")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except RegistrationRefused as exc:
             log.warning("refused registration from %s: %s", identity, exc)
+            self._on_registration("refused")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self._on_registration("accepted")
         key = (rec.namespace, rec.name)
         stream.entry = key
         with self._lock:

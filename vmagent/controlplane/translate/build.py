@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from vmagent.controlplane.model import Service
 from vmagent.controlplane.translate import authn, clusters, inbound, listeners, names, routes
+from vmagent.controlplane.translate.accesslog import with_access_logs
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.endpoints import load_assignment
 from vmagent.controlplane.translate.gateway_listeners import gateway_resources
@@ -153,7 +154,7 @@ def build_inbound_resources(
     """
     out: Resources = {t: dict(outbound.get(t, {})) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
     if proxy.mode == "gateway":
-        return _sorted(out)
+        return _with_access_logs(_sorted(out), mesh)
     for c in clusters.inbound_passthrough_clusters(proxy, mesh):
         _put(out, CLUSTER, c.name, c)
     for port in inbound.inbound_ports(proxy):
@@ -164,7 +165,14 @@ def build_inbound_resources(
     for c in authn.jwks_clusters(security.request_authentications, out[CLUSTER].keys(), mesh):
         _put(out, CLUSTER, c.name, c)
     _put(out, LISTENER, names.VIRTUAL_INBOUND, inbound.virtual_inbound(proxy, security, mesh))
-    return _sorted(out)
+    return _with_access_logs(_sorted(out), mesh)
+
+
+def _with_access_logs(resources: Resources, mesh: MeshOptions) -> Resources:
+    """MeshConfig's access log on every listener's HTTP connection managers and tcp_proxies (if set)."""
+    if mesh.access_log is None:
+        return resources
+    return {**resources, LISTENER: with_access_logs(resources[LISTENER], mesh.access_log)}
 
 
 def build_proxy_resources(

@@ -108,3 +108,39 @@ def test_control_plane_exposition_has_state_and_events_and_passes_promtool() -> 
     assert sample(text, "vmagent_cp_join_token_refusals_total", reason="used_up") == 1
     assert sample(text, "vmagent_cp_registrations_total", result="accepted") == 1
     promtool_check(text)
+
+
+def test_grafana_dashboard_queries_only_series_that_exist() -> None:
+    """Every metric docs/grafana/vmagent-mesh.json queries is exposed by the control plane or the agent."""
+    import json
+    import re
+    from pathlib import Path
+
+    dash = json.loads((Path(__file__).parents[2] / "docs/grafana/vmagent-mesh.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b((?:vmagent|pilot|citadel)_[a-z0-9_]+)", e)}
+    assert used
+    one_proxy: list[dict[str, Any]] = [{"types": {"CDS": {"state": "synced"}}}]
+    cp = ControlPlaneMetrics(lambda: one_proxy, _workloads, list, lambda: 0, clock=lambda: NOW)
+    for event in (cp.pushed, cp.nacked):
+        event(CLUSTER)
+    cp.acked(CLUSTER, 0.1)
+    cp.csr_received("join")
+    cp.issued("join")
+    cp.refused("join", "unauthenticated")
+    cp.token_refused("expired")
+    cp.registration("accepted")
+    agent = Registry()
+    register_process_metrics(agent)
+    agent.counter("vmagent_xds_acks_total", "x", ("type",)).inc(type="CDS")
+    agent.counter("vmagent_xds_nacks_total", "x", ("type",)).inc(type="CDS")
+    agent.gauge("vmagent_envoy_live", "x").set(1)
+    agent.counter("vmagent_envoy_restarts_total", "x").inc()
+    exposed = {s.name for text in (cp.render(), agent.render()) for f in _families(text) for s in f.samples}
+    assert sorted(used - exposed) == []
+
+
+def _families(text: str) -> list[Any]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return list(text_string_to_metric_families(text))

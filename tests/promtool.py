@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def sample(text: str, name: str, **labels: str) -> float | None:
+def sample(text: str, name: str, /, **labels: str) -> float | None:
     """The value of the sample ``name`` whose labels include ``labels``; None when there is none."""
     for family in text_string_to_metric_families(text):
         for s in family.samples:

@@ -56,9 +56,21 @@ def test_a_name_cannot_change_kind() -> None:
 
 def _workloads() -> list[dict[str, Any]]:
     return [
-        {"health": "healthy", "connected": True, "cert_expiry": _iso(NOW + 3600)},
-        {"health": "healthy", "connected": True, "cert_expiry": _iso(NOW + 10 * 86400)},
-        {"health": "unhealthy", "connected": False, "cert_expiry": None},
+        {
+            "namespace": "demo",
+            "name": "a",
+            "health": "healthy",
+            "connected": True,
+            "cert_expiry": _iso(NOW + 3600),
+        },
+        {
+            "namespace": "demo",
+            "name": "b",
+            "health": "healthy",
+            "connected": True,
+            "cert_expiry": _iso(NOW + 10 * 86400),
+        },
+        {"namespace": "demo", "name": "c", "health": "unhealthy", "connected": False, "cert_expiry": None},
     ]
 
 
@@ -93,6 +105,8 @@ def test_control_plane_exposition_has_state_and_events_and_passes_promtool() -> 
     assert sample(text, "vmagent_cp_workloads", health="healthy", connected="true") == 2
     assert sample(text, "vmagent_cp_workloads", health="unhealthy", connected="false") == 1
     assert sample(text, "vmagent_cp_workload_certs_expiring_24h") == 1
+    assert sample(text, "vmagent_cp_workload_cert_expiry_timestamp_seconds", name="a") == NOW + 3600
+    assert sample(text, "vmagent_cp_workload_cert_expiry_timestamp_seconds", name="c") is None
     assert sample(text, "vmagent_cp_config_errors") == 1
     assert sample(text, "vmagent_cp_config_objects") == 7
     assert sample(text, "pilot_xds_pushes_total", type="CDS") == 1

@@ -90,6 +90,18 @@ class _StateCollector(Collector):
             "Registered workloads whose certificate expires within 24 hours (or has expired).",
             value=expiring,
         )
+        # With the default 24 h certificate lifetime every certificate is within 24 h of expiry; the
+        # per-workload expiry time lets an alert pick its own margin (expiry - time() < 3600).
+        expiry = GaugeMetricFamily(
+            "vmagent_cp_workload_cert_expiry_timestamp_seconds",
+            "Unix time the registered workload's certificate expires.",
+            labels=("namespace", "name"),
+        )
+        for w in workloads:
+            at = _timestamp(w.get("cert_expiry"))
+            if at is not None:
+                expiry.add_metric((str(w.get("namespace", "")), str(w.get("name", ""))), at)
+        yield expiry
         yield GaugeMetricFamily(
             "vmagent_cp_config_errors",
             "Invalid config files or objects (last good version kept).",
@@ -100,14 +112,18 @@ class _StateCollector(Collector):
         )
 
 
-def _expires_within(iso: object, now: float, window: float) -> bool:
+def _timestamp(iso: object) -> float | None:
     if not isinstance(iso, str) or not iso:
-        return False
+        return None
     try:
-        at = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+        return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
     except ValueError:
-        return False
-    return at - now <= window
+        return None
+
+
+def _expires_within(iso: object, now: float, window: float) -> bool:
+    at = _timestamp(iso)
+    return at is not None and at - now <= window
 
 
 class ControlPlaneMetrics:

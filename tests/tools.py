@@ -58,6 +58,7 @@ DEBIAN_PACKAGE: dict[str, str] = {
     "gcc": "gcc",
     "pkg-config": "pkg-config",
     "kubectl": "kubectl (the machine image's) or kubernetes-client",
+    "promtool": "prometheus",
 }
 
 _CAPTURE = (
@@ -80,8 +81,8 @@ _CAPTURE = (
 
 # tier (the directory under tests/) -> the commands its tests and the code they drive run on this machine
 TIER_TOOLS: dict[str, tuple[str, ...]] = {
-    "unit": ("sh",),
-    "integration": ("sh", "test", "setpriv"),
+    "unit": ("sh", "promtool"),
+    "integration": ("sh", "test", "setpriv", "promtool"),
     "system": (
         *_CAPTURE,
         "nft",

@@ -27,6 +27,7 @@ from tests.integration.test_envoy_support import (
     FakeControlPlane,
     tls_get,
 )
+from tests.promtool import promtool_check
 from vmagent.agent.envoy_bootstrap import (
     BootstrapParams,
     find_envoy_binary,
@@ -325,6 +326,14 @@ def test_readiness_and_merged_metrics(tmp_path: Path, runtime: Path) -> None:
         assert 'vmagent_xds_acks_total{type="Listener"}' in text
         assert "vmagent_sds_pushes_total" in text
         assert "envoy_server_live" in text or "envoy_server_state" in text
+        # The agent's own families in the merged output pass promtool; Envoy's pass through as named.
+        ours = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith(("vmagent_", "# HELP vmagent_", "# TYPE vmagent_"))
+        ]
+        assert any(ln.startswith("# TYPE vmagent_xds_acks_total counter") for ln in ours)
+        promtool_check("\n".join(ours) + "\n")
         code, prom = s.get("/stats/prometheus", s.prometheus_port)
         assert code == 200 and b"envoy_" in prom
         code, st = s.get("/status", status_port)

@@ -12,12 +12,15 @@ import json
 from pathlib import Path
 
 import pytest
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.json_format import MessageToDict
 
 from tests.unit.test_translate_support import GoldenCase, golden_cases, load_case
 from vmagent.agent.envoy_bootstrap import find_envoy_binary
 from vmagent.common.errors import CommandError
 from vmagent.common.proc import run
+from vmagent.controlplane.translate.accesslog import parse_access_log
 from vmagent.controlplane.translate.static import static_bootstrap
 from vmagent.controlplane.xds.snapshot import LISTENER
 
@@ -67,3 +70,49 @@ def test_envoy_rejects_a_broken_snapshot(tmp_path: Path) -> None:
             timeout=60,
         )
     assert "duplicate" in err.value.stderr, err.value.stderr
+
+
+@pytest.mark.parametrize(
+    "mesh_config",
+    [
+        {"accessLogFile": "/dev/stdout"},
+        {"accessLogFile": "/dev/stdout", "accessLogEncoding": "JSON"},
+        {
+            "accessLogFile": "/tmp/x.log",
+            "accessLogEncoding": "JSON",
+            "accessLogFormat": '{"code":"%RESPONSE_CODE%"}',
+        },
+        {"accessLogFile": "/tmp/x.log", "accessLogFormat": "%REQ(:METHOD)% %RESPONSE_CODE%"},
+    ],
+    ids=["text-default", "json-default", "json-custom", "text-custom"],
+)
+def test_access_logs_from_mesh_config_pass_envoy_validate(
+    mesh_config: dict[str, str], tmp_path: Path
+) -> None:
+    """MeshConfig's access log lands on every HCM and tcp_proxy of every listener, and Envoy accepts it."""
+    settings = parse_access_log(mesh_config, "mesh config")
+    assert settings is not None
+    case = load_case(golden_cases()[0])
+    with_logs = dataclasses.replace(case, mesh=dataclasses.replace(case.mesh, access_log=settings))
+    for tag, variant in _variants(with_logs):
+        _validate(variant, tmp_path, f"accesslog-{tag}")
+    listeners = with_logs.build()[LISTENER]
+    seen = 0
+    for listener in listeners.values():
+        for chain in [*listener.filter_chains, listener.default_filter_chain]:
+            for f in chain.filters:
+                for cls in (hcm.HttpConnectionManager, tcp_proxy_pb2.TcpProxy):
+                    if f.typed_config.Is(cls.DESCRIPTOR):
+                        inner = cls()
+                        f.typed_config.Unpack(inner)
+                        assert [a.name for a in inner.access_log] == ["envoy.access_loggers.file"], f.name
+                        seen += 1
+    assert seen > 0
+    # the shared outbound resources the golden case builds without logs are unchanged
+    assert all(
+        not f.typed_config.Is(hcm.HttpConnectionManager.DESCRIPTOR)
+        or b"envoy.access_loggers.file" not in f.typed_config.value
+        for lst in case.build()[LISTENER].values()
+        for chain in lst.filter_chains
+        for f in chain.filters
+    )

@@ -4,12 +4,15 @@ Envoy and iptables capture, an unmodified client running as an ordinary user."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import require_root, require_tool
+from tests.promtool import promtool_check, sample
 from vmagent.lab.demo_config import DEMO_CONFIG, STRICT_API
 from vmagent.lab.mesh import MeshLab, VmHost
 from vmagent.lab.wait import wait_for
@@ -138,7 +141,7 @@ def test_invalid_edit_keeps_the_last_good_config_and_is_reported(mesh: MeshLab) 
     web = mesh.vms["web"]
     services = mesh.cp.config_dir / "20-services.yaml"
     good = services.read_text()
-    assert _cp_metric(mesh, "vmagent_cp_proxies_connected") == 2
+    assert _cp_metric(mesh, "pilot_xds") == 2
     services.write_text(good.replace("protocol: HTTP", "protocol: HTTQ", 1))
     try:
         wait_for(
@@ -156,6 +159,42 @@ def test_invalid_edit_keeps_the_last_good_config_and_is_reported(mesh: MeshLab) 
     finally:
         services.write_text(good)
     wait_for(lambda: _cp_metric(mesh, "vmagent_cp_config_errors") == 0, timeout=10, what="the error to clear")
+
+
+def test_control_plane_metrics_reflect_the_two_vms(mesh: MeshLab) -> None:
+    """Two joined, registered VMs in sync: the CP's /metrics says so, and promtool accepts it."""
+    assert mesh.cp is not None
+    cp = mesh.cp
+
+    def scrape() -> str:
+        return cp.ns.run(["curl", "-sf", cp.http + "/metrics"], check=False).stdout
+
+    def both_in_sync(text: str) -> bool:
+        return (
+            sample(text, "pilot_xds") == 2
+            and sample(text, "vmagent_cp_workloads", health="healthy", connected="true") == 2
+        )
+
+    # a config edit just before may still be settling: wait for both in sync
+    text = wait_for(
+        lambda: (t := scrape()) and both_in_sync(t) and t, timeout=60, what="both VMs in /metrics"
+    )
+    assert isinstance(text, str)
+    for xds_type in ("CDS", "EDS", "LDS", "RDS"):
+        assert (sample(text, "pilot_xds_pushes_total", type=xds_type) or 0) >= 2, xds_type
+        assert (sample(text, "pilot_proxy_convergence_time_count", type=xds_type) or 0) >= 2, xds_type
+    assert (sample(text, "citadel_server_success_cert_issuance_count_total", via="join") or 0) >= 2
+    assert (sample(text, "vmagent_cp_registrations_total", result="accepted") or 0) >= 2
+    # the lab's control plane issues with the default 24 h lifetime: both certificates count
+    assert sample(text, "vmagent_cp_workload_certs_expiring_24h") == 2
+    expiries = [
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "vmagent_cp_workload_cert_expiry_timestamp_seconds"
+    ]
+    assert len(expiries) == 2 and all(time.time() + 3600 < v <= time.time() + 86400 for v in expiries)
+    promtool_check(text)
 
 
 def test_revoked_workload_loses_its_xds_stream(mesh: MeshLab) -> None:

@@ -162,8 +162,12 @@ class XdsProxy:
         reg = metrics or Registry()
         self._m_connected = reg.gauge("vmagent_xds_proxy_upstream_connected", "1 while ADS is relayed.")
         self._m_errors = reg.counter("vmagent_xds_proxy_upstream_errors_total", "Upstream ADS failures.")
-        self._m_acks = reg.counter("vmagent_xds_acks_total", "xDS responses Envoy accepted, by type.")
-        self._m_nacks = reg.counter("vmagent_xds_nacks_total", "xDS responses Envoy rejected, by type.")
+        self._m_acks = reg.counter(
+            "vmagent_xds_acks_total", "xDS responses Envoy accepted, by type.", ("type",)
+        )
+        self._m_nacks = reg.counter(
+            "vmagent_xds_nacks_total", "xDS responses Envoy rejected, by type.", ("type",)
+        )
 
     # --- lifecycle ------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any
 from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, CP_MTLS_PORT, DEFAULT_TRUST_DOMAIN
 from vmagent.common.durations import duration_arg
 from vmagent.controlplane.app import DEFAULT_STATE_DIR, ControlPlane, ServeOptions
+from vmagent.controlplane.snapshots import mesh_options
 from vmagent.controlplane.workload_store import LifecycleSettings
 
 
@@ -68,7 +69,8 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument(
         "--mesh-config",
         type=Path,
-        help="YAML with Istio MeshConfig fields: outboundTrafficPolicy.mode, rootNamespace",
+        help="YAML with Istio MeshConfig fields: outboundTrafficPolicy.mode, rootNamespace, "
+        "accessLogFile, accessLogEncoding (TEXT|JSON), accessLogFormat",
     )
     p.add_argument(
         "--ca-workers",
@@ -113,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(loaded, dict):
             raise VmagentError(f"{args.mesh_config}: expected a mapping of MeshConfig fields")
         mesh_config = loaded
+        mesh_options(args.trust_domain, mesh_config, source=str(args.mesh_config))  # errors name the file
     opts = ServeOptions(
         state_dir=args.state_dir,
         config_dir=args.config_dir,

@@ -55,6 +55,7 @@ from vmagent.controlplane.xds.cache import SnapshotCache
 from vmagent.controlplane.xds.push import PushScheduler
 from vmagent.controlplane.xds.runner import AioServerThread
 from vmagent.controlplane.xds.server import AdsServer
+from vmagent.controlplane.xds.status import StatusRegistry
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +181,17 @@ class ControlPlane:
             self.cache, self.services.services, translate or self.translator, binder=self.binder
         )
         self.services.subscribe(lambda: self.mesh.changed(None))
+        self.metrics = ControlPlaneMetrics(
+            lambda: self.ads.status(),
+            self.workloads.workloads_json,
+            self.configs.errors,
+            lambda: len(self.configs.snapshot()),
+        )
         self.ads = AdsServer(
             self.cache,
             self.mesh.on_proxy_connected,
             self.mesh.on_proxy_disconnected,
+            registry=StatusRegistry(observer=self.metrics),
             is_revoked=self.store.records.is_revoked,
         )
         self.mesh.on_refused = self.ads.disconnect
@@ -195,6 +203,7 @@ class ControlPlane:
             wait_pushed=lambda timeout: self.mesh.wait_pushed(timeout, self._all_synced),
             is_revoked=self.store.records.is_revoked,
             same_holder=lambda rec, reg: self.binder.same_lineage(int(reg.cert_serial, 16), rec.cert_serial),
+            on_registration=self.metrics.registration,
         )
         # A burst of registrations changes the registry once per VM: send name tables once per burst.
         self._names = PushScheduler(self._send_names, debounce=0.1, max_delay=1.0)
@@ -203,7 +212,7 @@ class ControlPlane:
         self._mtls_creds = mtls_creds
         self.issuer = CertificateIssuer(
             self.store.ca, self.store.tokens, self.store.records, self.group_lookup,
-            MeshInfo(opts.trust_domain, 0, opts.mesh_config),
+            MeshInfo(opts.trust_domain, 0, opts.mesh_config), observer=self.metrics,
         )  # fmt: skip
         self.tls_server = ThreadedServer(opts.listen, tls_creds, self._configure_tls)
         self.mtls_server = AioServerThread(opts.mtls_listen, mtls_creds, self._configure_mtls)
@@ -220,13 +229,6 @@ class ControlPlane:
         self.http = HttpApi(opts.http_listen)
         self.http.add_json("/api/v1/proxies", self.ads.status)
         self.http.add_json("/api/v1/workloads", self.workloads.workloads_json)
-        self.metrics = ControlPlaneMetrics(
-            self.ads.status,
-            self.workloads.workloads_json,
-            self.configs.errors,
-            lambda: len(self.configs.snapshot()),
-            lambda: self.mesh.pushes,
-        )
         self.http.add_text("/metrics", PROMETHEUS_CONTENT_TYPE, self.metrics.render)
         self.http.add_json("/api/v1/config/errors", self.configs.errors)
         self.http.add_json("/api/v1/config/warnings", self.configs.warnings)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from cryptography import x509
@@ -82,6 +82,18 @@ class _IssueLog:
         )  # fmt: skip
 
 
+class IssuerObserver(Protocol):
+    """Told of every CSR, issuance and refusal (the control plane's Prometheus metrics)."""
+
+    def csr_received(self, via: str) -> None: ...
+
+    def issued(self, via: str) -> None: ...
+
+    def refused(self, via: str, code: str) -> None: ...
+
+    def token_refused(self, reason: str) -> None: ...
+
+
 class CertificateIssuer:
     """The logic shared by both services: authenticate, validate, consume, sign, record.
 
@@ -99,8 +111,10 @@ class CertificateIssuer:
         records: CertRecords,
         groups: GroupLookup,
         mesh: MeshInfo,
+        observer: IssuerObserver | None = None,
     ) -> None:
         self.ca = ca
+        self.observer = observer
         self.tokens = tokens
         self.records = records
         self.groups = groups
@@ -124,11 +138,29 @@ class CertificateIssuer:
         self, token: str | None, csr: str, validity: int, hostname: str
     ) -> tuple[list[x509.Certificate], SpiffeId, TokenClaims, dict[str, Any]]:
         """Verify the join token, then issue for its WorkloadGroup's identity (consuming one use)."""
+        obs = self.observer
+        if obs is not None:
+            obs.csr_received("join")
+        try:
+            result = self._issue_with_token(token, csr, validity, hostname)
+        except _Refused as exc:
+            if obs is not None:
+                obs.refused("join", exc.code.name.lower())
+            raise
+        if obs is not None:
+            obs.issued("join")
+        return result
+
+    def _issue_with_token(
+        self, token: str | None, csr: str, validity: int, hostname: str
+    ) -> tuple[list[x509.Certificate], SpiffeId, TokenClaims, dict[str, Any]]:
         if token is None:
+            self._token_refused("missing")
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "no join token (authorization: Bearer) was sent")
         try:
             claims = self.tokens.verify(token)
         except TokenError as exc:
+            self._token_refused(exc.reason)
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from exc
         identity, group = self.identity_for_group(claims.namespace, claims.group)
         parsed = _parse(csr)
@@ -140,14 +172,33 @@ class CertificateIssuer:
         log.info("join: issued %s serial %x to %s", identity, chain[0].serial_number, hostname or "?")
         return chain, identity, claims, group
 
+    def _token_refused(self, reason: str) -> None:
+        if self.observer is not None:
+            self.observer.token_refused(reason)
+
     def _consume(self, claims: TokenClaims) -> None:
         try:
             self.tokens.consume(claims)
         except TokenError as exc:
+            self._token_refused(exc.reason)
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from exc
 
     def renew(self, context: grpc.ServicerContext, csr: str, validity: int) -> list[x509.Certificate]:
         """Issue for the identity of the caller's mesh certificate (mTLS), unless it is revoked."""
+        obs = self.observer
+        if obs is not None:
+            obs.csr_received("renew")
+        try:
+            chain = self._renew(context, csr, validity)
+        except _Refused as exc:
+            if obs is not None:
+                obs.refused("renew", exc.code.name.lower())
+            raise
+        if obs is not None:
+            obs.issued("renew")
+        return chain
+
+    def _renew(self, context: grpc.ServicerContext, csr: str, validity: int) -> list[x509.Certificate]:
         peer = self._peer(context)
         if peer is None:
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "no client certificate and no join token")

@@ -98,10 +98,12 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         is_revoked: IsRevoked | None = None,
         leave_timeout: float = 10.0,
         same_holder: SameHolder | None = None,
+        on_registration: Callable[[str], None] | None = None,
     ) -> None:
         """``same_holder(record, registration)``: is the registration's certificate the one that registered
         the live ``record`` at its address, or a renewal of it (see ``WorkloadStore.register``)."""
         self._store = store
+        self._on_registration = on_registration or (lambda _result: None)
         self._groups = group_lookup
         self._trust_domain = trust_domain
         self._name_table = name_table
@@ -195,10 +197,13 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
             rec = await asyncio.to_thread(self._store.register, group, reg, session, self._same_holder)
         except (_Denied, AddressTaken, LabelConflict) as exc:
             log.warning("refused registration from %s: %s", identity, exc)
+            self._on_registration("denied")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except RegistrationRefused as exc:
             log.warning("refused registration from %s: %s", identity, exc)
+            self._on_registration("refused")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self._on_registration("accepted")
         key = (rec.namespace, rec.name)
         stream.entry = key
         with self._lock:

@@ -20,6 +20,7 @@ from vmagent.controlplane.translate import (
     build_name_table,
     workload_ports,
 )
+from vmagent.controlplane.translate.accesslog import MESH_FIELDS, parse_access_log
 from vmagent.controlplane.translate.build import (
     OutboundKey,
     Resources,
@@ -43,12 +44,18 @@ def mesh_options(trust_domain: str, mesh_config: dict[str, Any], source: str = "
     root_ns = mesh_config.get("rootNamespace", "istio-system")
     if not isinstance(root_ns, str) or not root_ns:
         raise ConfigError(f"{source}: rootNamespace: expected a namespace name")
-    unknown = set(mesh_config) - {"outboundTrafficPolicy", "rootNamespace"}
+    known = {"outboundTrafficPolicy", "rootNamespace", *MESH_FIELDS}
+    unknown = set(mesh_config) - known
     if unknown:
         raise ConfigError(
-            f"{source}: {sorted(unknown)[0]}: unknown field (known: outboundTrafficPolicy, rootNamespace)"
+            f"{source}: {sorted(unknown)[0]}: unknown field (known: {', '.join(sorted(known))})"
         )
-    return MeshOptions(trust_domain=trust_domain, root_namespace=root_ns, outbound_traffic_policy=policy)
+    return MeshOptions(
+        trust_domain=trust_domain,
+        root_namespace=root_ns,
+        outbound_traffic_policy=policy,
+        access_log=parse_access_log(mesh_config, source),
+    )
 
 
 @dataclass

@@ -43,7 +43,15 @@ CREATE TABLE IF NOT EXISTS join_tokens (
 
 
 class TokenError(VmagentError):
-    """A join token that is refused; the message says why without echoing the token."""
+    """A join token that is refused; the message says why without echoing the token.
+
+    ``reason`` is a short fixed word for metrics (``vmagent_cp_join_token_refusals_total{reason}``):
+    expired, bad_signature, malformed, unknown, mismatch, revoked, used_up.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -150,10 +158,12 @@ class TokenAuthority:
             )
         except jwt.ExpiredSignatureError as exc:
             raise TokenError(
-                "join token has expired; create a new one with `vmagent-cp token create`"
+                "join token has expired; create a new one with `vmagent-cp token create`", "expired"
             ) from exc
         except jwt.InvalidSignatureError as exc:
-            raise TokenError("join token signature is not valid for this control plane") from exc
+            raise TokenError(
+                "join token signature is not valid for this control plane", "bad_signature"
+            ) from exc
         except jwt.PyJWTError as exc:
             raise TokenError(f"join token is malformed or not for this control plane ({exc})") from exc
         sub = str(claims.get("sub", ""))
@@ -161,16 +171,20 @@ class TokenAuthority:
         jti = str(claims["jti"])
         rec = self.get(jti)
         if rec is None:
-            raise TokenError("join token is not known to this control plane")
+            raise TokenError("join token is not known to this control plane", "unknown")
         if (rec.namespace, rec.group) != (ns, group):
-            raise TokenError("join token does not match its record")
+            raise TokenError("join token does not match its record", "mismatch")
         state = rec.state()
         if state == "revoked":
-            raise TokenError("join token has been revoked")
+            raise TokenError("join token has been revoked", "revoked")
         if state == "expired":
-            raise TokenError("join token has expired; create a new one with `vmagent-cp token create`")
+            raise TokenError(
+                "join token has expired; create a new one with `vmagent-cp token create`", "expired"
+            )
         if state == "used":
-            raise TokenError(f"join token has been used {rec.used} of {rec.uses} times; create a new one")
+            raise TokenError(
+                f"join token has been used {rec.used} of {rec.uses} times; create a new one", "used_up"
+            )
         return TokenClaims(jti, ns, group)
 
     def consume(self, claims: TokenClaims) -> None:
@@ -181,7 +195,7 @@ class TokenAuthority:
             (claims.jti, time.time()),
         )
         if changed != 1:
-            raise TokenError("join token has no uses left; create a new one")
+            raise TokenError("join token has no uses left; create a new one", "used_up")
 
     def get(self, jti: str) -> TokenRecord | None:
         rows, _ = self._db.execute(

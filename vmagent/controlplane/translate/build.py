@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from vmagent.controlplane.model import Service
 from vmagent.controlplane.translate import authn, clusters, inbound, listeners, names, routes
+from vmagent.controlplane.translate.accesslog import AccessLogSettings, with_access_logs
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.endpoints import load_assignment
 from vmagent.controlplane.translate.envoyfilter import apply_envoy_filters
@@ -28,6 +29,7 @@ from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 from vmagent.controlplane.translate.security import inbound_security
 from vmagent.controlplane.translate.services import visible_services
 from vmagent.controlplane.translate.sidecar import apply_sidecar
+from vmagent.controlplane.translate.telemetry import access_logging_enabled
 from vmagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 Resources = dict[str, dict[str, Any]]
@@ -44,6 +46,7 @@ _SELECTOR_PATHS: Mapping[str, tuple[str, ...]] = {
     "AuthorizationPolicy": ("selector", "matchLabels"),
     "Sidecar": ("workloadSelector", "labels"),
     "EnvoyFilter": ("workloadSelector", "labels"),
+    "Telemetry": ("selector", "matchLabels"),
 }
 
 
@@ -159,6 +162,7 @@ def build_inbound_resources(
     """
     out: Resources = {t: dict(outbound.get(t, {})) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
     if proxy.mode == "gateway":
+        out = _with_access_logs(out, proxy, configs, mesh)
         apply_envoy_filters(out, proxy, configs, mesh)
         return _sorted(out)
     for c in clusters.inbound_passthrough_clusters(proxy, mesh):
@@ -171,8 +175,26 @@ def build_inbound_resources(
     for c in authn.jwks_clusters(security.request_authentications, out[CLUSTER].keys(), mesh):
         _put(out, CLUSTER, c.name, c)
     _put(out, LISTENER, names.VIRTUAL_INBOUND, inbound.virtual_inbound(proxy, security, mesh))
+    out = _with_access_logs(out, proxy, configs, mesh)
     apply_envoy_filters(out, proxy, configs, mesh)
     return _sorted(out)
+
+
+def _with_access_logs(
+    resources: Resources, proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions
+) -> Resources:
+    """The access log on every listener's HTTP connection managers and tcp_proxies: MeshConfig's settings,
+    unless a Telemetry turns it off for this workload; a Telemetry turning it on without MeshConfig
+    settings logs to /dev/stdout in the default TEXT format (Istio's built-in ``envoy`` provider)."""
+    settings = mesh.access_log
+    enabled = access_logging_enabled(proxy, configs, mesh)
+    if enabled is False:
+        return resources
+    if enabled is True and settings is None:
+        settings = AccessLogSettings("/dev/stdout")
+    if settings is None:
+        return resources
+    return {**resources, LISTENER: with_access_logs(resources[LISTENER], settings)}
 
 
 def build_proxy_resources(

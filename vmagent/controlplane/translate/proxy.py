@@ -7,6 +7,7 @@ from typing import Literal
 
 from vmagent.common import constants
 from vmagent.controlplane.model import Port
+from vmagent.controlplane.translate.accesslog import AccessLogSettings
 
 ProxyMode = Literal["sidecar", "gateway"]
 OutboundPolicy = Literal["ALLOW_ANY", "REGISTRY_ONLY"]
@@ -52,3 +53,5 @@ class MeshOptions:
     # Source address of Envoy's connections to the application on the VM's own address (capture skips it).
     inbound_passthrough_source_v4: str = "127.0.0.6"
     inbound_passthrough_source_v6: str = "::6"
+    # MeshConfig accessLogFile/accessLogEncoding/accessLogFormat; None: no access log (Istio's default).
+    access_log: AccessLogSettings | None = None

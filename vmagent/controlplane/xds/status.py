@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from vmagent.controlplane.xds.snapshot import push_rank, short_name
 
@@ -69,6 +69,16 @@ class TypeSync:
         }
 
 
+class XdsObserver(Protocol):
+    """Told of every response sent and every ACK/NACK (the control plane's Prometheus metrics)."""
+
+    def pushed(self, type_url: str) -> None: ...
+
+    def acked(self, type_url: str, seconds: float) -> None: ...
+
+    def nacked(self, type_url: str) -> None: ...
+
+
 @dataclass
 class StreamStatus:
     """The sync state of one ADS stream; mutated by the stream, read by :meth:`StatusRegistry.status`."""
@@ -83,6 +93,7 @@ class StreamStatus:
     _lock: threading.Lock
     _clock: Callable[[], float]
     types: dict[str, TypeSync] = field(default_factory=dict)
+    observer: XdsObserver | None = None
 
     def _type(self, type_url: str) -> TypeSync:
         found = self.types.get(type_url)
@@ -100,6 +111,8 @@ class StreamStatus:
             t = self._type(type_url)
             t.sent_version, t.sent_nonce, t.sent_at = version, nonce, self._clock()
             t.responses += 1
+        if self.observer is not None:
+            self.observer.pushed(type_url)
 
     def ack(self, type_url: str, nonce: str) -> bool:
         """Record an ACK of the response ``nonce``; False (ignored) if it is not the latest one sent."""
@@ -108,7 +121,10 @@ class StreamStatus:
             if nonce != t.sent_nonce:
                 return False
             t.acked_version, t.acked_at = t.sent_version, self._clock()
-            return True
+            took = t.acked_at - t.sent_at if t.sent_at is not None else None
+        if self.observer is not None and took is not None:
+            self.observer.acked(type_url, max(0.0, took))
+        return True
 
     def nack(self, type_url: str, nonce: str, message: str) -> bool:
         """Record a NACK of the response ``nonce`` with Envoy's ``message``; False if not the latest."""
@@ -117,7 +133,9 @@ class StreamStatus:
             if nonce != t.sent_nonce:
                 return False
             t.nacked_version, t.error, t.error_at = t.sent_version, message, self._clock()
-            return True
+        if self.observer is not None:
+            self.observer.nacked(type_url)
+        return True
 
     def state_of(self, type_url: str) -> str | None:
         with self._lock:
@@ -145,9 +163,10 @@ class StreamStatus:
 class StatusRegistry:
     """All connected streams; :meth:`status` is what the HTTP API serves at ``/api/v1/proxies``."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, observer: XdsObserver | None = None) -> None:
         self._lock = threading.Lock()
         self._clock = clock
+        self._observer = observer
         self._streams: dict[int, StreamStatus] = {}
         self._ids = itertools.count(1)
 
@@ -157,8 +176,9 @@ class StatusRegistry:
         with self._lock:
             sid = next(self._ids)
             st = StreamStatus(
-                sid, proxy_key, node_id, identity, protocol, peer, self._clock(), self._lock, self._clock
-            )
+                sid, proxy_key, node_id, identity, protocol, peer, self._clock(), self._lock, self._clock,
+                observer=self._observer,
+            )  # fmt: skip
             self._streams[sid] = st
             return st
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -49,6 +50,13 @@ class ApiHTTPServer(ThreadingHTTPServer):
         sock, addr = self.socket.accept()
         # The TLS handshake happens in the request's own thread, so one slow client cannot stall accept().
         return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a cut watch, a closed kubectl) is normal here: no traceback for it."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):  # ConnectionError, ssl.SSLError (EOF), BrokenPipeError
+            return
+        super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         with self.state.lock:

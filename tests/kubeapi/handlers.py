@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import ssl
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -41,9 +41,14 @@ log = logging.getLogger(__name__)
 MAX_CSR_BYTES = 64 * 1024
 MIN_RSA_BITS = 2048
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
-# Certificates are valid from a little before issuance, to absorb clock skew: a tenth of the lifetime,
-# at most a minute (so short-lived test certificates still renew at about half their life).
-CLOCK_SKEW = datetime.timedelta(minutes=1)
+# Certificates are valid from a little before issuance, so that a VM whose clock runs behind the control
+# plane's accepts them at once: a tenth of the lifetime, at most ten minutes (the default 24 h lifetime gets
+# the full ten; short-lived test certificates still renew at about half their life). A VM clock up to that
+# much behind joins, rotates and serves; one ahead needs nothing (docs/reliability.md, "Clock skew").
+CLOCK_SKEW = datetime.timedelta(minutes=10)
+# The root is created once, at first start: backdated by a day, so agents joining right after a fresh
+# control plane came up accept it even when their clock is behind.
+ROOT_BACKDATE = datetime.timedelta(days=1)
 ROOT_LIFETIME = datetime.timedelta(days=3650)
 ROOT_CERT_FILE = "root-cert.pem"
 ROOT_KEY_FILE = "root-key.pem"
@@ -314,7 +319,7 @@ def _self_signed_root(key: PrivateKey, trust_domain: str) -> x509.Certificate:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_before(now - ROOT_BACKDATE)
         .not_valid_after(now + ROOT_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(

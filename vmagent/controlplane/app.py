@@ -27,6 +27,7 @@ from vmagent.controlplane.certservice import (
 from vmagent.controlplane.config import ConfigDirectory, ConfigSet, ConfigStore, StoreSource
 from vmagent.controlplane.config.snapshot import ConfigSource
 from vmagent.controlplane.db import StateDb
+from vmagent.controlplane.grpc_limits import join_port_options, mtls_port_options
 from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
 from vmagent.controlplane.mesh import MeshController, Translate
 from vmagent.controlplane.metrics import PROMETHEUS_CONTENT_TYPE, ControlPlaneMetrics
@@ -39,7 +40,7 @@ from vmagent.controlplane.web import HttpApi
 from vmagent.controlplane.workload_store import LifecycleSettings, Reaper, WorkloadStore
 from vmagent.controlplane.xds.cache import SnapshotCache
 from vmagent.controlplane.xds.push import PushScheduler
-from vmagent.controlplane.xds.runner import AioServerThread
+from vmagent.controlplane.xds.runner import DEFAULT_OPTIONS, AioServerThread
 from vmagent.controlplane.xds.server import AdsServer
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,12 @@ class ControlPlane:
             self.store.ca, self.store.tokens, self.store.records, self.group_lookup,
             MeshInfo(opts.trust_domain, 0, opts.mesh_config),
         )  # fmt: skip
-        self.tls_server = ThreadedServer(opts.listen, tls_creds, self._configure_tls)
-        self.mtls_server = AioServerThread(opts.mtls_listen, mtls_creds, self._configure_mtls)
+        self.tls_server = ThreadedServer(
+            opts.listen, tls_creds, self._configure_tls, options=join_port_options(DEFAULT_OPTIONS)
+        )
+        self.mtls_server = AioServerThread(
+            opts.mtls_listen, mtls_creds, self._configure_mtls, options=mtls_port_options(DEFAULT_OPTIONS)
+        )
         self.revocations = RevocationWatcher(
             lambda: {str(r["value"]) for r in self.store.records.revocations() if r["kind"] == "identity"},
             lambda: [(p.key, p.identity.uri) for p in self.mesh.proxies.all()],

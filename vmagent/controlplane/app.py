@@ -154,6 +154,10 @@ class ControlPlane:
             self.configs.errors,
             lambda: len(self.configs.snapshot()),
             lambda: self.mesh.pushes,
+            join_failures=lambda: (
+                self.issuer.join_limiter.failed_total,
+                self.issuer.join_limiter.refused_total,
+            ),
         )
         self.http.add_text("/metrics", PROMETHEUS_CONTENT_TYPE, self.metrics.render)
         self.http.add_json("/api/v1/config/errors", self.configs.errors)

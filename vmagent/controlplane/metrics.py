@@ -21,12 +21,14 @@ class ControlPlaneMetrics:
         config_errors: Callable[[], list[str]],
         config_objects: Callable[[], int],
         pushes: Callable[[], int],
+        join_failures: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self._proxies = proxies
         self._workloads = workloads
         self._config_errors = config_errors
         self._config_objects = config_objects
         self._pushes = pushes
+        self._join_failures = join_failures
 
     def render(self) -> str:
         reg = Registry()
@@ -54,4 +56,13 @@ class ControlPlaneMetrics:
         ).set(len(self._config_errors()))
         reg.gauge("vmagent_cp_config_objects", "Config objects in force.").set(self._config_objects())
         reg.counter("vmagent_cp_xds_pushes_total", "Snapshot changes pushed to proxies.").inc(self._pushes())
+        if self._join_failures is not None:
+            failed, refused = self._join_failures()
+            reg.counter(
+                "vmagent_cp_join_failures_total", "Joins refused for a missing or bad token (this process)."
+            ).inc(failed)
+            reg.counter(
+                "vmagent_cp_join_rate_limited_total",
+                "Joins refused unseen because their source failed too often (docs/reliability.md).",
+            ).inc(refused)
         return reg.render()

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV = $(shell scripts/venv.sh)
 PYTEST_ARGS ?=
 
-.PHONY: deps venv test lint typecheck unit demo bench packages proto clean
+.PHONY: deps venv test lint typecheck unit fuzz demo bench packages proto clean
 
 deps:
 	@scripts/system-deps.sh
@@ -29,6 +29,12 @@ test: deps
 
 unit: deps
 	@v=$(VENV); PATH=$$v/bin:$$PATH $$v/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+
+# The fuzz tier with a longer budget: examples per target (`make test` runs 200); override with
+# FUZZ_EXAMPLES=N. Each run ends with the executions per target.
+FUZZ_EXAMPLES ?= 5000
+fuzz: deps
+	@v=$(VENV); VMAGENT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) PATH=$$v/bin:$$PATH $$v/bin/python -m pytest tests/fuzz $(PYTEST_ARGS)
 
 demo: deps
 	@v=$(VENV); PATH=$$v/bin:$$PATH $$v/bin/python -m vmagent.demo

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -285,15 +285,18 @@ def parse_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
         raise CsrError(f"CSR is {len(csr_pem)} bytes; the limit is {MAX_CSR_BYTES}")
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: found by tests/fuzz
         raise CsrError(f"CSR is not a valid PEM certificate request: {exc}") from exc
     try:
         valid = csr.is_signature_valid
-    except (ValueError, InvalidSignature, TypeError):
+    except (ValueError, InvalidSignature, TypeError, UnsupportedAlgorithm):  # the last: found by tests/fuzz
         valid = False
     if not valid:
         raise CsrError("CSR signature does not verify")
-    key = csr.public_key()
+    try:
+        key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CsrError(f"CSR public key cannot be read: {exc}") from exc
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             raise CsrError(f"CSR has an RSA-{key.key_size} key; at least RSA-{MIN_RSA_BITS} is required")

@@ -30,11 +30,13 @@ test: deps
 unit: deps
 	@v=$(VENV); PATH=$$v/bin:$$PATH $$v/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
-# The fuzz tier with a longer budget: examples per target (`make test` runs 200); override with
-# FUZZ_EXAMPLES=N. Each run ends with the executions per target.
+# The fuzz tier with a longer budget: examples per target (`make test` runs 200; FUZZ_EXAMPLES=N), and
+# the control-plane crash test with the issue's 50 SIGKILLs (`make test` runs 5; CRASH_ROUNDS=N).
 FUZZ_EXAMPLES ?= 5000
+CRASH_ROUNDS ?= 50
 fuzz: deps
-	@v=$(VENV); VMAGENT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) PATH=$$v/bin:$$PATH $$v/bin/python -m pytest tests/fuzz $(PYTEST_ARGS)
+	@v=$(VENV); VMAGENT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) VMAGENT_CRASH_ROUNDS=$(CRASH_ROUNDS) PATH=$$v/bin:$$PATH \
+	  $$v/bin/python -m pytest tests/fuzz tests/integration/test_cp_crash_consistency.py $(PYTEST_ARGS)
 
 demo: deps
 	@v=$(VENV); PATH=$$v/bin:$$PATH $$v/bin/python -m vmagent.demo

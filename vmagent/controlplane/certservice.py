@@ -150,6 +150,10 @@ class CertificateIssuer:
             self._consume(claims)  # only for a CSR that will be signed
         chain = self.ca.sign_csr(parsed, identity, _ttl(validity))
         self.records.record(chain[0], identity, via="join", hostname=hostname)
+        # A join is answered only once its record is committed: a control plane killed right after the
+        # agent saw its certificate still has the record (tests/integration/test_cp_crash_consistency.py).
+        if not self.records.flush():
+            raise _Refused(grpc.StatusCode.UNAVAILABLE, "the certificate record could not be stored; retry")
         self._issued.count("join")
         log.info("join: issued %s serial %x to %s", identity, chain[0].serial_number, hostname or "?")
         return chain, identity, claims, group

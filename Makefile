@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV = $(shell scripts/venv.sh)
 PYTEST_ARGS ?=
 
-.PHONY: deps venv test lint typecheck unit demo bench packages proto clean
+.PHONY: deps venv test lint typecheck unit fuzz demo bench packages proto clean
 
 deps:
 	@scripts/system-deps.sh
@@ -29,6 +29,14 @@ test: deps
 
 unit: deps
 	@v=$(VENV); PATH=$$v/bin:$$PATH $$v/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+
+# The fuzz tier with a longer budget: examples per target (`make test` runs 200; FUZZ_EXAMPLES=N), and
+# the control-plane crash test with the issue's 50 SIGKILLs (`make test` runs 5; CRASH_ROUNDS=N).
+FUZZ_EXAMPLES ?= 5000
+CRASH_ROUNDS ?= 50
+fuzz: deps
+	@v=$(VENV); VMAGENT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) VMAGENT_CRASH_ROUNDS=$(CRASH_ROUNDS) PATH=$$v/bin:$$PATH \
+	  $$v/bin/python -m pytest tests/fuzz tests/integration/test_cp_crash_consistency.py $(PYTEST_ARGS)
 
 demo: deps
 	@v=$(VENV); PATH=$$v/bin:$$PATH $$v/bin/python -m vmagent.demo

@@ -59,6 +59,7 @@ DEBIAN_PACKAGE: dict[str, str] = {
     "pkg-config": "pkg-config",
     "kubectl": "kubectl (the machine image's) or kubernetes-client",
     "promtool": "prometheus",
+    "faketime": "faketime",
 }
 
 _CAPTURE = (
@@ -82,7 +83,7 @@ _CAPTURE = (
 # tier (the directory under tests/) -> the commands its tests and the code they drive run on this machine
 TIER_TOOLS: dict[str, tuple[str, ...]] = {
     "unit": ("sh", "promtool"),
-    "integration": ("sh", "test", "setpriv", "promtool"),
+    "integration": ("sh", "test", "setpriv", "promtool", "faketime"),
     "system": (
         *_CAPTURE,
         "nft",

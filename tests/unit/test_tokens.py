@@ -247,3 +247,22 @@ def test_create_refuses_nonsense_and_list_shows_state(state: State) -> None:
         "expires_at": None,
     }
     assert r1.jti != r2.jti
+
+
+def test_a_token_minted_on_a_clock_ahead_is_accepted_within_the_leeway(
+    state: State, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token whose ``iat`` is up to TOKEN_LEEWAY in the verifier's future (a replica whose clock runs
+    ahead minted it) verifies; one minted further ahead is refused as malformed."""
+    ta = state.authority()
+    leeway = tokens_module.TOKEN_LEEWAY.total_seconds()
+    ahead = time.time() + leeway / 2
+    monkeypatch.setattr(tokens_module, "time", types.SimpleNamespace(time=lambda: ahead))
+    token, rec = ta.create("demo", "web", HOUR, uses=1)
+    far_ahead = time.time() + leeway * 3
+    monkeypatch.setattr(tokens_module, "time", types.SimpleNamespace(time=lambda: far_ahead))
+    too_far, _ = ta.create("demo", "web", HOUR, uses=1)
+    monkeypatch.undo()
+    assert ta.verify(token).jti == rec.jti
+    with pytest.raises(TokenError, match="not yet valid"):
+        ta.verify(too_far)

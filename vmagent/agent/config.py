@@ -16,6 +16,7 @@ import yaml
 from vmagent.common.constants import CP_SERVER_NAME
 from vmagent.common.errors import ConfigError
 from vmagent.common.fsutil import atomic_write
+from vmagent.common.yamllimits import YamlLimitError, check_size, check_yaml_limits
 
 
 @dataclass
@@ -66,10 +67,13 @@ class AgentConfig:
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
         try:
-            raw = yaml.safe_load(path.read_text())
+            check_size(path.stat().st_size)
+            text = path.read_text()
+            check_yaml_limits(text)
+            raw = yaml.safe_load(text)
         except FileNotFoundError as exc:
             raise ConfigError(f"{path} does not exist; run `vmagent join` first") from exc
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, yaml.YAMLError, YamlLimitError) as exc:
             raise ConfigError(f"{path}: cannot read: {exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: config: expected a mapping at the top level")

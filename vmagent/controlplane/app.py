@@ -29,6 +29,7 @@ from vmagent.controlplane.certservice import (
 from vmagent.controlplane.config import ConfigDirectory, ConfigSet, ConfigStore, StoreSource
 from vmagent.controlplane.config.snapshot import ConfigSource
 from vmagent.controlplane.db import StateDb
+from vmagent.controlplane.grpc_limits import join_port_options, mtls_port_options
 from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
 from vmagent.controlplane.kube.client import KubeClient
 from vmagent.controlplane.kube.informer import Informer
@@ -53,7 +54,7 @@ from vmagent.controlplane.web import HttpApi
 from vmagent.controlplane.workload_store import LifecycleSettings, Reaper, WorkloadStore
 from vmagent.controlplane.xds.cache import SnapshotCache
 from vmagent.controlplane.xds.push import PushScheduler
-from vmagent.controlplane.xds.runner import AioServerThread
+from vmagent.controlplane.xds.runner import DEFAULT_OPTIONS, AioServerThread
 from vmagent.controlplane.xds.server import AdsServer
 from vmagent.controlplane.xds.status import StatusRegistry
 
@@ -186,6 +187,10 @@ class ControlPlane:
             self.workloads.workloads_json,
             self.configs.errors,
             lambda: len(self.configs.snapshot()),
+            join_failures=lambda: (
+                self.issuer.join_limiter.failed_total,
+                self.issuer.join_limiter.refused_total,
+            ),
         )
         self.ads = AdsServer(
             self.cache,
@@ -214,8 +219,12 @@ class ControlPlane:
             self.store.ca, self.store.tokens, self.store.records, self.group_lookup,
             MeshInfo(opts.trust_domain, 0, opts.mesh_config), observer=self.metrics,
         )  # fmt: skip
-        self.tls_server = ThreadedServer(opts.listen, tls_creds, self._configure_tls)
-        self.mtls_server = AioServerThread(opts.mtls_listen, mtls_creds, self._configure_mtls)
+        self.tls_server = ThreadedServer(
+            opts.listen, tls_creds, self._configure_tls, options=join_port_options(DEFAULT_OPTIONS)
+        )
+        self.mtls_server = AioServerThread(
+            opts.mtls_listen, mtls_creds, self._configure_mtls, options=mtls_port_options(DEFAULT_OPTIONS)
+        )
         self.revocations = RevocationWatcher(
             records.generation,
             records.is_revoked,

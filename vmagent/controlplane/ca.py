@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -41,9 +41,14 @@ log = logging.getLogger(__name__)
 MAX_CSR_BYTES = 64 * 1024
 MIN_RSA_BITS = 2048
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
-# Certificates are valid from a little before issuance, to absorb clock skew: a tenth of the lifetime,
-# at most a minute (so short-lived test certificates still renew at about half their life).
-CLOCK_SKEW = datetime.timedelta(minutes=1)
+# Certificates are valid from a little before issuance, so that a VM whose clock runs behind the control
+# plane's accepts them at once: a tenth of the lifetime, at most ten minutes (the default 24 h lifetime gets
+# the full ten; short-lived test certificates still renew at about half their life). A VM clock up to that
+# much behind joins, rotates and serves; one ahead needs nothing (docs/reliability.md, "Clock skew").
+CLOCK_SKEW = datetime.timedelta(minutes=10)
+# The root is created once, at first start: backdated by a day, so agents joining right after a fresh
+# control plane came up accept it even when their clock is behind.
+ROOT_BACKDATE = datetime.timedelta(days=1)
 ROOT_LIFETIME = datetime.timedelta(days=3650)
 ROOT_CERT_FILE = "root-cert.pem"
 ROOT_KEY_FILE = "root-key.pem"
@@ -280,15 +285,18 @@ def parse_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
         raise CsrError(f"CSR is {len(csr_pem)} bytes; the limit is {MAX_CSR_BYTES}")
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: found by tests/fuzz
         raise CsrError(f"CSR is not a valid PEM certificate request: {exc}") from exc
     try:
         valid = csr.is_signature_valid
-    except (ValueError, InvalidSignature, TypeError):
+    except (ValueError, InvalidSignature, TypeError, UnsupportedAlgorithm):  # the last: found by tests/fuzz
         valid = False
     if not valid:
         raise CsrError("CSR signature does not verify")
-    key = csr.public_key()
+    try:
+        key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CsrError(f"CSR public key cannot be read: {exc}") from exc
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             raise CsrError(f"CSR has an RSA-{key.key_size} key; at least RSA-{MIN_RSA_BITS} is required")
@@ -314,7 +322,7 @@ def _self_signed_root(key: PrivateKey, trust_domain: str) -> x509.Certificate:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_before(now - ROOT_BACKDATE)
         .not_valid_after(now + ROOT_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(

@@ -249,7 +249,10 @@ def serve_worker(spec: WorkerSpec, stop: threading.Event, ready: IO[str]) -> Non
     def configure(server: grpc.Server) -> None:
         add_join_services(server, issuer)
 
-    server = ThreadedServer(spec.listen, tls_creds, configure)
+    from vmagent.controlplane.grpc_limits import join_port_options
+    from vmagent.controlplane.xds.runner import DEFAULT_OPTIONS
+
+    server = ThreadedServer(spec.listen, tls_creds, configure, options=join_port_options(DEFAULT_OPTIONS))
     configs.start()
     try:
         server.start()

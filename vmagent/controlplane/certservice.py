@@ -28,6 +28,7 @@ from vmagent.common.x509util import SpiffeId, cert_pem
 from vmagent.controlplane.authn import bearer_token, peer_identity
 from vmagent.controlplane.ca import CertificateAuthority, CsrError, parse_csr
 from vmagent.controlplane.certrecords import CertRecords
+from vmagent.controlplane.join_limiter import FailedJoinLimiter, peer_host
 from vmagent.controlplane.tokens import TokenAuthority, TokenClaims, TokenError
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class CertificateIssuer:
         # client renews over one connection many times, so each certificate is parsed once.
         self._peers: dict[bytes, tuple[SpiffeId, int] | None] = {}
         self._issued = _IssueLog()
+        self.join_limiter = FailedJoinLimiter()
 
     def identity_for_group(self, namespace: str, name: str) -> tuple[SpiffeId, dict[str, Any]]:
         group = self.groups(namespace, name)
@@ -135,14 +137,17 @@ class CertificateIssuer:
         return SpiffeId(self.mesh.trust_domain, namespace, sa), group
 
     def issue_with_token(
-        self, token: str | None, csr: str, validity: int, hostname: str
+        self, token: str | None, csr: str, validity: int, hostname: str, source: str = ""
     ) -> tuple[list[x509.Certificate], SpiffeId, TokenClaims, dict[str, Any]]:
-        """Verify the join token, then issue for its WorkloadGroup's identity (consuming one use)."""
+        """Verify the join token, then issue for its WorkloadGroup's identity (consuming one use).
+
+        ``source`` (the caller's address) is refused for a while after too many failed tokens.
+        """
         obs = self.observer
         if obs is not None:
             obs.csr_received("join")
         try:
-            result = self._issue_with_token(token, csr, validity, hostname)
+            result = self._issue_with_token(token, csr, validity, hostname, source)
         except _Refused as exc:
             if obs is not None:
                 obs.refused("join", exc.code.name.lower())
@@ -152,14 +157,23 @@ class CertificateIssuer:
         return result
 
     def _issue_with_token(
-        self, token: str | None, csr: str, validity: int, hostname: str
+        self, token: str | None, csr: str, validity: int, hostname: str, source: str
     ) -> tuple[list[x509.Certificate], SpiffeId, TokenClaims, dict[str, Any]]:
+        wait = self.join_limiter.retry_after(source)
+        if wait is not None:
+            raise _Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many failed joins from {source or 'this address'}; retry in {wait:.0f} s",
+            )
         if token is None:
+            self.join_limiter.failed(source)
             self._token_refused("missing")
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "no join token (authorization: Bearer) was sent")
         try:
             claims = self.tokens.verify(token)
         except TokenError as exc:
+            self.join_limiter.failed(source)
+            log.warning("join refused from %s: %s", source or "?", exc)
             self._token_refused(exc.reason)
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from exc
         identity, group = self.identity_for_group(claims.namespace, claims.group)
@@ -168,6 +182,10 @@ class CertificateIssuer:
             self._consume(claims)  # only for a CSR that will be signed
         chain = self.ca.sign_csr(parsed, identity, _ttl(validity))
         self.records.record(chain[0], identity, via="join", hostname=hostname)
+        # A join is answered only once its record is committed: a control plane killed right after the
+        # agent saw its certificate still has the record (tests/integration/test_cp_crash_consistency.py).
+        if not self.records.flush():
+            raise _Refused(grpc.StatusCode.UNAVAILABLE, "the certificate record could not be stored; retry")
         self._issued.count("join")
         log.info("join: issued %s serial %x to %s", identity, chain[0].serial_number, hostname or "?")
         return chain, identity, claims, group
@@ -222,7 +240,9 @@ class CertificateIssuer:
         """``CreateCertificate``: a join token if one was sent, else the caller's mesh certificate."""
         token = bearer_token(context)
         if token is not None:
-            chain, *_ = self.issue_with_token(token, request.csr, request.validity_duration, "")
+            chain, *_ = self.issue_with_token(
+                token, request.csr, request.validity_duration, "", peer_host(context.peer())
+            )
         else:
             chain = self.renew(context, request.csr, request.validity_duration)
         return istio_ca_pb2.IstioCertificateResponse(cert_chain=self.chain_pem(chain))
@@ -309,7 +329,11 @@ class BootstrapServicer(bootstrap_pb2_grpc.BootstrapServicer):  # type: ignore[m
     ) -> bootstrap_pb2.JoinResponse:
         try:
             chain, identity, claims, group = self._issuer.issue_with_token(
-                bearer_token(context), request.csr, request.validity_duration, request.hostname
+                bearer_token(context),
+                request.csr,
+                request.validity_duration,
+                request.hostname,
+                peer_host(context.peer()),
             )
         except _Refused as exc:
             _abort(context, exc)

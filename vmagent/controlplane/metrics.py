@@ -24,7 +24,7 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from vmagent.controlplane.xds.snapshot import short_name
@@ -126,6 +126,26 @@ def _expires_within(iso: object, now: float, window: float) -> bool:
     return at is not None and at - now <= window
 
 
+class _JoinLimiterCollector:
+    """The failed-join limiter's counts (this process; docs/reliability.md)."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        failed, limited = self._counts()
+        yield CounterMetricFamily(
+            "vmagent_cp_join_failures",
+            "Joins refused for a missing or bad token (this process).",
+            value=failed,
+        )
+        yield CounterMetricFamily(
+            "vmagent_cp_join_rate_limited",
+            "Joins refused unseen because their source failed too often (docs/reliability.md).",
+            value=limited,
+        )
+
+
 class ControlPlaneMetrics:
     """The control plane's registry: event counters plus the scrape-time state collector."""
 
@@ -136,11 +156,14 @@ class ControlPlaneMetrics:
         config_errors: Callable[[], list[str]],
         config_objects: Callable[[], int],
         clock: Callable[[], float] = time.time,
+        join_failures: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         # No auto_describe: that would collect the state at registration, before the model exists.
         self.registry = CollectorRegistry()
         reg = self.registry
         self.registry.register(_StateCollector(proxies, workloads, config_errors, config_objects, clock))
+        if join_failures is not None:
+            self.registry.register(_JoinLimiterCollector(join_failures))
         self._pushes = Counter(
             "pilot_xds_pushes", "xDS responses sent to proxies, by type.", ("type",), registry=reg
         )

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 TOKEN_KEY_FILE = "token-key.pem"
 ISSUER = "vmagent-cp"
 AUDIENCE = "vmagent-join"
+# The JWT's time claims (iat, exp) are checked with this leeway, so a token minted by a control plane whose
+# clock differs a little from the verifier's is not refused as "issued in the future". The stored record's
+# expiry, on the control plane's own clock, stays exact: the leeway never extends a token's life.
+TOKEN_LEEWAY = datetime.timedelta(seconds=60)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS join_tokens (
@@ -152,6 +156,7 @@ class TokenAuthority:
                 token,
                 self._public,  # type: ignore[arg-type]
                 algorithms=["ES256"],
+                leeway=TOKEN_LEEWAY,
                 audience=AUDIENCE,
                 issuer=ISSUER,
                 options={"require": ["exp", "jti", "sub", "iat"]},

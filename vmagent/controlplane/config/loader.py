@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from vmagent.common.yamllimits import YamlLimitError, check_size, check_yaml_limits
 from vmagent.controlplane.config.issues import Issue, object_label
 from vmagent.controlplane.config.validate import validate_document
 from vmagent.controlplane.model import ConfigObject
@@ -65,7 +66,11 @@ def load_text(text: str, file: str) -> LoadResult:
     """Validate every document of ``text`` (named ``file`` in messages)."""
     result = LoadResult()
     try:
+        check_yaml_limits(text)
         docs = list(yaml.load_all(text, Loader=_UniqueKeyLoader))
+    except YamlLimitError as exc:
+        result.errors.append(Issue(file, "", "", f"refused: {exc}"))
+        return result
     except yaml.YAMLError as exc:
         result.errors.append(Issue(file, "", "", _yaml_problem(exc)))
         return result
@@ -90,7 +95,10 @@ def load_file(path: Path, display: str | None = None) -> LoadResult:
     """Read and validate one file; ``display`` is the name used in messages (default: the path)."""
     name = display or str(path)
     try:
+        check_size(path.stat().st_size)
         text = path.read_text(encoding="utf-8")
+    except YamlLimitError as exc:
+        return LoadResult(errors=[Issue(name, "", "", f"refused: {exc}")])
     except (OSError, UnicodeDecodeError) as exc:
         return LoadResult(errors=[Issue(name, "", "", f"cannot read file: {exc}")])
     return load_text(text, name)

@@ -23,7 +23,8 @@ from tests.harness import require_root, require_tool
 from tests.package.conftest import CACHE, Packages
 from vmagent.lab.demo_config import GROUPS, SERVICES
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+# The first test also pays for the shared fixture: package builds (when not cached) and four boots.
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 VMS = {"vm1": "demo/web", "vm2": "demo/web", "vm3": "demo/api"}
 APP = (

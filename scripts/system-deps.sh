@@ -3,7 +3,8 @@
 # Usage: scripts/system-deps.sh   (needs root when something is missing)
 set -euo pipefail
 pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev iptables iproute2 procps
-      debootstrap systemd-container rpm rpmlint lintian curl ca-certificates make git bind9-dnsutils)
+      debootstrap systemd-container rpm rpmlint lintian curl ca-certificates make git bind9-dnsutils
+      openssh-client)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -150,7 +150,7 @@ def test_site_joins_every_vm_and_they_call_each_other_over_mtls(lab: Lab) -> Non
         status = json.loads(node.sh("vmagent status -o json").stdout)
         assert status["ready"] is True, status
         assert status["identity"]["spiffe_id"].endswith("/ns/demo/sa/" + VMS[node.name].split("/")[1])
-        assert node.package_version("vmagent") == lab.previous.version
+        assert node.package_version("vmagent") == f"{lab.previous.version}-1"
     in_eds = {str(w["address"]) for w in lab.workloads() if w.get("in_eds")}
     assert in_eds == {n.address for n in lab.vms.values()}
     # By name, through each VM's Envoy: api -> web and web -> api, with mutual TLS between the Envoys.
@@ -229,9 +229,9 @@ def test_rolling_upgrade_fails_no_request(lab: Lab) -> None:
     summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err}
     assert summary.get("failed") == 0 and summary.get("ok", 0) > 20, summary
     for name in ("vm1", "vm2"):
-        assert lab.vms[name].package_version("vmagent") == lab.packages.version
+        assert lab.vms[name].package_version("vmagent") == f"{lab.packages.version}-1"
         assert result.changed(name) > 0
-    assert lab.vms["vm3"].package_version("vmagent") == lab.previous.version
+    assert lab.vms["vm3"].package_version("vmagent") == f"{lab.previous.version}-1"
 
 
 def test_remove_purges_and_deregisters(lab: Lab) -> None:

@@ -60,6 +60,8 @@ DEBIAN_PACKAGE: dict[str, str] = {
     "kubectl": "kubectl (the machine image's) or kubernetes-client",
     "promtool": "prometheus",
     "faketime": "faketime",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
 }
 
 _CAPTURE = (
@@ -99,6 +101,7 @@ TIER_TOOLS: dict[str, tuple[str, ...]] = {
         "kubectl",
     ),
     "kube": ("kubectl",),
+    "ansible": ("ssh", "ssh-keygen", "systemd-nspawn", "debootstrap", "ip", "nsenter"),
     "package": (
         "ip",
         "nsenter",

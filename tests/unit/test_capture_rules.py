@@ -56,6 +56,10 @@ def test_default_ipv4_rules() -> None:
     assert output == [
         "-m mark --mark 0x539 -j RETURN",
         "-s 127.0.0.6/32 -o lo -j RETURN",
+        "-p tcp --sport 22 -j RETURN",
+        "-p tcp --sport 15020 -j RETURN",
+        "-p tcp --sport 15021 -j RETURN",
+        "-p tcp --sport 15090 -j RETURN",
         "-o lo ! -d 127.0.0.0/8 -m owner --uid-owner 4242 -j VMAGENT_INBOUND",
         "-o lo ! -d 127.0.0.0/8 -m owner --gid-owner 4343 -j VMAGENT_INBOUND",
         "-m owner --uid-owner 4242 -j RETURN",

@@ -166,6 +166,14 @@ def desired_state(config: CaptureConfig, ids: ProxyIds, family: Family, mark_tab
         # Envoy's inbound passthrough to the local app (bound to the passthrough source): not captured.
         f"-s {facts.passthrough_source} -o lo -j RETURN",
     ]
+    # Replies from the ports inbound capture leaves alone (SSH first of all). A connection that was open
+    # before capture came, on a host where nothing had made the kernel track connections yet, looks new
+    # to the nat table at its next packet: without these rules the SSH session that installed the agent
+    # (Ansible's, an operator's) would be redirected to Envoy and hang.
+    out += [
+        f"-p tcp --sport {port} -j RETURN"
+        for port in dict.fromkeys(DEFAULT_INBOUND_EXCLUDES + config.exclude_inbound_ports)
+    ]
     if config.inbound:
         # The proxy connecting to one of this VM's own non-loopback addresses is inbound traffic.
         out += [

@@ -15,6 +15,7 @@ SUBCOMMANDS = [
     "vmagent.cli.cp_config_errors",
     "vmagent.cli.cp_workloads",
     "vmagent.cli.cp_proxy_status",
+    "vmagent.cli.cp_manifests",
 ]
 
 

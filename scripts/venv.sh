@@ -29,7 +29,8 @@ if [ ! -f "$venv/.ready" ]; then
   touch "$venv/.ready"
 fi
 # Reinstalling removes the console scripts for a moment, so only do it when the venv points elsewhere.
-current=$("$venv/bin/python" -c 'import vmagent, os; print(os.path.dirname(os.path.dirname(vmagent.__file__)))' 2>/dev/null || true)
+# Asked from / so the checkout in the working directory cannot answer for the venv's own install.
+current=$(cd / && "$venv/bin/python" -c 'import vmagent, os; print(os.path.dirname(os.path.dirname(vmagent.__file__)))' 2>/dev/null || true)
 if [ "$current" != "$here" ] || [ ! -x "$venv/bin/vmagent" ] || [ ! -x "$venv/bin/vmagent-cp" ]; then
   quiet "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >&2
 fi

@@ -131,7 +131,9 @@ class TokenAuthority:
         if ttl <= datetime.timedelta(0):
             raise VmagentError("--ttl must be positive")
         now = time.time()
-        rec = TokenRecord(uuid.uuid4().hex, namespace, group, uses, 0, now, now + ttl.total_seconds(), None)
+        # Whole seconds, as in the JWT's exp claim: the stored record and the token expire at the same instant.
+        expires = float(int(now + ttl.total_seconds()))
+        rec = TokenRecord(uuid.uuid4().hex, namespace, group, uses, 0, now, expires, None)
         claims = {
             "iss": ISSUER,
             "aud": AUDIENCE,

@@ -85,7 +85,7 @@ _CAPTURE = (
 # tier (the directory under tests/) -> the commands its tests and the code they drive run on this machine
 TIER_TOOLS: dict[str, tuple[str, ...]] = {
     "unit": ("sh", "promtool"),
-    "integration": ("sh", "test", "setpriv", "promtool", "faketime"),
+    "integration": ("sh", "test", "setpriv", "promtool", "faketime", "kubectl"),
     "system": (
         *_CAPTURE,
         "nft",

@@ -34,7 +34,7 @@ from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
 from vmagent.controlplane.kube.client import KubeClient
 from vmagent.controlplane.kube.informer import Informer
 from vmagent.controlplane.kube.istio_source import IstioKubeSource
-from vmagent.controlplane.kube.lease import LeaseElector
+from vmagent.controlplane.kube.lease import LEASE_NAME, LeaseElector
 from vmagent.controlplane.kube.publisher import WorkloadEntryPublisher, published_by
 from vmagent.controlplane.kube.services import KubeServiceRegistry
 from vmagent.controlplane.mesh import MeshController, Translate
@@ -145,8 +145,21 @@ class ControlPlane:
         self.controller_id = opts.controller_id or os.environ.get("POD_NAME") or socket.gethostname()
         if opts.kubeconfig is not None or opts.in_cluster:
             self.kube = KubeClient.from_config(opts.kubeconfig, opts.in_cluster)
+            # Replicas elect the one that writes validation status; it rewrites them all when it takes over.
+            self.elector = LeaseElector(
+                self.kube,
+                opts.lease_namespace or os.environ.get("POD_NAMESPACE") or "istio-system",
+                LEASE_NAME,
+                self.controller_id,
+                on_change=self._leading_changed,
+            )
+            elector = self.elector
             # Entries this control plane publishes are its own store's: not read back as config.
-            self.kube_config = IstioKubeSource(self.kube, skip=lambda o: published_by(o, self.controller_id))
+            self.kube_config = IstioKubeSource(
+                self.kube,
+                write_status=elector.is_leader,
+                skip=lambda o: published_by(o, self.controller_id),
+            )
         self.configs = ConfigSet(config_sources(opts.config_dir, opts.state_dir, self.kube_config))
         self.workloads = WorkloadStore(self.store.db, opts.lifecycle)
         self.registry = ConfigRegistry(
@@ -345,6 +358,11 @@ class ControlPlane:
             self.kube.close()
         self.store.close()
         self._stopped.set()
+
+    def _leading_changed(self, leading: bool) -> None:
+        if leading and self.kube_config is not None:
+            kube_config = self.kube_config
+            threading.Thread(target=kube_config.resync_status, name="status-resync", daemon=True).start()
 
     def kube_status(self) -> dict[str, Any]:
         """The cluster link for the HTTP API: per watched kind, its state, lists and events."""

@@ -21,6 +21,7 @@ from vmagent.common.errors import VmagentError
 log = logging.getLogger(__name__)
 
 JsonObj = dict[str, Any]
+POOL_SIZE = 32
 
 
 class KubeError(VmagentError):
@@ -95,6 +96,9 @@ def load_api_client(kubeconfig: Path | None, in_cluster: bool, context: str | No
     except Exception as exc:  # the loader raises YAML and key errors for malformed files
         where = "in-cluster service account" if in_cluster else str(kubeconfig)
         raise KubeConfigError(f"{where}: not a usable kubeconfig: {type(exc).__name__}: {exc}") from exc
+    # One connection per informer's watch plus the lists, writes and the Lease: the default pool (4 or 10)
+    # would discard and reopen TLS connections on every request.
+    configuration.connection_pool_maxsize = POOL_SIZE
     return client.ApiClient(configuration)
 
 

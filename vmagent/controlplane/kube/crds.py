@@ -22,6 +22,7 @@ from vmagent.controlplane.kube.istio_source import plural as plural_of
 JsonObj = dict[str, Any]
 # Recursive messages (a VirtualService's delegate, nested JSON values) stop here.
 MAX_DEPTH = 12
+EXACT_FLOAT_INT = 2**53  # the largest integer a float64 (a CRD schema's bound) holds exactly
 SHORT_NAMES = {
     "VirtualService": ["vs"],
     "DestinationRule": ["dr"],
@@ -55,9 +56,11 @@ def openapi(node: t.Type, depth: int = 0) -> JsonObj:
         return {"type": "boolean"}
     if isinstance(node, t.Int):
         out = {"type": "integer"}
-        if node.lo is not None:
+        # The API server keeps schema bounds as float64: a bound past 2**53 (a uint64's maximum) would be
+        # stored rounded, so it is left to the validator.
+        if node.lo is not None and abs(node.lo) <= EXACT_FLOAT_INT:
             out["minimum"] = node.lo
-        if node.hi is not None:
+        if node.hi is not None and abs(node.hi) <= EXACT_FLOAT_INT:
             out["maximum"] = node.hi
         return out
     if isinstance(node, t.Float):

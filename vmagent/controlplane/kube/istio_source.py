@@ -175,6 +175,14 @@ class IstioKubeSource:
         self._sync_status(obj, result.errors)
         return before != after
 
+    def resync_status(self) -> None:
+        """Bring every object's ``status.validationMessages`` in line with the validator: what a replica
+        does when it becomes the status writer (objects that changed while it was not are behind)."""
+        for informer in list(self.informers.values()):
+            for obj in informer.objects().values():
+                if not self._skip(obj):
+                    self._sync_status(obj, validate_document(_document(obj), SOURCE_NAME, 1).errors)
+
     def _sync_status(self, obj: JsonObj, errors: list[Issue]) -> None:
         """Write ``status.validationMessages`` when it differs from what the object carries."""
         if not self._write_status():

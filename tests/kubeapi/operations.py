@@ -254,7 +254,9 @@ class Operations:
                     },
                 )
         try:
-            objs, revision = self.store.list(t.group, t.resource, ns if t.namespaced else None, at)
+            objs, revision, remaining = self.store.page(
+                t.group, t.resource, ns if t.namespaced else None, at, match=match, after=start, limit=limit
+            )
         except Expired as e:
             if cont:
                 raise expired(
@@ -262,13 +264,11 @@ class Operations:
                     "You can start a new list without the continue parameter."
                 ) from None
             raise expired(f"too old resource version: {e.requested} ({e.compacted})") from None
-        items = [self.present(t, o) for o in objs if match(o)]
-        if start is not None:
-            items = [o for o in items if _sort_key(o) > start]
-        if limit and len(items) > limit:
-            last = _sort_key(items[limit - 1])
+        items = [self.present(t, o) for o in objs]
+        if remaining:
+            last = _sort_key(items[-1])
             token = base64.urlsafe_b64encode(json.dumps({"rv": revision, "start": last}).encode()).decode()
-            return ListResult(items[:limit], revision, token, len(items) - limit)
+            return ListResult(items, revision, token, remaining)
         return ListResult(items, revision)
 
     # -- writes ---------------------------------------------------------------------------------

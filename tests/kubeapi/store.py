@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import copy
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,11 +57,36 @@ class Store:
             return copy.deepcopy(obj) if obj is not None else None
 
     def list(
-        self, group: str, resource: str, namespace: str | None, at: int | None = None
+        self,
+        group: str,
+        resource: str,
+        namespace: str | None,
+        at: int | None = None,
+        *,
+        match: Callable[[Obj], bool] | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 0,
     ) -> tuple[list[Obj], int]:
         """Objects of one resource (in one namespace, or all when None), sorted by key, and the revision read.
 
         ``at`` reads as of an older revision, rebuilt from the log; Expired if it was compacted."""
+        out, rev, _ = self.page(group, resource, namespace, at, match=match, after=after, limit=limit)
+        return out, rev
+
+    def page(
+        self,
+        group: str,
+        resource: str,
+        namespace: str | None,
+        at: int | None = None,
+        *,
+        match: Callable[[Obj], bool] | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 0,
+    ) -> tuple[builtins.list[Obj], int, int]:
+        """One page of ``list``: the objects that ``match``, with a (namespace, name) past ``after``, at most
+        ``limit`` of them (0: all); also the revision read and how many matching objects follow the page.
+        Only the page's objects are copied, so paging through a big collection stays linear."""
         with self.cond:
             objects = self._objects
             rev = self.revision
@@ -76,12 +102,25 @@ class Store:
                     else:
                         objects[ev.key] = ev.prev
                 rev = at
-            out = [
-                copy.deepcopy(o)
-                for k, o in sorted(objects.items())
-                if k[0] == group and k[1] == resource and (namespace is None or k[2] == namespace)
-            ]
-            return out, rev
+            keys = sorted(
+                k
+                for k in objects
+                if k[0] == group
+                and k[1] == resource
+                and (namespace is None or k[2] == namespace)
+                and (after is None or (k[2], k[3]) > after)
+            )
+            out: builtins.list[Obj] = []
+            remaining = 0
+            for k in keys:
+                o = objects[k]
+                if match is not None and not match(o):
+                    continue
+                if limit and len(out) >= limit:
+                    remaining += 1
+                else:
+                    out.append(copy.deepcopy(o))
+            return out, rev, remaining
 
     def events_after(self, revision: int) -> builtins.list[Event]:
         """Events with a revision above ``revision``; Expired when some of them were compacted."""

@@ -193,6 +193,79 @@ def test_services_from_the_cluster_with_pods_and_vms(api: KubeApiServer, client:
         reg.stop()
 
 
+def test_only_the_services_a_change_touches_are_built_again(api: KubeApiServer, client: KubeClient) -> None:
+    """A slice, pod or Service change rebuilds the Services it feeds, not the cluster's; a VM change
+    rebuilds all (any selector may pick it); the result always equals a build from scratch."""
+    entries = [_vm_entry({"app": "ratings"})]
+    _service_objects(api)
+    api.create(
+        {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "details", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.21", "ports": [{"name": "http", "port": 9080}]},
+        }
+    )  # fmt: skip
+    reg = KubeServiceRegistry(client, "cluster.local", lambda: entries)
+    fresh = KubeServiceRegistry(client, "cluster.local", lambda: entries)  # built from scratch each time
+    reg.start()
+    fresh.start()
+    try:
+        assert reg.wait_synced(10) and fresh.wait_synced(10)
+
+        def hosts() -> dict[str, Any]:
+            return {s.hostname: s for s in reg.services()}
+
+        wait_for(lambda: len(hosts()) == 2, timeout=10, what="both Services")
+
+        def settled(what: str, cond: Any) -> dict[str, Any]:
+            def ready() -> dict[str, Any] | None:
+                h = hosts()
+                return h if cond(h) else None
+
+            got: dict[str, Any] = wait_for(ready, timeout=10, what=what)
+
+            def full_build() -> dict[str, Any]:
+                fresh.notify_changed()  # the next build is a full one
+                return {s.hostname: s for s in fresh.build()}
+
+            wait_for(
+                lambda: full_build() == got,
+                timeout=10,
+                what=f"a full build equal to the incremental ({what})",
+            )
+            return got
+
+        ratings = "ratings.default.svc.cluster.local"
+        # An endpoint added to ratings' slice: only ratings is built again.
+        builds = reg.builds
+        sl = api.get("discovery.k8s.io/v1", "EndpointSlice", "ratings-abc", "default")
+        sl["endpoints"].append({"addresses": ["10.1.0.3"], "conditions": {"ready": True}})
+        api.update(sl)
+        settled("the new endpoint", lambda h: len(h[ratings].endpoints) == 4)
+        assert reg.builds - builds == 1
+        # A pod's labels: the Service its endpoint feeds.
+        builds = reg.builds
+        pod = api.get("v1", "Pod", "ratings-1", "default")
+        pod["metadata"]["labels"]["version"] = "v2"
+        api.update(pod)
+        got = settled(
+            "the pod's new label",
+            lambda h: any(e.labels.get("version") == "v2" for e in h[ratings].endpoints),
+        )
+        assert reg.builds - builds == 1 and got[ratings].endpoints
+        # The VMs changed: every Service.
+        builds = reg.builds
+        entries.clear()
+        reg.notify_changed()
+        settled("the VM to leave", lambda h: len(h[ratings].endpoints) == 3)
+        assert reg.builds - builds == 2
+        # A Service deleted goes; the other stays as built.
+        api.delete("v1", "Service", "details", "default")
+        settled("details to go", lambda h: set(h) == {ratings})
+    finally:
+        reg.stop()
+        fresh.stop()
+
+
 def _register(store: WorkloadStore, address: str) -> None:
     group = {"metadata": {"name": "web", "namespace": "default"},
              "spec": {"template": {"serviceAccount": "web", "labels": {"app": "web"}},

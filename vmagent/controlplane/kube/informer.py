@@ -16,6 +16,10 @@ A kind the API server does not serve (a CRD not installed yet: ``404``) is waite
 retries with backoff and starts when the resource appears. ``403`` (RBAC) is logged once per state
 change, with the resource named, and retried the same way.
 
+Objects are cached as they come, less ``metadata.managedFields`` (server-side apply bookkeeping nothing
+here reads), and through ``transform`` when given: a kind cached by the thousand (Pods) keeps only the
+fields its consumer reads, as client-go's informer transforms do.
+
 Handlers receive a list of ``Change`` per batch (a relist's differences arrive as one batch) on the
 informer's own thread; they must be quick (hand work to a debounced scheduler).
 """
@@ -55,6 +59,14 @@ def resource_version(obj: JsonObj) -> str:
 
 
 Handler = Callable[[list[Change]], None]
+Transform = Callable[[JsonObj], JsonObj]
+
+
+def _trim(obj: JsonObj, transform: Transform | None) -> JsonObj:
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return transform(obj) if transform is not None else obj
 
 
 class Informer:
@@ -69,8 +81,10 @@ class Informer:
         label_selector: str = "",
         watch_timeout: int = 300,
         backoff: Backoff | None = None,
+        transform: Transform | None = None,
     ) -> None:
         self.client = client
+        self._transform = transform
         self.resource = resource
         self._handlers: list[Handler] = [handler] if handler is not None else []
         self._label_selector = label_selector
@@ -180,7 +194,8 @@ class Informer:
                 break
         kind = self.resource.kind
         fresh: dict[ObjKey, JsonObj] = {}
-        for item in items:
+        for raw in items:
+            item = _trim(raw, self._transform)
             item.setdefault("kind", kind)  # list items carry no kind; consumers like to see it
             item.setdefault("apiVersion", self.resource.api_version)
             fresh[object_key(item)] = item
@@ -242,6 +257,7 @@ class Informer:
             return
         if etype not in (ADDED, MODIFIED, DELETED):
             return
+        obj = _trim(obj, self._transform)
         obj.setdefault("kind", self.resource.kind)
         obj.setdefault("apiVersion", self.resource.api_version)
         key = object_key(obj)

@@ -89,9 +89,18 @@ class KubeServiceRegistry:
         self._cache: list[Service] | None = None
         self._subscribers: list[Callable[[], None]] = []
         self._pod_views: dict[tuple[str, str], tuple[dict[str, str], str]] = {}
-        self.services_informer = Informer(client, SERVICES, self._changed)
-        self.slices_informer = Informer(client, ENDPOINT_SLICES, self._changed)
-        self.pods_informer = Informer(client, PODS, self._pods_changed)
+        # Incremental rebuilds: the Service built per (ns, name), the keys to build again, and which
+        # Services a slice or a pod feeds. ``_all_dirty``: everything (the first build, VMs changed).
+        self._built: dict[tuple[str, str], Service] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._all_dirty = True
+        self._slice_owner: dict[tuple[str, str], tuple[str, str]] = {}
+        self._pod_services: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self._build_lock = threading.Lock()  # one build at a time: each starts from the last one's result
+        self.builds = 0  # Services built (full and incremental), for tests and benchmarks
+        self.services_informer = Informer(client, SERVICES, self._services_changed)
+        self.slices_informer = Informer(client, ENDPOINT_SLICES, self._slices_changed)
+        self.pods_informer = Informer(client, PODS, self._pods_changed, transform=pod_routing_fields)
         self.informers = (self.services_informer, self.slices_informer, self.pods_informer)
 
     # -- ServiceRegistry ----------------------------------------------------------------------------
@@ -110,8 +119,16 @@ class KubeServiceRegistry:
         return list(built)
 
     def notify_changed(self) -> None:
-        """Drop the cached services and tell subscribers (the WorkloadEntries changed, or the cluster)."""
+        """Rebuild every Service and tell subscribers (the WorkloadEntries changed: any selector may)."""
+        self._invalidate(None)
+
+    def _invalidate(self, keys: Iterable[tuple[str, str]] | None) -> None:
+        """Build ``keys`` (None: every Service) again on the next ``services()`` and tell subscribers."""
         with self._lock:
+            if keys is None:
+                self._all_dirty = True
+            else:
+                self._dirty.update(keys)
             self._cache = None
             subscribers = list(self._subscribers)
         for cb in subscribers:
@@ -133,42 +150,85 @@ class KubeServiceRegistry:
 
     # -- changes ------------------------------------------------------------------------------------
 
-    def _changed(self, _changes: list[Change]) -> None:
-        self.notify_changed()
+    def _services_changed(self, changes: list[Change]) -> None:
+        self._invalidate([c.key for c in changes])
+
+    def _slices_changed(self, changes: list[Change]) -> None:
+        keys = []
+        with self._lock:
+            for c in changes:
+                # The Service it fed before (its label may have changed, or it is gone) and the one it feeds now.
+                old = self._slice_owner.pop(c.key, None)
+                if old is not None:
+                    keys.append(old)
+                owner = _slice_service(c.obj)
+                if owner and c.type != "DELETED":
+                    self._slice_owner[c.key] = (c.key[0], owner)
+                    keys.append((c.key[0], owner))
+        self._invalidate(keys)
 
     def _pods_changed(self, changes: list[Change]) -> None:
         """Pods matter only through their labels and service account: status churn is ignored."""
-        dirty = False
+        keys: set[tuple[str, str]] = set()
         with self._lock:
             for c in changes:
                 view = None if c.type == "DELETED" else _pod_routing_view(c.obj)
                 if self._pod_views.get(c.key) != view:
-                    dirty = True
+                    fed = (
+                        self._pod_services.pop(c.key, set())
+                        if view is None
+                        else self._pod_services.get(c.key)
+                    )
+                    keys.update(fed or ())
                     if view is None:
                         self._pod_views.pop(c.key, None)
                     else:
                         self._pod_views[c.key] = view
-        if dirty:
-            self.notify_changed()
+        if keys:
+            self._invalidate(keys)
 
     # -- building -----------------------------------------------------------------------------------
 
     def build(self) -> list[Service]:
+        """The Services, building again only those whose Service, slices or pods changed since the last
+        build (all of them the first time and when the WorkloadEntries changed)."""
+        with self._build_lock:
+            return self._build()
+
+    def _build(self) -> list[Service]:
+        with self._lock:
+            full, dirty = self._all_dirty, self._dirty
+            self._all_dirty, self._dirty = False, set()
         services = self.services_informer.objects()
+        todo = set(services) if full else {k for k in dirty if k in services}
         slices_by_service: dict[tuple[str, str], list[JsonObj]] = {}
         for (ns, _name), sl in self.slices_informer.objects().items():
-            owner = str(((sl.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL) or "")
-            if owner:
+            owner = _slice_service(sl)
+            if owner and (ns, owner) in todo:
                 slices_by_service.setdefault((ns, owner), []).append(sl)
         pods = self.pods_informer.objects()
         entries = self._workload_entries()
-        out = []
-        for (ns, name), svc in sorted(services.items()):
+        built: dict[tuple[str, str], Service] = {} if full else dict(self._built)
+        for key in dirty - set(services):
+            built.pop(key, None)
+        for key in sorted(todo):
+            ns, name = key
+            slices = slices_by_service.get(key, [])
+            with self._lock:
+                for sl in slices:
+                    for ep in sl.get("endpoints") or []:
+                        ref = ep.get("targetRef") if isinstance(ep, dict) else None
+                        if isinstance(ref, dict) and ref.get("kind") == "Pod":
+                            pod = (str(ref.get("namespace") or ns), str(ref.get("name") or ""))
+                            self._pod_services.setdefault(pod, set()).add(key)
             try:
-                out.append(self._service(ns, name, svc, slices_by_service.get((ns, name), []), pods, entries))
+                built[key] = self._service(ns, name, services[key], slices, pods, entries)
             except (KeyError, TypeError, ValueError) as exc:  # a malformed object from the API server
+                built.pop(key, None)
                 log.error("Service %s/%s skipped: %s", ns, name, exc)
-        return out
+        self.builds += len(todo)
+        self._built = built
+        return [built[k] for k in sorted(built)]
 
     def _service(
         self,
@@ -296,6 +356,26 @@ class KubeServiceRegistry:
                 )
             )
         return out
+
+
+def _slice_service(sl: JsonObj) -> str:
+    """The Service an EndpointSlice belongs to (its ``kubernetes.io/service-name`` label), or ""."""
+    return str(((sl.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL) or "")
+
+
+def pod_routing_fields(pod: JsonObj) -> JsonObj:
+    """What the registry keeps of a Pod (the informer's transform): name, labels, service account, node,
+    IP and phase. A full Pod is several kilobytes; a cluster has tens of thousands."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    return {
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels") if k in meta
+        },
+        "spec": {k: spec[k] for k in ("serviceAccountName", "nodeName") if k in spec},
+        "status": {k: status[k] for k in ("podIP", "phase") if k in status},
+    }
 
 
 def _target_pod(ep: JsonObj, ns: str, pods: Mapping[tuple[str, str], JsonObj]) -> JsonObj | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,3 +143,43 @@ def test_rejected_route_is_nacked_with_envoys_message_and_traffic_continues(
     mesh.publish(backend=1)  # a good config again: routes fixed and endpoint moved
     wait_for(lambda: types_state(mesh.ads.ads, NODE) == ALL_SYNCED, 10, what="good config ACKed after NACK")
     wait_for(lambda: answer(mesh.listen_port) == "backend-two", 10, what="traffic on the new config")
+
+
+def _with_cluster(resources: list[Any], name: str, port: int) -> list[Any]:
+    """``resources`` plus an EDS cluster ``name`` whose one endpoint is 127.0.0.1:``port``."""
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    backend = next(r for r in resources if isinstance(r, cluster_pb2.Cluster))
+    cluster = cluster_pb2.Cluster()
+    cluster.CopyFrom(backend)
+    cluster.name = name
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    ep = cla.endpoints.add().lb_endpoints.add().endpoint
+    ep.address.socket_address.address = "127.0.0.1"
+    ep.address.socket_address.port_value = port
+    return [*resources, cluster, cla]
+
+
+def test_an_endpoint_push_of_one_cluster_leaves_the_others_endpoints(mesh: Mesh) -> None:
+    """SotW EDS pushes carry only the changed assignments (EDS is not state of the world): the real Envoy
+    keeps the endpoints of the clusters the push left out."""
+    other = mesh.backends[1].port
+
+    def publish(backend: int) -> frozenset[str]:
+        res = demo_resources(mesh.listen_port, mesh.backends[backend].port)
+        return mesh.ads.cache.set(NODE, Snapshot.from_messages(_with_cluster(res, "other", other)))
+
+    def endpoints() -> str:
+        return str(mesh.envoy.admin("/clusters").text)
+
+    publish(0)
+    mesh.envoy.wait_ready()
+    wait_for(lambda: types_state(mesh.ads.ads, NODE) == ALL_SYNCED, 15, what="all four types ACKed")
+    wait_for(lambda: f"other::127.0.0.1:{other}::" in endpoints(), 10, what="other's endpoint in Envoy")
+    assert publish(1) == {"type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"}
+    wait_for(lambda: answer(mesh.listen_port) == "backend-two", 10, what="traffic moving to backend two")
+    wait_for(lambda: types_state(mesh.ads.ads, NODE) == ALL_SYNCED, 10, what="the EDS push ACKed")
+    text = endpoints()
+    assert f"other::127.0.0.1:{other}::" in text, "the cluster left out of the push lost its endpoints"
+    assert f"backend::127.0.0.1:{other}::" in text

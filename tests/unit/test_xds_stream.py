@@ -237,3 +237,23 @@ def test_status_json_shape() -> None:
         "error": None,
         "error_at": None,
     }
+
+
+def test_sotw_endpoint_push_carries_only_the_changed_assignments() -> None:
+    """EDS responses are not state of the world (only LDS and CDS are): a push after an endpoint change
+    carries the changed assignments only; a NACK makes the next one complete again."""
+    m, _, _ = machine(SotwStream)
+    snap = world({"a": 1, "b": 2, "c": 3})
+    (eds,) = m.on_request(d.DiscoveryRequest(type_url=ENDPOINT, resource_names=["*"]), snap)
+    assert names(eds) == ["a", "b", "c"]
+    assert m.on_request(ack(eds, ["*"]), snap) == []
+    b_changed = world({"a": 1, "b": 4, "c": 3})
+    (push,) = m.on_snapshot(b_changed, b_changed.changed_types(snap))
+    assert names(push) == ["b"] and push.version_info == b_changed.version(ENDPOINT)
+    nack = ack(push, ["*"])
+    nack.version_info = eds.version_info
+    nack.error_detail.CopyFrom(status_pb2.Status(message="rejected"))
+    assert m.on_request(nack, b_changed) == []
+    c_changed = world({"a": 1, "b": 4, "c": 5})
+    (after_nack,) = m.on_snapshot(c_changed, c_changed.changed_types(b_changed))
+    assert names(after_nack) == ["a", "b", "c"]

@@ -48,6 +48,7 @@ class _SotwSub:
     names: frozenset[str] | None
     sent: tuple[str, frozenset[str]] | None = None  # (version, names actually sent)
     nonce: str = ""
+    known: dict[str, str] = field(default_factory=dict)  # EDS: name -> resource version last sent
 
 
 class SotwStream:
@@ -77,6 +78,7 @@ class SotwStream:
                 )
                 return []
             if req.HasField("error_detail"):
+                sub.known.clear()  # the proxy kept its previous endpoints: the next response is complete
                 self._nacked(type_url, req.response_nonce, req.error_detail.message)
             else:
                 self._status.ack(type_url, req.response_nonce)
@@ -97,7 +99,7 @@ class SotwStream:
         for type_url in sorted(self._subs, key=push_rank):
             if (changed is None or type_url in changed) and not any(r.type_url == type_url for r in out):
                 sub = self._subs[type_url]
-                out.extend(self._respond(type_url, sub, snapshot, force=sub.sent is None))
+                out.extend(self._respond(type_url, sub, snapshot, force=sub.sent is None, partial=True))
         return out
 
     def _nacked(self, type_url: str, nonce: str, message: str) -> None:
@@ -114,7 +116,7 @@ class SotwStream:
             )
 
     def _respond(
-        self, type_url: str, sub: _SotwSub, snapshot: Snapshot | None, force: bool
+        self, type_url: str, sub: _SotwSub, snapshot: Snapshot | None, force: bool, partial: bool = False
     ) -> list[discovery_pb2.DiscoveryResponse]:
         if snapshot is None:
             return []
@@ -123,9 +125,19 @@ class SotwStream:
         version = tr.subset_version(None if sub.names is None else chosen)
         if not force and sub.sent == (version, chosen):
             return []
+        names = sorted(chosen)
+        if type_url == ENDPOINT:
+            # EDS responses are not state-of-the-world (xDS protocol: only LDS and CDS responses are; an
+            # endpoint assignment left out of an EDS response is kept): send only the assignments whose
+            # version the stream has not sent yet. Only on a snapshot push (``partial``); answers to a
+            # request, forced responses and a push that only removes assignments are complete.
+            changed = [n for n in names if sub.known.get(n) != tr.versions[n]]
+            if partial and not force and sub.sent is not None and changed:
+                names = changed
+            sub.known = {n: tr.versions[n] for n in chosen}
         nonce = self._nonces()
         resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
-        resp.resources.extend(tr.resources[n] for n in sorted(chosen))
+        resp.resources.extend(tr.resources[n] for n in names)
         sub.sent, sub.nonce = (version, chosen), nonce
         self._status.sent(type_url, version, nonce)
         out = [resp]

@@ -43,7 +43,7 @@ demo: deps
 
 # The benchmarks (the other bench/*.py are their helper modules); tests/unit/test_bench_list.py keeps
 # this list equal to the bench/*.py files that run as a program.
-BENCHMARKS = csr registration xds_convergence dataplane agent_footprint fleet
+BENCHMARKS = csr registration xds_convergence dataplane agent_footprint fleet kube_source
 
 bench: deps
 	@v=$(VENV); set -e; for b in $(BENCHMARKS); do echo "== bench/$$b.py" >&2; \

@@ -12,8 +12,10 @@ served when Envoy asks for them by name, i.e. after it has received the CDS/LDS 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -22,6 +24,7 @@ from vmagent.controlplane.xds.snapshot import (
     ENDPOINT,
     WILDCARD_TYPES,
     Snapshot,
+    TypeResources,
     push_rank,
     short_name,
 )
@@ -48,7 +51,7 @@ class _SotwSub:
     names: frozenset[str] | None
     sent: tuple[str, frozenset[str]] | None = None  # (version, names actually sent)
     nonce: str = ""
-    known: dict[str, str] = field(default_factory=dict)  # EDS: name -> resource version last sent
+    known: Mapping[str, str] | None = None  # EDS: the versions of the set last sent (None: send it all)
 
 
 class SotwStream:
@@ -78,7 +81,7 @@ class SotwStream:
                 )
                 return []
             if req.HasField("error_detail"):
-                sub.known.clear()  # the proxy kept its previous endpoints: the next response is complete
+                sub.known = None  # the proxy kept its previous endpoints: the next response is complete
                 self._nacked(type_url, req.response_nonce, req.error_detail.message)
             else:
                 self._status.ack(type_url, req.response_nonce)
@@ -121,20 +124,24 @@ class SotwStream:
         if snapshot is None:
             return []
         tr = snapshot.get(type_url)
-        chosen = frozenset(tr.resources) if sub.names is None else sub.names & tr.resources.keys()
+        if sub.names is None:  # wildcard: the same for every stream of this snapshot, computed once
+            chosen, names = _all_names(tr)
+        else:
+            chosen = sub.names & tr.resources.keys()
+            names = sorted(chosen)
         version = tr.subset_version(None if sub.names is None else chosen)
         if not force and sub.sent == (version, chosen):
             return []
-        names = sorted(chosen)
         if type_url == ENDPOINT:
             # EDS responses are not state-of-the-world (xDS protocol: only LDS and CDS responses are; an
             # endpoint assignment left out of an EDS response is kept): send only the assignments whose
             # version the stream has not sent yet. Only on a snapshot push (``partial``); answers to a
             # request, forced responses and a push that only removes assignments are complete.
-            changed = [n for n in names if sub.known.get(n) != tr.versions[n]]
-            if partial and not force and sub.sent is not None and changed:
-                names = changed
-            sub.known = {n: tr.versions[n] for n in chosen}
+            if partial and not force and sub.sent is not None and sub.known is not None:
+                changed = _changed_names(sub.known, tr.versions) & chosen
+                if changed:
+                    names = sorted(changed)
+            sub.known = tr.versions
         nonce = self._nonces()
         resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
         resp.resources.extend(tr.resources[n] for n in names)
@@ -146,6 +153,45 @@ class SotwStream:
             # Changed clusters warm again and wait for their endpoints; Envoy does not always ask.
             out.extend(self._respond(ENDPOINT, eds, snapshot, force=True))
         return out
+
+
+# Every stream of a push compares the same two snapshots: the answers are computed once and kept for
+# the few most recent pairs (with the mappings themselves, so an id is never reused while cached).
+_SHARED_LOCK = threading.Lock()
+_DIFFS: dict[tuple[int, int], tuple[Mapping[str, str], Mapping[str, str], frozenset[str]]] = {}
+_NAMES: dict[int, tuple[Mapping[str, Any], frozenset[str], list[str]]] = {}
+_KEEP = 8
+
+
+def _changed_names(old: Mapping[str, str], new: Mapping[str, str]) -> frozenset[str]:
+    """The names in ``new`` whose version differs from (or is missing in) ``old``."""
+    key = (id(old), id(new))
+    with _SHARED_LOCK:
+        hit = _DIFFS.get(key)
+        if hit is not None and hit[0] is old and hit[1] is new:
+            return hit[2]
+    diff = frozenset(n for n, v in new.items() if old.get(n) != v)
+    with _SHARED_LOCK:
+        if len(_DIFFS) >= _KEEP:
+            del _DIFFS[next(iter(_DIFFS))]
+        _DIFFS[key] = (old, new, diff)
+    return diff
+
+
+def _all_names(tr: TypeResources) -> tuple[frozenset[str], list[str]]:
+    """Every resource name of ``tr``, as a set and sorted (callers must not modify the list)."""
+    key = id(tr.resources)
+    with _SHARED_LOCK:
+        hit = _NAMES.get(key)
+        if hit is not None and hit[0] is tr.resources:
+            return hit[1], hit[2]
+    chosen = frozenset(tr.resources)
+    names = sorted(chosen)
+    with _SHARED_LOCK:
+        if len(_NAMES) >= _KEEP:
+            del _NAMES[next(iter(_NAMES))]
+        _NAMES[key] = (tr.resources, chosen, names)
+    return chosen, names
 
 
 @dataclass

@@ -24,10 +24,36 @@ def parse_locality(text: str) -> base_pb2.Locality:
     return base_pb2.Locality(region=parts[0], zone=parts[1], sub_zone=parts[2])
 
 
+# The registry hands out the same Service and Endpoint objects until they change, so an assignment is
+# built again only for the services that changed (a big cluster's EndpointSlice change touches one of
+# thousands). One entry per cluster name, replaced when its service or endpoints are other objects (so
+# the memo does not grow with churn); dropped whole past _MEMO_MAX clusters. Callers share the messages
+# and must not modify them.
+_MEMO: dict[
+    tuple[str, Port, bool], tuple[Service, tuple[Endpoint, ...], endpoint_pb2.ClusterLoadAssignment]
+] = {}
+_MEMO_MAX = 50_000
+
+
 def load_assignment(
     cluster_name: str, service: Service, port: Port, endpoints: Sequence[Endpoint], tls_metadata: bool
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The assignment of ``cluster_name``: healthy ``endpoints`` by locality, sorted for stable versions."""
+    key = (cluster_name, port, tls_metadata)
+    eps = tuple(endpoints)
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0] is service and hit[1] == eps:
+        return hit[2]
+    msg = _build_assignment(cluster_name, service, port, eps, tls_metadata)
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[key] = (service, eps, msg)
+    return msg
+
+
+def _build_assignment(
+    cluster_name: str, service: Service, port: Port, endpoints: Sequence[Endpoint], tls_metadata: bool
+) -> endpoint_pb2.ClusterLoadAssignment:
     by_locality: dict[str, list[ec.LbEndpoint]] = {}
     seen: set[tuple[str, int]] = set()
     for ep in sorted(endpoints, key=lambda e: (e.locality, names.sort_key_ip(e.address), e.workload_name)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tests.unit.route_twins import one_per_match
 from tests.unit.test_translate_vs import build, vs
 from vmagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, ROUTE
 
@@ -173,7 +174,7 @@ def test_consistent_hash_sets_ring_hash_and_the_route_hash_policy(tmp_path: Path
     assert cluster(res, "v2")["lb_policy"] == "MAGLEV"
     assert cluster(res, "v2")["maglev_lb_config"] == {"table_size": "131"}
     hosts = res[ROUTE]["8080"]["virtual_hosts"]
-    routes = next(h for h in hosts if h["name"] == f"{API}:8080")["routes"]
+    routes = one_per_match(next(h for h in hosts if h["name"] == f"{API}:8080")["routes"])
     assert [r["route"]["hash_policy"] for r in routes] == [
         [{"connection_properties": {"source_ip": True}}],
         [{"query_parameter": {"name": "u"}}],

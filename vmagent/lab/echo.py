@@ -23,6 +23,10 @@ def make_handler(name: str, fail_every: int, status: int, delay: float) -> type[
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Buffer the reply so headers and body leave in one write (flushed after each request), as most
+        # servers send a small response: then a network cut loses a reply whole or not at all, never
+        # after its headers (a reply half received cannot be retried by any proxy).
+        wbufsize = 1 << 16
 
         def _reply(self) -> None:
             with lock:

@@ -8,6 +8,10 @@ TLS: a DestinationRule ``tls`` setting decides when present (DISABLE, SIMPLE, MU
 Without one, mutual TLS is automatic: endpoints that are mesh workloads (mesh-internal with a SPIFFE
 identity) carry the metadata ``tlsMode: istio`` and get Istio mutual TLS through a transport socket
 match; the others are reached in plaintext. Mesh-external services get no TLS unless a rule says so.
+
+Failover (beyond Istio's defaults, see ``failover``): service clusters (not ORIGINAL_DST: resolution
+NONE, PassthroughCluster) get TCP keepalive, TCP_USER_TIMEOUT and outlier detection on local-origin
+failures; a DestinationRule's ``tcpKeepalive`` or ``outlierDetection`` replaces the matching default.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.destination import DestinationPolicy, find_destination_rule
 from vmagent.controlplane.translate.endpoints import load_assignment
+from vmagent.controlplane.translate.failover import default_outlier_detection, upstream_liveness
 from vmagent.controlplane.translate.protos import ads, duration, socket_address, typed, u32
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 from vmagent.controlplane.translate.services import is_mesh_endpoint, subset_endpoints
@@ -206,6 +211,9 @@ def outbound_cluster(plan: OutboundCluster, mesh: MeshOptions) -> tuple[cluster_
             cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads(), service_name=plan.name)
         )
     if res != "NONE":
+        # vmagent's failover defaults (docs/traffic.md, "Failover"); the rule's settings win.
+        upstream_liveness(c)
+        c.outlier_detection.CopyFrom(default_outlier_detection())
         apply_traffic_policy(c, plan.policy, plan.port.protocol)
     return c, auto
 

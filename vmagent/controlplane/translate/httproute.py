@@ -10,7 +10,9 @@ Action: ``route`` (a cluster, or weighted clusters with per-destination header o
 or ``directResponse``; ``timeout`` (none by default, as in Istio), ``retries`` (none given: Istio's default, 2 retries on
 connect-failure, refused-stream, unavailable, cancelled and 503, each on another host; ``attempts: 0``
 turns retries off; status codes in ``retryOn`` become retriable status codes; no ``previous_hosts``
-for consistent-hash destinations or with ``retryIgnorePreviousHosts: false``), ``mirror``/``mirrors`` with their percentages,
+for consistent-hash destinations or with ``retryIgnorePreviousHosts: false``; a route whose retry
+conditions are the default ones is preceded by a twin for the idempotent methods that also retries
+``reset``, see ``failover``), ``mirror``/``mirrors`` with their percentages,
 ``rewrite`` (uri as prefix rewrite, ``uriRegexRewrite``, authority), ``headers`` on requests and
 responses, and — through per-route filter config — ``fault`` (delay and abort with percentages) and
 ``corsPolicy``. ``consistentHash`` of the destination's DestinationRule becomes the route's hash policy.
@@ -32,6 +34,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
 from vmagent.controlplane.model import ConfigObject
+from vmagent.controlplane.translate.failover import idempotent_reset_retry
 from vmagent.controlplane.translate.protos import boolean, duration, typed, u32
 from vmagent.controlplane.translate.trafficpolicy import route_hash_policy, seconds
 from vmagent.controlplane.translate.virtualservice import Destination, RouteContext, applicable_matches
@@ -380,7 +383,7 @@ def http_routes(vs: ConfigObject, index: int, spec: Mapping[str, Any], ctx: Rout
             route.typed_per_filter_config[FAULT_FILTER].CopyFrom(typed(fault))
         if spec.get("corsPolicy") is not None:
             route.typed_per_filter_config[CORS_FILTER].CopyFrom(typed(cors_policy(_d(spec["corsPolicy"]))))
-        out.append(route)
+        out += idempotent_reset_retry(route, DEFAULT_RETRY_ON)
     return out
 
 

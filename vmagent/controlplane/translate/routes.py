@@ -1,9 +1,10 @@
 """Outbound HTTP routes: one RouteConfiguration per port (named by the port number).
 
 Each HTTP service on the port gets a virtual host ``HOST:PORT`` whose domains are the host, its short
-names (see ``names.host_domains``) and the service's VIPs, each with and without ``:PORT``; its single
-route sends everything to ``outbound|PORT||HOST``. A domain claimed by an earlier virtual host (services
-in hostname order) is not repeated, since Envoy refuses duplicates. Unknown hosts fall to the ``*``
+names (see ``names.host_domains``) and the service's VIPs, each with and without ``:PORT``; its default
+route sends everything to ``outbound|PORT||HOST`` with Istio's default retries, preceded by its twin for
+the idempotent methods that also retries resets (``failover.idempotent_reset_retry``). A domain claimed
+by an earlier virtual host (services in hostname order) is not repeated, since Envoy refuses duplicates. Unknown hosts fall to the ``*``
 virtual host: ``allow_any`` (to PassthroughCluster) with ALLOW_ANY, ``block_all`` (502) with
 REGISTRY_ONLY, as in Istio.
 
@@ -23,6 +24,7 @@ from vmagent.controlplane.model import Port, Service
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.destination import find_destination_rule
+from vmagent.controlplane.translate.failover import idempotent_reset_retry
 from vmagent.controlplane.translate.httproute import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_ON,
@@ -64,7 +66,7 @@ def service_routes(
     """The routes of one service's virtual host: its VirtualService's, else the default route."""
     cluster = names.outbound_cluster(port.number, service.hostname)
     if proxy is None or mesh is None or configs is None:
-        return [default_route(cluster)]
+        return idempotent_reset_retry(default_route(cluster), DEFAULT_RETRY_ON)
     vs = select_virtual_service(service, proxy, configs, mesh)
     if vs is not None:
         ctx = RouteContext(proxy, mesh, configs, services or {service.hostname: service}, port.number)
@@ -72,7 +74,8 @@ def service_routes(
         if routes or vs.spec.get("http"):
             return routes or [_not_found()]
     rule = find_destination_rule(service, proxy.namespace, configs, mesh)
-    return [default_route(cluster, route_hash_policy(rule.traffic_policy(port.number)))]
+    route = default_route(cluster, route_hash_policy(rule.traffic_policy(port.number)))
+    return idempotent_reset_retry(route, DEFAULT_RETRY_ON)
 
 
 def _not_found() -> rc.Route:

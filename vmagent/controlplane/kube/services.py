@@ -27,10 +27,11 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from vmagent.controlplane.config.hosts import labels_match
 from vmagent.controlplane.kube.client import JsonObj, KubeClient, Resource
 from vmagent.controlplane.kube.informer import Change, Informer
 from vmagent.controlplane.model import ConfigObject, Endpoint, Port, Service
-from vmagent.controlplane.registry import labels_match, spiffe_id, workload_healthy
+from vmagent.controlplane.registry import spiffe_id, workload_healthy
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401  (registe
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from google.protobuf import json_format
 
+from vmagent.controlplane.config.hosts import labels_match
 from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
@@ -53,7 +54,7 @@ def filters_for(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> l
         for obj in configs.list("EnvoyFilter", ns):
             sel = obj.spec.get("workloadSelector")
             labels = sel.get("labels") if isinstance(sel, Mapping) else None
-            if isinstance(labels, Mapping) and not all(proxy.labels.get(k) == v for k, v in labels.items()):
+            if isinstance(labels, Mapping) and not labels_match(labels, proxy.labels):
                 continue
             found.append(obj)
     return sorted(

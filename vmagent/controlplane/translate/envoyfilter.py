@@ -24,12 +24,12 @@ from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401  (registe
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from google.protobuf import json_format
 
+from vmagent.common.wire import CLUSTER, LISTENER
 from vmagent.controlplane.config.hosts import labels_match
 from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
-from vmagent.controlplane.xds.snapshot import CLUSTER, LISTENER
 
 HCM = "envoy.filters.network.http_connection_manager"
 INSERTS = ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST")

@@ -38,9 +38,9 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from vmagent.agent.envoy_runtime import prepare_socket_path, restrict_socket
 from vmagent.agent.gateway import FileCertificates, is_file_secret
 from vmagent.agent.identity import Identity, IdentityStore
-from vmagent.agent.status_metrics import Registry
 from vmagent.common import wire
 from vmagent.common.errors import VmagentError
+from vmagent.common.metrics import Registry
 
 # Names, not secrets.
 SECRET_TYPE_URL = wire.SECRET

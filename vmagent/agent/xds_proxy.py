@@ -28,10 +28,10 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from vmagent.agent.envoy_runtime import prepare_socket_path, restrict_socket
-from vmagent.agent.status_metrics import Registry
 from vmagent.common import wire
 from vmagent.common.backoff import Backoff
 from vmagent.common.errors import VmagentError
+from vmagent.common.metrics import Registry
 
 ADS_SERVICE = wire.ADS_SERVICE
 SOTW_METHOD = "StreamAggregatedResources"

@@ -32,12 +32,11 @@ import sys
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from vmagent.common.errors import VmagentError
-
-if TYPE_CHECKING:
-    from vmagent.controlplane.app import ServeOptions
+from vmagent.controlplane.options import ServeOptions
+from vmagent.controlplane.state import StateStore, config_sources
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +213,6 @@ def serve_worker(spec: WorkerSpec, stop: threading.Event, ready: IO[str]) -> Non
 
     import grpc
 
-    from vmagent.controlplane.app import StateStore, config_sources
     from vmagent.controlplane.ca import CaSettings
     from vmagent.controlplane.certservice import CertificateIssuer, MeshInfo, add_join_services
     from vmagent.controlplane.config import ConfigSet

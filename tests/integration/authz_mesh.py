@@ -30,7 +30,7 @@ from vmagent.common.constants import CP_SERVER_NAME
 from vmagent.common.x509util import SpiffeId, chain_pem, generate_key, key_pem, load_chain
 from vmagent.controlplane.app import ControlPlane
 from vmagent.controlplane.options import ServeOptions
-from vmagent.controlplane.workload_store import LifecycleSettings
+from vmagent.controlplane.registry.workload_store import LifecycleSettings
 from vmagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER
 
 TD = "cluster.local"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vmagent.common.x509util import SpiffeId
-from vmagent.controlplane.certrecords import CertRecords
+from vmagent.controlplane.ca.certrecords import CertRecords
 from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.paths import DEFAULT_STATE_DIR
 

@@ -12,8 +12,8 @@ from vmagent.common.durations import duration_arg
 from vmagent.controlplane.app import ControlPlane
 from vmagent.controlplane.options import ServeOptions
 from vmagent.controlplane.paths import DEFAULT_STATE_DIR
+from vmagent.controlplane.registry.workload_store import LifecycleSettings
 from vmagent.controlplane.snapshots import mesh_options
-from vmagent.controlplane.workload_store import LifecycleSettings
 
 
 def add_subcommand(sub: Any) -> None:

@@ -11,15 +11,15 @@ from typing import Any
 import grpc
 
 from vmagent.api import bootstrap_pb2_grpc, istio_ca_pb2_grpc
-from vmagent.controlplane.ca import CaSettings
-from vmagent.controlplane.caworkers import CaWorkers, WorkerSpec
-from vmagent.controlplane.certservice import (
+from vmagent.controlplane.ca.authority import CaSettings
+from vmagent.controlplane.ca.certservice import (
     AsyncIstioCertificateServicer,
     BootstrapServicer,
     CertificateIssuer,
     IstioCertificateServicer,
     MeshInfo,
 )
+from vmagent.controlplane.ca.workers import CaWorkers, WorkerSpec
 from vmagent.controlplane.config import ConfigSet
 from vmagent.controlplane.grpc_limits import join_port_options, mtls_port_options
 from vmagent.controlplane.grpc_server import ThreadedServer, join_address, server_credentials
@@ -33,18 +33,18 @@ from vmagent.controlplane.mesh import MeshController, Translate
 from vmagent.controlplane.metrics import PROMETHEUS_CONTENT_TYPE, ControlPlaneMetrics
 from vmagent.controlplane.options import ServeOptions
 from vmagent.controlplane.proxies import ProxyBinder
-from vmagent.controlplane.registration import RegistrationServicer
-from vmagent.controlplane.registry import (
+from vmagent.controlplane.registry.registration import RegistrationServicer
+from vmagent.controlplane.registry.services import (
     AggregateRegistry,
     ConfigRegistry,
     ServiceRegistry,
     workload_group_document,
 )
+from vmagent.controlplane.registry.workload_store import Reaper, WorkloadStore
 from vmagent.controlplane.revocation_watch import RevocationWatcher
 from vmagent.controlplane.snapshots import Translator, mesh_options
 from vmagent.controlplane.state import StateStore, config_sources
 from vmagent.controlplane.web import HttpApi
-from vmagent.controlplane.workload_store import Reaper, WorkloadStore
 from vmagent.controlplane.xds.cache import SnapshotCache
 from vmagent.controlplane.xds.push import PushScheduler
 from vmagent.controlplane.xds.runner import DEFAULT_OPTIONS, AioServerThread

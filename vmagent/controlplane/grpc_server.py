@@ -28,7 +28,7 @@ import psutil
 from vmagent.common.constants import CP_SERVER_NAME
 from vmagent.common.errors import VmagentError
 from vmagent.common.x509util import chain_pem, key_pem
-from vmagent.controlplane.ca import CertificateAuthority
+from vmagent.controlplane.ca.authority import CertificateAuthority
 from vmagent.controlplane.xds.runner import DEFAULT_OPTIONS
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from typing import Any
 
 from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, CP_MTLS_PORT, DEFAULT_TRUST_DOMAIN
 from vmagent.controlplane.paths import DEFAULT_STATE_DIR
-from vmagent.controlplane.workload_store import LifecycleSettings
+from vmagent.controlplane.registry.workload_store import LifecycleSettings
 
 
 @dataclass
@@ -27,7 +27,7 @@ class ServeOptions:
     server_names: list[str] = field(default_factory=list)
     mesh_config: dict[str, Any] = field(default_factory=dict)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
-    ca_workers: int = 0  # extra processes serving the join port (see caworkers.py)
+    ca_workers: int = 0  # extra processes serving the join port (see ca/workers.py)
     kubeconfig: Path | None = None  # a Kubernetes API server as config source and service registry
     in_cluster: bool = False  # the same through the pod's service account
     cluster_domain: str = "cluster.local"

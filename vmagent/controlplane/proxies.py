@@ -34,8 +34,8 @@ from vmagent.common import wire
 from vmagent.common.x509util import SpiffeId
 from vmagent.controlplane.config.snapshot import ConfigView
 from vmagent.controlplane.model import ConfigObject
-from vmagent.controlplane.workload_entry import RegistrationRefused, normalize_address
-from vmagent.controlplane.workload_store import WorkloadRecord
+from vmagent.controlplane.registry.workload_entry import RegistrationRefused, normalize_address
+from vmagent.controlplane.registry.workload_store import WorkloadRecord
 from vmagent.controlplane.xds.server import Refused
 
 # (certificate serial, ancestor serial in hex) -> True when the certificate is the ancestor or a renewal of it

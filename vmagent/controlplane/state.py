@@ -1,6 +1,6 @@
 """The control plane's state dir: the CA, tokens and records stored in it, and the config sources.
 
-Shared by ``serve`` (:mod:`.app`), the CA workers (:mod:`.caworkers`) and the CLI's ``token``, so none
+Shared by ``serve`` (:mod:`.app`), the CA workers (:mod:`.ca.workers`) and the CLI's ``token``, so none
 of them imports the composition root. The default path is in :mod:`.paths`.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from vmagent.common.fsutil import atomic_write, ensure_dir
-from vmagent.controlplane.ca import CaSettings, CertificateAuthority
-from vmagent.controlplane.certrecords import CertRecords
+from vmagent.controlplane.ca.authority import CaSettings, CertificateAuthority
+from vmagent.controlplane.ca.certrecords import CertRecords
+from vmagent.controlplane.ca.tokens import TokenAuthority
 from vmagent.controlplane.config import ConfigDirectory, ConfigStore, StoreSource
 from vmagent.controlplane.config.snapshot import ConfigSource
 from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.paths import MESH_ROOT_FILE
-from vmagent.controlplane.tokens import TokenAuthority
 
 
 class StateStore:

@@ -31,7 +31,7 @@ from vmagent.controlplane.config.hosts import labels_match, qualify_host
 from vmagent.controlplane.kube.client import JsonObj, KubeClient, Resource
 from vmagent.controlplane.kube.informer import Change, Informer
 from vmagent.controlplane.model import ConfigObject, Endpoint, Port, Service
-from vmagent.controlplane.registry import spiffe_id, workload_healthy
+from vmagent.controlplane.registry.services import spiffe_id, workload_healthy
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,10 @@ deps:
 venv: deps
 	@echo "venv: $(VENV)"
 
+# lint-imports checks the import layers in pyproject's [tool.importlinter] (docs/architecture.md).
 lint: deps
-	@v=$(VENV); $$v/bin/ruff check vmagent tests bench && $$v/bin/ruff format --check vmagent tests bench
+	@v=$(VENV); $$v/bin/ruff check vmagent tests bench && $$v/bin/ruff format --check vmagent tests bench && \
+	  $$v/bin/lint-imports --no-cache --no-logo
 
 typecheck: deps
 	@v=$(VENV); $$v/bin/mypy vmagent
@@ -24,6 +26,7 @@ test: deps
 	@v=$(VENV); set -e; \
 	  $$v/bin/ruff check vmagent tests bench; \
 	  $$v/bin/ruff format --check vmagent tests bench; \
+	  $$v/bin/lint-imports --no-cache --no-logo; \
 	  $$v/bin/mypy vmagent; \
 	  PATH=$$v/bin:$$PATH $$v/bin/python -m pytest $(PYTEST_ARGS)
 

@@ -118,7 +118,7 @@ class BenchControlPlane:
         this control plane's CA (read from its state dir)."""
         from vmagent.agent.join import make_csr
         from vmagent.common.x509util import SpiffeId, chain_pem, generate_key, key_pem
-        from vmagent.controlplane.ca import CaSettings, CertificateAuthority
+        from vmagent.controlplane.ca.authority import CaSettings, CertificateAuthority
 
         start = time.perf_counter()
         ca = CertificateAuthority.load_or_create(self.state_dir, CaSettings(TRUST_DOMAIN))

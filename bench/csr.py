@@ -137,7 +137,7 @@ def baseline_cryptography(csrs: list[bytes], seconds: float) -> float:
 def baseline_vmagent_ca(csrs: list[bytes], seconds: float, workdir: Path) -> float:
     """Certificates per second from vmagent's CertificateAuthority called in-process (no gRPC, no DB)."""
     from vmagent.common.x509util import SpiffeId, chain_pem
-    from vmagent.controlplane.ca import CaSettings, CertificateAuthority
+    from vmagent.controlplane.ca.authority import CaSettings, CertificateAuthority
 
     ca = CertificateAuthority.load_or_create(workdir / "baseline-ca", CaSettings(TRUST_DOMAIN))
     ident = SpiffeId(TRUST_DOMAIN, NAMESPACE, SERVICE_ACCOUNT)

@@ -15,9 +15,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.fuzz.conftest import EXECUTIONS
-from vmagent.controlplane.ca import MAX_CSR_BYTES, CsrError, parse_csr
+from vmagent.controlplane.ca.authority import MAX_CSR_BYTES, CsrError, parse_csr
+from vmagent.controlplane.ca.tokens import TokenAuthority, TokenError
 from vmagent.controlplane.db import StateDb
-from vmagent.controlplane.tokens import TokenAuthority, TokenError
 
 
 @pytest.fixture(scope="module")

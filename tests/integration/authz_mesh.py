@@ -28,8 +28,9 @@ from vmagent.agent.registration import RegisterInfo, RegistrationClient
 from vmagent.api import istio_ca_pb2, istio_ca_pb2_grpc
 from vmagent.common.constants import CP_SERVER_NAME
 from vmagent.common.x509util import SpiffeId, chain_pem, generate_key, key_pem, load_chain
-from vmagent.controlplane.app import ControlPlane, ServeOptions
-from vmagent.controlplane.workload_store import LifecycleSettings
+from vmagent.controlplane.app import ControlPlane
+from vmagent.controlplane.options import ServeOptions
+from vmagent.controlplane.registry.workload_store import LifecycleSettings
 from vmagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER
 
 TD = "cluster.local"

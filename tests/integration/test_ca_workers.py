@@ -51,7 +51,7 @@ def _worker_procs(cp: ControlPlaneProcess) -> list[psutil.Process]:
         children = psutil.Process(cp.proc.pid).children()
     except psutil.NoSuchProcess:
         return []
-    return [c for c in children if "vmagent.controlplane.caworkers" in " ".join(c.cmdline())]
+    return [c for c in children if "vmagent.controlplane.ca.workers" in " ".join(c.cmdline())]
 
 
 def _listening_ports(proc: psutil.Process) -> set[int]:

@@ -25,9 +25,9 @@ from vmagent.agent.join import make_csr, secure_channel
 from vmagent.api import bootstrap_pb2, bootstrap_pb2_grpc
 from vmagent.common.constants import CP_SERVER_NAME
 from vmagent.common.x509util import generate_key, load_chain
+from vmagent.controlplane.ca.join_limiter import MAX_FAILURES
+from vmagent.controlplane.ca.tokens import TokenAuthority, TokenError
 from vmagent.controlplane.db import StateDb
-from vmagent.controlplane.join_limiter import MAX_FAILURES
-from vmagent.controlplane.tokens import TokenAuthority, TokenError
 
 ROUNDS = int(os.environ.get("VMAGENT_CRASH_ROUNDS", "5"))
 CLIENTS = 4

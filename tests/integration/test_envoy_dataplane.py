@@ -39,9 +39,9 @@ from vmagent.agent.envoy_runtime import lookup_proxy_user, prepare_runtime_dir
 from vmagent.agent.identity import IdentityStore
 from vmagent.agent.paths import AgentPaths
 from vmagent.agent.sds import SdsServer
-from vmagent.agent.status_metrics import Registry
 from vmagent.agent.status_server import StatusServer, compose_readiness, envoy_metrics_source
 from vmagent.agent.xds_proxy import Backoff, XdsProxy
+from vmagent.common.metrics import Registry
 
 
 @dataclass

@@ -22,8 +22,8 @@ from tests.harness import wait_for
 from vmagent.agent.join import secure_channel
 from vmagent.api import istio_ca_pb2, istio_ca_pb2_grpc
 from vmagent.common.constants import CP_SERVER_NAME
+from vmagent.controlplane.ca.join_limiter import MAX_FAILURES
 from vmagent.controlplane.grpc_limits import HANDSHAKE_TIMEOUT_MS, JOIN_MAX_RECEIVE_BYTES
-from vmagent.controlplane.join_limiter import MAX_FAILURES
 
 IDLE_TCP = 300
 HALF_TLS = 50

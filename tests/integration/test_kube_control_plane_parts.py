@@ -26,8 +26,8 @@ from vmagent.controlplane.kube.publisher import (
 )
 from vmagent.controlplane.kube.services import KubeServiceRegistry
 from vmagent.controlplane.model import ConfigObject
-from vmagent.controlplane.workload_entry import AUTO_REGISTRATION_ANNOTATION, Registration
-from vmagent.controlplane.workload_store import LifecycleSettings, WorkloadStore
+from vmagent.controlplane.registry.workload_entry import AUTO_REGISTRATION_ANNOTATION, Registration
+from vmagent.controlplane.registry.workload_store import LifecycleSettings, WorkloadStore
 from vmagent.lab.wait import wait_for
 
 NET = "networking.istio.io/v1"

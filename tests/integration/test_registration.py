@@ -19,11 +19,11 @@ from vmagent.agent.registration import RegisterInfo, RegistrationClient
 from vmagent.api import registration_pb2, registration_pb2_grpc
 from vmagent.common.constants import CP_SERVER_NAME
 from vmagent.common.x509util import SpiffeId, chain_pem, generate_key, key_pem
-from vmagent.controlplane.ca import CaSettings, CertificateAuthority
+from vmagent.controlplane.ca.authority import CaSettings, CertificateAuthority
 from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.grpc_server import server_credentials
-from vmagent.controlplane.registration import RegistrationServicer
-from vmagent.controlplane.workload_store import LifecycleSettings, Reaper, WorkloadStore
+from vmagent.controlplane.registry.registration import RegistrationServicer
+from vmagent.controlplane.registry.workload_store import LifecycleSettings, Reaper, WorkloadStore
 from vmagent.controlplane.xds.runner import AioServerThread
 
 TD = "cluster.local"

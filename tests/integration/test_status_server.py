@@ -11,8 +11,8 @@ import pytest
 
 from tests.harness import free_port
 from tests.promtool import sample
-from vmagent.agent.status_metrics import Registry, register_process_metrics
 from vmagent.agent.status_server import StatusServer, compose_readiness, envoy_metrics_source
+from vmagent.common.metrics import Registry, register_process_metrics
 
 
 class Flags:

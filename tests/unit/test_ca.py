@@ -24,7 +24,7 @@ from vmagent.common.x509util import (
     spki_hash,
     verify_chain,
 )
-from vmagent.controlplane.ca import (
+from vmagent.controlplane.ca.authority import (
     MAX_CSR_BYTES,
     ROOT_CERT_FILE,
     ROOT_KEY_FILE,

@@ -14,8 +14,8 @@ from tests.harness import wait_for
 from vmagent.agent.join import make_csr
 from vmagent.common.errors import VmagentError
 from vmagent.common.x509util import SpiffeId, generate_key
-from vmagent.controlplane.ca import CaSettings, CertificateAuthority
-from vmagent.controlplane.certrecords import CertRecords, serial_hex
+from vmagent.controlplane.ca.authority import CaSettings, CertificateAuthority
+from vmagent.controlplane.ca.certrecords import CertRecords, serial_hex
 from vmagent.controlplane.db import DB_NAME, StateDb
 
 WEB = SpiffeId("cluster.local", "demo", "web")

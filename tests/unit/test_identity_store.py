@@ -13,7 +13,7 @@ from vmagent.agent.join import make_csr
 from vmagent.agent.paths import AgentPaths
 from vmagent.common.errors import VmagentError
 from vmagent.common.x509util import SpiffeId, chain_pem, generate_key, key_pem
-from vmagent.controlplane.ca import CaSettings, CertificateAuthority
+from vmagent.controlplane.ca.authority import CaSettings, CertificateAuthority
 
 WEB = SpiffeId("cluster.local", "demo", "web")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmagent.controlplane.app import join_address
+from vmagent.controlplane.grpc_server import join_address
 
 
 def test_a_named_host_is_kept() -> None:

@@ -18,7 +18,7 @@ from vmagent.controlplane.kube.publisher import (
     published_by,
 )
 from vmagent.controlplane.kube.services import port_protocol
-from vmagent.controlplane.workload_store import WorkloadRecord
+from vmagent.controlplane.registry.workload_store import WorkloadRecord
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import datetime
 from typing import Any
 
 from tests.promtool import promtool_check, sample
-from vmagent.agent.status_metrics import Registry, register_process_metrics
+from vmagent.common.metrics import Registry, register_process_metrics
 from vmagent.controlplane.metrics import ControlPlaneMetrics
 from vmagent.controlplane.xds.snapshot import CLUSTER, LISTENER
 from vmagent.controlplane.xds.status import StatusRegistry

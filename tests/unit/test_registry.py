@@ -9,7 +9,7 @@ from typing import Any
 from vmagent.controlplane.config.loader import load_text
 from vmagent.controlplane.config.snapshot import ConfigSet, StaticSource
 from vmagent.controlplane.model import ConfigObject, Endpoint, Port, Service
-from vmagent.controlplane.registry import ConfigRegistry, find_workload_group
+from vmagent.controlplane.registry.services import ConfigRegistry, find_workload_group
 
 MESH = """
 apiVersion: networking.istio.io/v1

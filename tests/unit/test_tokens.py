@@ -17,9 +17,9 @@ import jwt
 import pytest
 
 from vmagent.common.errors import VmagentError
-from vmagent.controlplane import tokens as tokens_module
+from vmagent.controlplane.ca import tokens as tokens_module
+from vmagent.controlplane.ca.tokens import TOKEN_KEY_FILE, TokenAuthority, TokenError
 from vmagent.controlplane.db import StateDb
-from vmagent.controlplane.tokens import TOKEN_KEY_FILE, TokenAuthority, TokenError
 
 HOUR = datetime.timedelta(hours=1)
 

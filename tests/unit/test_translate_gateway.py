@@ -11,10 +11,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from tests.unit.route_twins import one_per_match
+from vmagent.controlplane.config.hosts import host_intersection
 from vmagent.controlplane.model import ConfigObject, Endpoint, Port, Service
 from vmagent.controlplane.translate import ConfigIndex, MeshOptions, ProxyInfo, build_proxy_resources
 from vmagent.controlplane.translate.build import Resources
-from vmagent.controlplane.translate.gateway import intersect
 from vmagent.controlplane.xds.snapshot import CLUSTER, LISTENER, ROUTE
 
 GW_PROXY = ProxyInfo(
@@ -322,10 +322,10 @@ def test_route_match_gateways_limits_routes_to_named_gateways() -> None:
 
 
 def test_host_intersection_keeps_the_more_specific_name() -> None:
-    assert intersect("*.example.com", "shop.example.com") == "shop.example.com"
-    assert intersect("shop.example.com", "*") == "shop.example.com"
-    assert intersect("*.example.com", "*.shop.example.com") == "*.shop.example.com"
-    assert intersect("a.example.com", "b.example.com") is None
+    assert host_intersection("*.example.com", "shop.example.com") == "shop.example.com"
+    assert host_intersection("shop.example.com", "*") == "shop.example.com"
+    assert host_intersection("*.example.com", "*.shop.example.com") == "*.shop.example.com"
+    assert host_intersection("a.example.com", "b.example.com") is None
 
 
 def test_gateway_routes_carry_the_full_virtual_service_semantics() -> None:

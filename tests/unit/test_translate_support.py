@@ -24,7 +24,7 @@ from google.protobuf.json_format import MessageToDict
 from vmagent.controlplane.config.loader import load_text
 from vmagent.controlplane.config.snapshot import ConfigSnapshot
 from vmagent.controlplane.model import ConfigObject, Port, Service
-from vmagent.controlplane.registry import ConfigRegistry
+from vmagent.controlplane.registry.services import ConfigRegistry
 from vmagent.controlplane.translate import (
     ConfigIndex,
     MeshOptions,

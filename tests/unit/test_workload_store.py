@@ -18,9 +18,14 @@ from vmagent.controlplane.config.loader import load_text
 from vmagent.controlplane.config.snapshot import ConfigSet, StaticSource
 from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.model import Endpoint
-from vmagent.controlplane.registry import ConfigRegistry
-from vmagent.controlplane.workload_entry import LabelConflict, Registration, RegistrationRefused, entry_name
-from vmagent.controlplane.workload_store import LifecycleSettings, WorkloadStore
+from vmagent.controlplane.registry.services import ConfigRegistry
+from vmagent.controlplane.registry.workload_entry import (
+    LabelConflict,
+    Registration,
+    RegistrationRefused,
+    entry_name,
+)
+from vmagent.controlplane.registry.workload_store import LifecycleSettings, WorkloadStore
 
 GROUP = yaml.safe_load(
     textwrap.dedent(

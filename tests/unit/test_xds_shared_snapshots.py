@@ -22,7 +22,7 @@ from vmagent.controlplane.config.snapshot import StaticSource
 from vmagent.controlplane.mesh import MeshController
 from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.proxies import ConnectedProxy
-from vmagent.controlplane.registry import ConfigRegistry
+from vmagent.controlplane.registry.services import ConfigRegistry
 from vmagent.controlplane.snapshots import Translator
 from vmagent.controlplane.translate import MeshOptions, Resources, all_messages, build_proxy_resources
 from vmagent.controlplane.translate.build import (

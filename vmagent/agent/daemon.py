@@ -49,12 +49,12 @@ from vmagent.agent.registration import RegisterInfo, RegistrationClient
 from vmagent.agent.rotation import Rotator
 from vmagent.agent.sds import SdsServer
 from vmagent.agent.sections import parse_envoy, parse_identity, parse_registration, parse_status
-from vmagent.agent.status_metrics import Registry, register_process_metrics
 from vmagent.agent.status_server import StatusServer, compose_readiness, envoy_metrics_source
 from vmagent.agent.xds_proxy import XdsProxy
 from vmagent.common import constants
 from vmagent.common.errors import VmagentError
 from vmagent.common.fsutil import atomic_write
+from vmagent.common.metrics import Registry, register_process_metrics
 from vmagent.common.sdnotify import Notifier
 
 if TYPE_CHECKING:  # imported by DnsConfig.build only when the DNS proxy is on (dnslib costs RSS)

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmagent.common import constants
+from vmagent.common import constants, wire
 from vmagent.common.errors import VmagentError
 from vmagent.common.fsutil import atomic_write
 from vmagent.common.proc import run
 
 XDS_CLUSTER = "xds-grpc"
-SDS_CLUSTER = "sds-grpc"
+SDS_CLUSTER = wire.SDS_CLUSTER
 ADMIN_CLUSTER = "prometheus_stats"
 AGENT_CLUSTER = "agent"
 PROXY_VERSION = "1.0.0-vmagent"
@@ -69,8 +69,7 @@ class BootstrapParams:
     @property
     def node_id(self) -> str:
         """Istio's node id: ``TYPE~IP~NAME.NS~NS.svc.DOMAIN`` with TYPE ``sidecar`` or ``router``."""
-        ns = self.namespace
-        return f"{self.proxy_type}~{self.node_ip}~{self.name}.{ns}~{ns}.svc.{self.dns_domain}"
+        return wire.format_node_id(self.proxy_type, self.node_ip, self.name, self.namespace, self.dns_domain)
 
 
 def render_bootstrap(p: BootstrapParams) -> dict[str, Any]:
@@ -78,8 +77,8 @@ def render_bootstrap(p: BootstrapParams) -> dict[str, Any]:
     workload = p.workload_name or p.name
     metadata: dict[str, Any] = {
         "NAME": p.name,
-        "NAMESPACE": p.namespace,
-        "WORKLOAD_NAME": workload,
+        wire.META_NAMESPACE: p.namespace,
+        wire.META_WORKLOAD_NAME: workload,
         "LABELS": dict(p.labels),
         "NETWORK": p.network,
         "CLUSTER_ID": p.cluster_id,

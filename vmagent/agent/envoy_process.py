@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import IO
 
 from vmagent.agent.envoy_runtime import lookup_proxy_user
-from vmagent.agent.status_metrics import Registry
 from vmagent.common import constants
 from vmagent.common.errors import VmagentError
+from vmagent.common.metrics import Registry
 
 log = logging.getLogger(__name__)
 envoy_log = logging.getLogger("vmagent.envoy")

@@ -17,6 +17,7 @@ from vmagent.agent.identity import Identity, IdentityStore
 from vmagent.agent.paths import AgentPaths
 from vmagent.agent.trust import fetch_server_chain, pin_root
 from vmagent.api import bootstrap_pb2, bootstrap_pb2_grpc
+from vmagent.common import wire
 from vmagent.common.constants import CP_SERVER_NAME
 from vmagent.common.errors import VmagentError
 from vmagent.common.fsutil import atomic_write, staged_dir
@@ -146,7 +147,7 @@ def _call_join(req: JoinRequest, root_pem: bytes, csr: bytes) -> bootstrap_pb2.J
         stub = bootstrap_pb2_grpc.BootstrapStub(channel)
         resp: bootstrap_pb2.JoinResponse = stub.Join(
             bootstrap_pb2.JoinRequest(csr=csr.decode(), hostname=socket.gethostname()),
-            metadata=[("authorization", f"Bearer {req.token}")],
+            metadata=[(wire.AUTHORIZATION_HEADER, f"{wire.BEARER_SCHEME} {req.token}")],
             timeout=JOIN_TIMEOUT,
         )
         return resp

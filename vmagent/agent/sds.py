@@ -38,13 +38,14 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from vmagent.agent.envoy_runtime import prepare_socket_path, restrict_socket
 from vmagent.agent.gateway import FileCertificates, is_file_secret
 from vmagent.agent.identity import Identity, IdentityStore
-from vmagent.agent.status_metrics import Registry
+from vmagent.common import wire
 from vmagent.common.errors import VmagentError
+from vmagent.common.metrics import Registry
 
 # Names, not secrets.
-SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # noqa: S105
-DEFAULT_SECRET = "default"  # noqa: S105
-ROOT_SECRET = "ROOTCA"  # noqa: S105
+SECRET_TYPE_URL = wire.SECRET
+DEFAULT_SECRET = wire.SECRET_DEFAULT
+ROOT_SECRET = wire.SECRET_ROOTCA
 
 log = logging.getLogger(__name__)
 

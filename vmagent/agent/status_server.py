@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from vmagent.agent.envoy_process import admin_request
-from vmagent.agent.status_metrics import Registry
+from vmagent.common.metrics import Registry
 
 ReadinessCheck = Callable[[], tuple[bool, str]]
 MetricsSource = Callable[[], str]

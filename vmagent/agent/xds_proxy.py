@@ -28,15 +28,16 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from vmagent.agent.envoy_runtime import prepare_socket_path, restrict_socket
-from vmagent.agent.status_metrics import Registry
+from vmagent.common import wire
 from vmagent.common.backoff import Backoff
 from vmagent.common.errors import VmagentError
+from vmagent.common.metrics import Registry
 
-ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+ADS_SERVICE = wire.ADS_SERVICE
 SOTW_METHOD = "StreamAggregatedResources"
 DELTA_METHOD = "DeltaAggregatedResources"
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = wire.CLUSTER
+LISTENER_TYPE = wire.LISTENER
 
 ChannelFactory = Callable[[], grpc.Channel]
 

@@ -15,9 +15,9 @@ from vmagent.controlplane.config.issues import Issue
 from vmagent.controlplane.config.loader import LoadResult, load_paths
 from vmagent.controlplane.config.store import ConfigStore
 from vmagent.controlplane.model import ConfigObject
+from vmagent.controlplane.paths import DEFAULT_STATE_DIR
 
 # Same default as `vmagent-cp serve --state-dir`.
-DEFAULT_STATE_DIR = Path("/var/lib/vmagent-cp")
 
 
 def add_subcommand(sub: Any) -> None:

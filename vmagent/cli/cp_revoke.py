@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from vmagent.common.x509util import SpiffeId
-from vmagent.controlplane.app import DEFAULT_STATE_DIR
-from vmagent.controlplane.certrecords import CertRecords
+from vmagent.controlplane.ca.certrecords import CertRecords
 from vmagent.controlplane.db import StateDb
+from vmagent.controlplane.paths import DEFAULT_STATE_DIR
 
 
 def add_subcommand(sub: Any) -> None:

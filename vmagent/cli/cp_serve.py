@@ -9,9 +9,11 @@ from typing import Any
 
 from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, CP_MTLS_PORT, DEFAULT_TRUST_DOMAIN
 from vmagent.common.durations import duration_arg
-from vmagent.controlplane.app import DEFAULT_STATE_DIR, ControlPlane, ServeOptions
+from vmagent.controlplane.app import ControlPlane
+from vmagent.controlplane.options import ServeOptions
+from vmagent.controlplane.paths import DEFAULT_STATE_DIR
+from vmagent.controlplane.registry.workload_store import LifecycleSettings
 from vmagent.controlplane.snapshots import mesh_options
-from vmagent.controlplane.workload_store import LifecycleSettings
 
 
 def add_subcommand(sub: Any) -> None:

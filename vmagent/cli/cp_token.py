@@ -21,8 +21,10 @@ from vmagent.cli.common import add_output_flag, print_json
 from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, DEFAULT_TRUST_DOMAIN
 from vmagent.common.durations import duration_arg
 from vmagent.common.errors import VmagentError
-from vmagent.controlplane.app import DEFAULT_STATE_DIR, StateStore, join_address
-from vmagent.controlplane.ca import CaSettings
+from vmagent.controlplane.ca.authority import CaSettings
+from vmagent.controlplane.grpc_server import join_address
+from vmagent.controlplane.paths import DEFAULT_STATE_DIR
+from vmagent.controlplane.state import StateStore
 
 DEFAULT_SERVER = f"http://127.0.0.1:{CP_HTTP_PORT}"
 
@@ -181,9 +183,9 @@ def revoke(args: argparse.Namespace) -> int:
 
 def _group_exists(config_dir: Path | None, state_dir: Path, namespace: str, name: str) -> bool:
     """Whether the WorkloadGroup is in the config dir or the state store, as `serve` would see it."""
-    from vmagent.controlplane.app import config_sources
     from vmagent.controlplane.config import ConfigSet
-    from vmagent.controlplane.registry import find_workload_group
+    from vmagent.controlplane.registry.services import find_workload_group
+    from vmagent.controlplane.state import config_sources
 
     configs = ConfigSet(config_sources(config_dir, state_dir))
     configs.start()  # loads each source once

@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from vmagent.api import bootstrap_pb2_grpc, istio_ca_pb2_grpc
-from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, CP_MTLS_PORT, DEFAULT_TRUST_DOMAIN
-from vmagent.common.fsutil import atomic_write, ensure_dir
-from vmagent.controlplane.ca import CaSettings, CertificateAuthority
-from vmagent.controlplane.caworkers import CaWorkers, WorkerSpec
-from vmagent.controlplane.certrecords import CertRecords
-from vmagent.controlplane.certservice import (
+from vmagent.controlplane.ca.authority import CaSettings
+from vmagent.controlplane.ca.certservice import (
     AsyncIstioCertificateServicer,
     BootstrapServicer,
     CertificateIssuer,
     IstioCertificateServicer,
     MeshInfo,
 )
-from vmagent.controlplane.config import ConfigDirectory, ConfigSet, ConfigStore, StoreSource
-from vmagent.controlplane.config.snapshot import ConfigSource
-from vmagent.controlplane.db import StateDb
+from vmagent.controlplane.ca.workers import CaWorkers, WorkerSpec
+from vmagent.controlplane.config import ConfigSet
 from vmagent.controlplane.grpc_limits import join_port_options, mtls_port_options
-from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
+from vmagent.controlplane.grpc_server import ThreadedServer, join_address, server_credentials
 from vmagent.controlplane.kube.client import KubeClient
 from vmagent.controlplane.kube.informer import Informer
 from vmagent.controlplane.kube.istio_source import IstioKubeSource
@@ -39,19 +31,20 @@ from vmagent.controlplane.kube.publisher import WorkloadEntryPublisher, publishe
 from vmagent.controlplane.kube.services import KubeServiceRegistry
 from vmagent.controlplane.mesh import MeshController, Translate
 from vmagent.controlplane.metrics import PROMETHEUS_CONTENT_TYPE, ControlPlaneMetrics
+from vmagent.controlplane.options import ServeOptions
 from vmagent.controlplane.proxies import ProxyBinder
-from vmagent.controlplane.registration import RegistrationServicer
-from vmagent.controlplane.registry import (
+from vmagent.controlplane.registry.registration import RegistrationServicer
+from vmagent.controlplane.registry.services import (
     AggregateRegistry,
     ConfigRegistry,
     ServiceRegistry,
     workload_group_document,
 )
+from vmagent.controlplane.registry.workload_store import Reaper, WorkloadStore
 from vmagent.controlplane.revocation_watch import RevocationWatcher
 from vmagent.controlplane.snapshots import Translator, mesh_options
-from vmagent.controlplane.tokens import TokenAuthority
+from vmagent.controlplane.state import StateStore, config_sources
 from vmagent.controlplane.web import HttpApi
-from vmagent.controlplane.workload_store import LifecycleSettings, Reaper, WorkloadStore
 from vmagent.controlplane.xds.cache import SnapshotCache
 from vmagent.controlplane.xds.push import PushScheduler
 from vmagent.controlplane.xds.runner import DEFAULT_OPTIONS, AioServerThread
@@ -59,79 +52,6 @@ from vmagent.controlplane.xds.server import AdsServer
 from vmagent.controlplane.xds.status import StatusRegistry
 
 log = logging.getLogger(__name__)
-
-DEFAULT_STATE_DIR = Path("/var/lib/vmagent-cp")
-MESH_ROOT_FILE = "mesh-root.pem"
-
-
-@dataclass
-class ServeOptions:
-    state_dir: Path = DEFAULT_STATE_DIR
-    config_dir: Path | None = None
-    listen: str = f"0.0.0.0:{CP_GRPC_PORT}"
-    mtls_listen: str = f"0.0.0.0:{CP_MTLS_PORT}"
-    http_listen: str = f"127.0.0.1:{CP_HTTP_PORT}"
-    trust_domain: str = DEFAULT_TRUST_DOMAIN
-    ca_cert: Path | None = None
-    ca_key: Path | None = None
-    cert_ttl: datetime.timedelta = datetime.timedelta(hours=24)
-    max_cert_ttl: datetime.timedelta = datetime.timedelta(days=7)
-    server_names: list[str] = field(default_factory=list)
-    mesh_config: dict[str, Any] = field(default_factory=dict)
-    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
-    ca_workers: int = 0  # extra processes serving the join port (see caworkers.py)
-    kubeconfig: Path | None = None  # a Kubernetes API server as config source and service registry
-    in_cluster: bool = False  # the same through the pod's service account
-    cluster_domain: str = "cluster.local"
-    kube_sync_timeout: float = 10.0  # how long start() waits for the first list of every kind
-    controller_id: str = ""  # names this control plane on the WorkloadEntries it writes (default: host name)
-    lease_namespace: str = ""  # where the replicas' Lease lives (default: $POD_NAMESPACE, else istio-system)
-
-
-class StateStore:
-    """The CA, token authority and certificate records of one state dir (shared by `serve` and the CLI)."""
-
-    def __init__(
-        self, state_dir: Path, settings: CaSettings, ca_cert: Path | None = None, ca_key: Path | None = None
-    ) -> None:
-        ensure_dir(state_dir, 0o700)
-        self.state_dir = state_dir
-        self.ca = CertificateAuthority.load_or_create(state_dir, settings, ca_cert, ca_key)
-        atomic_write(state_dir / MESH_ROOT_FILE, self.ca.root_pem, 0o644)
-        self.db = StateDb.open(state_dir)
-        self.tokens = TokenAuthority.open(state_dir, self.db)
-        self.records = CertRecords(self.db)
-
-    def close(self) -> None:
-        self.records.close()  # commits the issued-certificate rows still queued
-        self.db.close()
-
-
-def join_address(listen: str) -> str:
-    """The address VMs join at for ``serve --listen HOST:PORT``: HOST itself, or for a wildcard host
-    (0.0.0.0, ::, empty) this host's first non-loopback IPv4 address (else its name)."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if host in ("", "0.0.0.0", "::"):
-        from vmagent.controlplane.grpc_server import local_addresses
-
-        usable = [a for a in local_addresses() if not a.startswith("127.") and ":" not in a]
-        host = usable[0] if usable else socket.getfqdn()
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def config_sources(
-    config_dir: Path | None, state_dir: Path, cluster: ConfigSource | None = None
-) -> list[ConfigSource]:
-    """In precedence order: the watched directory, the cluster's Istio objects, what `vmagent-cp
-    apply` stored. On a clash (same kind, namespace and name) the first wins; the other is reported."""
-    sources: list[ConfigSource] = []
-    if config_dir is not None:
-        sources.append(ConfigDirectory(config_dir))
-    if cluster is not None:
-        sources.append(cluster)
-    sources.append(StoreSource(ConfigStore.open(state_dir)))
-    return sources
 
 
 class ControlPlane:

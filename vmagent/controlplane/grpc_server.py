@@ -28,7 +28,7 @@ import psutil
 from vmagent.common.constants import CP_SERVER_NAME
 from vmagent.common.errors import VmagentError
 from vmagent.common.x509util import chain_pem, key_pem
-from vmagent.controlplane.ca import CertificateAuthority
+from vmagent.controlplane.ca.authority import CertificateAuthority
 from vmagent.controlplane.xds.runner import DEFAULT_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -122,3 +122,14 @@ class ThreadedServer:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def join_address(listen: str) -> str:
+    """The address VMs join at for ``serve --listen HOST:PORT``: HOST itself, or for a wildcard host
+    (0.0.0.0, ::, empty) this host's first non-loopback IPv4 address (else its name)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        usable = [a for a in local_addresses() if not a.startswith("127.") and ":" not in a]
+        host = usable[0] if usable else socket.getfqdn()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

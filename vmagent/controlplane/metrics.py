@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 
 from vmagent.controlplane.xds.snapshot import short_name
 
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # see status_metrics.py
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # see common/metrics.py
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 EXPIRY_WINDOW = 24 * 3600.0

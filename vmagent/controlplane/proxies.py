@@ -30,11 +30,12 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
+from vmagent.common import wire
 from vmagent.common.x509util import SpiffeId
 from vmagent.controlplane.config.snapshot import ConfigView
 from vmagent.controlplane.model import ConfigObject
-from vmagent.controlplane.workload_entry import RegistrationRefused, normalize_address
-from vmagent.controlplane.workload_store import WorkloadRecord
+from vmagent.controlplane.registry.workload_entry import RegistrationRefused, normalize_address
+from vmagent.controlplane.registry.workload_store import WorkloadRecord
 from vmagent.controlplane.xds.server import Refused
 
 # (certificate serial, ancestor serial in hex) -> True when the certificate is the ancestor or a renewal of it
@@ -65,21 +66,21 @@ class _Node:
 
 
 def _parse_id(identity: SpiffeId, node_id: str, meta: Mapping[str, Any]) -> _Node:
-    parts = node_id.split("~")
-    if len(parts) != 4 or parts[0] not in ("sidecar", "router"):
-        raise Refused(f"node id {node_id!r} is not TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN")
-    kind, ip_text, name_ns, _ = parts
-    name, _, namespace = name_ns.rpartition(".")
-    if not name or namespace != identity.namespace:
+    try:
+        parsed = wire.parse_node_id(node_id)
+    except ValueError as exc:
+        raise Refused(str(exc)) from exc
+    kind, ip_text, name, namespace = parsed.proxy_type, parsed.ip, parsed.name, parsed.namespace
+    if namespace != identity.namespace:
         raise Refused(f"{identity} may not act for a proxy in namespace {namespace!r} (node id {node_id!r})")
-    claimed = meta.get("NAMESPACE")
+    claimed = meta.get(wire.META_NAMESPACE)
     if claimed is not None and claimed != namespace:
         raise Refused(f"node metadata NAMESPACE {claimed!r} does not match the node id's {namespace!r}")
     try:
         ip = normalize_address(ip_text)
     except RegistrationRefused as exc:
         raise Refused(f"node id {node_id!r}: {exc}") from exc
-    workload = meta.get("WORKLOAD_NAME")
+    workload = meta.get(wire.META_WORKLOAD_NAME)
     return _Node(kind, ip, namespace, str(workload) if isinstance(workload, str) and workload else name)
 
 

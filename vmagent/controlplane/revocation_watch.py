@@ -3,7 +3,7 @@
 `vmagent-cp revoke` writes to the state store from another process. This watcher polls the store's
 revocation generation (one cheap query, every ``interval`` seconds, 0.2 by default) and, when it
 changed, checks every caller the control plane still serves against the revocations (by identity, by
-serial and by the serial's renewal lineage, see :mod:`.certrecords`):
+serial and by the serial's renewal lineage, see :mod:`.ca.certrecords`):
 
 1. the auto-registered entries registered with a revoked certificate are deleted (they leave EDS with
    the next push, well within a second);

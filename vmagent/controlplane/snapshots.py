@@ -12,7 +12,7 @@ from vmagent.controlplane.config import ConfigSet
 from vmagent.controlplane.config.snapshot import ConfigSnapshot
 from vmagent.controlplane.model import Service
 from vmagent.controlplane.proxies import ConnectedProxy
-from vmagent.controlplane.registry import find_workload_group
+from vmagent.controlplane.registry.services import find_workload_group
 from vmagent.controlplane.translate import (
     MeshOptions,
     ProxyInfo,

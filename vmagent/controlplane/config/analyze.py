@@ -14,26 +14,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from vmagent.controlplane.config.common import as_dict, as_list
+from vmagent.controlplane.config.hosts import hosts_overlap, qualify_host
 from vmagent.controlplane.config.issues import Issue, object_label
 from vmagent.controlplane.model import ConfigObject
-
-
-def fqdn(host: str, namespace: str, domain_suffix: str) -> str:
-    """Istio's short-name rule: a host without dots is NAME.NAMESPACE.svc.DOMAIN; others stay as written."""
-    if "." in host or host == "*" or host.startswith("*"):
-        return host
-    return f"{host}.{namespace}.svc.{domain_suffix}"
-
-
-def host_matches(a: str, b: str) -> bool:
-    """True when two hosts (either may be a wildcard such as ``*.example.com``) can name the same host."""
-    if a == b or a == "*" or b == "*":
-        return True
-    if a.startswith("*"):
-        return b.endswith(a[1:])
-    if b.startswith("*"):
-        return a.endswith(b[1:])
-    return False
 
 
 def _destinations(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -70,13 +53,13 @@ def analyze(
     services += list(extra_hosts)
     subsets: dict[str, set[str]] = {}
     for dr in (o for o in objects if o.kind == "DestinationRule"):
-        host = fqdn(str(dr.spec.get("host", "")), dr.namespace, domain_suffix)
+        host = qualify_host(str(dr.spec.get("host", "")), dr.namespace, domain_suffix)
         names = {str(as_dict(s).get("name")) for s in as_list(dr.spec.get("subsets"))}
         subsets.setdefault(host, set()).update(names)
     gateways = {(o.namespace, o.name) for o in objects if o.kind == "Gateway"}
 
     def known(host: str) -> bool:
-        return any(host_matches(host, s) for s in services)
+        return any(hosts_overlap(host, s) for s in services)
 
     issues: list[Issue] = []
     for vs in (o for o in objects if o.kind == "VirtualService"):
@@ -84,7 +67,7 @@ def analyze(
         gw_refs = [g for g in as_list(vs.spec.get("gateways")) if isinstance(g, str)]
         if not gw_refs or "mesh" in gw_refs:
             for i, h in enumerate(as_list(vs.spec.get("hosts"))):
-                host = fqdn(str(h), vs.namespace, domain_suffix)
+                host = qualify_host(str(h), vs.namespace, domain_suffix)
                 if h != "*" and not known(host):
                     issues.append(
                         Issue(vs.source, label, f"spec.hosts[{i}]", f"host {host!r} matches no known service")
@@ -106,13 +89,13 @@ def analyze(
             raw = dest.get("host")
             if not isinstance(raw, str):
                 continue
-            host = fqdn(raw, vs.namespace, domain_suffix)
+            host = qualify_host(raw, vs.namespace, domain_suffix)
             if not known(host):
                 issues.append(
                     Issue(vs.source, label, f"{path}.host", f"host {host!r} matches no known service")
                 )
             subset = dest.get("subset")
-            if subset and not any(subset in names for h, names in subsets.items() if host_matches(host, h)):
+            if subset and not any(subset in names for h, names in subsets.items() if hosts_overlap(host, h)):
                 issues.append(
                     Issue(
                         vs.source,

@@ -8,8 +8,13 @@ more than it says, would differ from Istio. ``patch.value`` must parse as the En
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401  (registers Lua's type for @type)
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from google.protobuf import json_format
 
 from vmagent.controlplane.config.common import SE_WORKLOAD_SELECTOR, as_dict
@@ -28,7 +33,23 @@ from vmagent.controlplane.config.types import (
     child,
     show,
 )
-from vmagent.controlplane.translate.envoyfilter import HCM, SUPPORTED, parse_value
+
+HCM = "envoy.filters.network.http_connection_manager"
+INSERTS = ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST")
+# (applyTo, operation) pairs vmagent implements; the validator refuses the others.
+SUPPORTED = {("HTTP_FILTER", op) for op in INSERTS} | {("CLUSTER", "MERGE"), ("LISTENER", "MERGE")}
+
+
+def parse_value(apply_to: str, value: Mapping[str, Any]) -> Any:
+    """``patch.value`` as the Envoy message it patches (raises json_format.ParseError when it is not)."""
+    msg: Any = {
+        "HTTP_FILTER": hcm.HttpFilter,
+        "CLUSTER": cluster_pb2.Cluster,
+        "LISTENER": listener_pb2.Listener,
+    }[apply_to]()
+    json_format.ParseDict(dict(value), msg)
+    return msg
+
 
 _NOTE = "vmagent implements HTTP_FILTER inserts and CLUSTER/LISTENER merges matched by context, port and name"
 

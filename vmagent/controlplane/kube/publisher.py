@@ -30,8 +30,8 @@ from typing import Any
 
 from vmagent.common.backoff import Backoff
 from vmagent.controlplane.kube.client import JsonObj, KubeClient, KubeError, Resource
-from vmagent.controlplane.workload_entry import AUTO_REGISTRATION_ANNOTATION
-from vmagent.controlplane.workload_store import WorkloadRecord, WorkloadStore
+from vmagent.controlplane.registry.workload_entry import AUTO_REGISTRATION_ANNOTATION
+from vmagent.controlplane.registry.workload_store import WorkloadRecord, WorkloadStore
 
 log = logging.getLogger(__name__)
 

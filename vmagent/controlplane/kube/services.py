@@ -27,10 +27,11 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from vmagent.controlplane.config.hosts import labels_match, qualify_host
 from vmagent.controlplane.kube.client import JsonObj, KubeClient, Resource
 from vmagent.controlplane.kube.informer import Change, Informer
 from vmagent.controlplane.model import ConfigObject, Endpoint, Port, Service
-from vmagent.controlplane.registry import labels_match, spiffe_id, workload_healthy
+from vmagent.controlplane.registry.services import spiffe_id, workload_healthy
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class KubeServiceRegistry:
         )
         export = str((meta.get("annotations") or {}).get(EXPORT_TO_ANNOTATION) or "")
         export_to = tuple(x.strip() for x in export.split(",") if x.strip()) or ("*",)
-        hostname = f"{name}.{ns}.svc.{self._domain}"
+        hostname = qualify_host(name, ns, self._domain)
         source = f"Kubernetes Service {ns}/{name}"
         if spec.get("type") == "ExternalName":
             external = str(spec.get("externalName") or "")

@@ -18,6 +18,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from vmagent.common.wire import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from vmagent.controlplane.model import Service
 from vmagent.controlplane.translate import authn, clusters, inbound, listeners, names, routes
 from vmagent.controlplane.translate.accesslog import AccessLogSettings, with_access_logs
@@ -30,7 +31,6 @@ from vmagent.controlplane.translate.security import inbound_security
 from vmagent.controlplane.translate.services import visible_services
 from vmagent.controlplane.translate.sidecar import apply_sidecar
 from vmagent.controlplane.translate.telemetry import access_logging_enabled
-from vmagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 Resources = dict[str, dict[str, Any]]
 OutboundKey = tuple[str, tuple[tuple[str, str], ...], str]

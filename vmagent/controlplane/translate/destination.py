@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmagent.controlplane.config.hosts import config_visible, host_covers, qualify_host
 from vmagent.controlplane.model import ConfigObject, Service
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.proxy import MeshOptions
@@ -37,25 +38,8 @@ def _list(value: object) -> list[Any]:
 
 
 def rule_host(rule: ConfigObject, dns_domain: str) -> str:
-    host = str(rule.spec.get("host", ""))
-    if host and "." not in host and host != "*":
-        return f"{host}.{rule.namespace}.svc.{dns_domain}"
-    return host
-
-
-def host_matches(pattern: str, host: str) -> bool:
-    """``pattern`` (exact or ``*.suffix`` / ``*``) covers ``host``."""
-    if pattern == host or pattern == "*":
-        return True
-    return pattern.startswith("*.") and host.endswith(pattern[1:])
-
-
-def exported_to(obj: ConfigObject, namespace: str) -> bool:
-    """Whether ``obj``'s ``exportTo`` makes it visible from ``namespace`` (absent = everywhere)."""
-    export = [str(x) for x in _list(obj.spec.get("exportTo"))]
-    if not export or "*" in export:
-        return True
-    return namespace in export or ("." in export and obj.namespace == namespace)
+    """The rule's ``host`` as a full name (a short name is in the rule's namespace)."""
+    return qualify_host(str(rule.spec.get("host", "")), rule.namespace, dns_domain)
 
 
 @dataclass(frozen=True)
@@ -106,10 +90,10 @@ def find_destination_rule(
         seen.append(ns)
         best: tuple[int, ConfigObject] | None = None
         for rule in configs.list("DestinationRule", ns):
-            if not exported_to(rule, proxy_ns):
+            if not config_visible(rule, proxy_ns):
                 continue
             pattern = rule_host(rule, mesh.dns_domain)
-            if not host_matches(pattern, service.hostname):
+            if not host_covers(pattern, service.hostname):
                 continue
             score = 1_000_000 if pattern == service.hostname else len(pattern)
             if best is None or score > best[0]:

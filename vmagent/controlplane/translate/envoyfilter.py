@@ -20,31 +20,15 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401  (registers Lua's type for @type)
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
-from google.protobuf import json_format
 
+from vmagent.common.wire import CLUSTER, LISTENER
+from vmagent.controlplane.config.envoyfilter import HCM, SUPPORTED, parse_value
+from vmagent.controlplane.config.hosts import labels_match
 from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
-from vmagent.controlplane.xds.snapshot import CLUSTER, LISTENER
-
-HCM = "envoy.filters.network.http_connection_manager"
-INSERTS = ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST")
-# (applyTo, operation) pairs vmagent implements; the validator refuses the others.
-SUPPORTED = {("HTTP_FILTER", op) for op in INSERTS} | {("CLUSTER", "MERGE"), ("LISTENER", "MERGE")}
-
-
-def parse_value(apply_to: str, value: Mapping[str, Any]) -> Any:
-    """``patch.value`` as the Envoy message it patches (raises json_format.ParseError when it is not)."""
-    msg: Any = {
-        "HTTP_FILTER": hcm.HttpFilter,
-        "CLUSTER": cluster_pb2.Cluster,
-        "LISTENER": listener_pb2.Listener,
-    }[apply_to]()
-    json_format.ParseDict(dict(value), msg)
-    return msg
 
 
 def filters_for(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> list[ConfigObject]:
@@ -53,7 +37,7 @@ def filters_for(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> l
         for obj in configs.list("EnvoyFilter", ns):
             sel = obj.spec.get("workloadSelector")
             labels = sel.get("labels") if isinstance(sel, Mapping) else None
-            if isinstance(labels, Mapping) and not all(proxy.labels.get(k) == v for k, v in labels.items()):
+            if isinstance(labels, Mapping) and not labels_match(labels, proxy.labels):
                 continue
             found.append(obj)
     return sorted(

@@ -22,10 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmagent.controlplane.config.hosts import config_visible, host_intersection, labels_match, qualify_host
 from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
-from vmagent.controlplane.translate.destination import exported_to
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 
 # Server TLS modes that terminate TLS at the gateway (the rest pass it through or do not apply).
@@ -106,7 +106,7 @@ class Server:
 def selects(gateway: ConfigObject, labels: Mapping[str, str]) -> bool:
     """Whether ``gateway``'s selector matches a proxy with ``labels``."""
     selector = {str(k): str(v) for k, v in _dict(gateway.spec.get("selector")).items()}
-    return all(labels.get(k) == v for k, v in selector.items())
+    return labels_match(selector, labels)
 
 
 def gateways_for(proxy: ProxyInfo, configs: ConfigLookup) -> list[ConfigObject]:
@@ -151,25 +151,6 @@ def proxy_servers(proxy: ProxyInfo, configs: ConfigLookup) -> list[Server]:
     return [s for g in gateways_for(proxy, configs) for s in servers_of(g)]
 
 
-def fqdn(host: str, namespace: str, dns_domain: str) -> str:
-    """Istio's short-name rule: ``NAME`` is ``NAME.NAMESPACE.svc.DOMAIN``; other hosts stay as written."""
-    if "." in host or host.startswith("*"):
-        return host
-    return f"{host}.{namespace}.svc.{dns_domain}"
-
-
-def intersect(a: str, b: str) -> str | None:
-    """The hosts both ``a`` and ``b`` (each exact or ``*``/``*.suffix``) name, as the more specific one."""
-    a, b = a.lower(), b.lower()
-    if a == b:
-        return a
-    if b == "*" or (b.startswith("*.") and a.endswith(b[1:])):
-        return a
-    if a == "*" or (a.startswith("*.") and b.endswith(a[1:])):
-        return b
-    return None
-
-
 def binds_to(vs: ConfigObject, server: Server) -> bool:
     """Whether ``vs`` names the server's Gateway in ``gateways``."""
     for ref in _list(vs.spec.get("gateways")):
@@ -191,14 +172,14 @@ def bindings(server: Server, proxy: ProxyInfo, configs: ConfigLookup, mesh: Mesh
     """The VirtualServices bound to ``server`` (by namespace and name) and the hosts they serve there."""
     out = []
     for vs in sorted(configs.list("VirtualService"), key=lambda v: (v.namespace, v.name)):
-        if not binds_to(vs, server) or not exported_to(vs, proxy.namespace):
+        if not binds_to(vs, server) or not config_visible(vs, proxy.namespace):
             continue
         admitted = [h for h in server.hosts if h.admits(vs.namespace)]
         domains: list[str] = []
         for raw in _list(vs.spec.get("hosts")):
-            host = fqdn(str(raw), vs.namespace, mesh.dns_domain)
+            host = qualify_host(str(raw), vs.namespace, mesh.dns_domain)
             for sh in admitted:
-                d = intersect(host, sh.host)
+                d = host_intersection(host, sh.host)
                 if d is not None and d not in domains:
                     domains.append(d)
         if domains:

@@ -35,10 +35,11 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 
+from vmagent.controlplane.config.hosts import host_intersection
 from vmagent.controlplane.model import Service
 from vmagent.controlplane.translate import filters, gateway_routes, names
 from vmagent.controlplane.translate.configindex import ConfigLookup
-from vmagent.controlplane.translate.gateway import Server, bindings, group_by_port, intersect, proxy_servers
+from vmagent.controlplane.translate.gateway import Server, bindings, group_by_port, proxy_servers
 from vmagent.controlplane.translate.gateway_tls import server_tls_socket
 from vmagent.controlplane.translate.listeners import RESERVED_PORTS, outbound_http_filters
 from vmagent.controlplane.translate.protos import ads, boolean, socket_address
@@ -148,7 +149,7 @@ def _passthrough_chains(
             sni: list[str] = []
             for s in sni_hosts:
                 for d in b.domains:
-                    hit = intersect(s, d)
+                    hit = host_intersection(s, d)
                     if hit is not None and hit not in sni:
                         sni.append(hit)
             if not sni:

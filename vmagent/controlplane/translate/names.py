@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 
+from vmagent.common import wire
+
 PASSTHROUGH_CLUSTER = "PassthroughCluster"
 BLACKHOLE_CLUSTER = "BlackHoleCluster"
 INBOUND_PASSTHROUGH_V4 = "InboundPassthroughClusterIpv4"
 INBOUND_PASSTHROUGH_V6 = "InboundPassthroughClusterIpv6"
 VIRTUAL_OUTBOUND = "virtualOutbound"
 VIRTUAL_INBOUND = "virtualInbound"
-SECRET_DEFAULT = "default"  # noqa: S105 - an SDS resource name, not a secret
-SECRET_ROOTCA = "ROOTCA"  # noqa: S105 - an SDS resource name
+SECRET_DEFAULT = wire.SECRET_DEFAULT
+SECRET_ROOTCA = wire.SECRET_ROOTCA
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
 

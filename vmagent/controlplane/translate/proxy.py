@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vmagent.common import constants
+from vmagent.common import constants, wire
 from vmagent.controlplane.model import Port
 from vmagent.controlplane.translate.accesslog import AccessLogSettings
 
@@ -43,7 +43,7 @@ class MeshOptions:
     root_namespace: str = "istio-system"
     outbound_traffic_policy: OutboundPolicy = "ALLOW_ANY"
     dns_domain: str = "cluster.local"
-    sds_cluster: str = "sds-grpc"
+    sds_cluster: str = wire.SDS_CLUSTER
     connect_timeout_s: float = 10.0
     # How long the outbound listeners that mix HTTP and other traffic on one port wait for the first bytes
     # to decide (http_inspector / tls_inspector) before treating the connection as opaque TCP.

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmagent.controlplane.config.hosts import labels_match
 from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
@@ -68,7 +69,7 @@ def _match_labels(pa: ConfigObject) -> dict[str, str]:
 
 def _selects(pa: ConfigObject, labels: Mapping[str, str]) -> bool:
     sel = _match_labels(pa)
-    return all(labels.get(k) == v for k, v in sel.items())
+    return labels_match(sel, labels)
 
 
 def _has_target_ref(obj: ConfigObject) -> bool:

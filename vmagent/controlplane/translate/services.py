@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from vmagent.controlplane.config.hosts import labels_match, visible_from
 from vmagent.controlplane.model import Endpoint, Port, Service
 from vmagent.controlplane.translate import names
 
 
 def visible_to(service: Service, namespace: str) -> bool:
     """Istio's ``exportTo``: ``*`` everywhere, ``.`` the service's own namespace, else the listed ones."""
-    export = service.export_to or ("*",)
-    if "*" in export or namespace in export:
-        return True
-    return "." in export and service.namespace == namespace
+    return visible_from(service.export_to, service.namespace, namespace)
 
 
 def visible_services(services: Iterable[Service], proxy_ns: str) -> list[Service]:
@@ -36,7 +34,7 @@ def endpoint_port(ep: Endpoint, port: Port) -> int:
 
 def subset_endpoints(service: Service, labels: Mapping[str, str]) -> list[Endpoint]:
     """Endpoints whose labels include all of ``labels`` (all endpoints for an empty selector)."""
-    return [ep for ep in service.endpoints if all(ep.labels.get(k) == v for k, v in labels.items())]
+    return [ep for ep in service.endpoints if labels_match(labels, ep.labels)]
 
 
 def is_mesh_endpoint(service: Service, ep: Endpoint) -> bool:

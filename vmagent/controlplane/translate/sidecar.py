@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from vmagent.controlplane.config.hosts import host_covers, labels_match
 from vmagent.controlplane.model import ConfigObject, Service
 from vmagent.controlplane.translate.configindex import ConfigLookup
 
@@ -29,7 +30,7 @@ def sidecar_for(
     own = sorted(configs.list("Sidecar", namespace), key=lambda o: o.name)
     for obj in own:
         sel = _labels(obj)
-        if sel and all(labels.get(k) == v for k, v in sel.items()):
+        if sel and labels_match(sel, labels):
             return obj
     for obj in own:
         if not _labels(obj):
@@ -39,14 +40,6 @@ def sidecar_for(
             if not _labels(obj):
                 return obj
     return None
-
-
-def _host_matches(pattern: str, host: str) -> bool:
-    if pattern == "*":
-        return True
-    if pattern.startswith("*"):
-        return host.endswith(pattern[1:])
-    return host == pattern
 
 
 def egress_hosts(sidecar: ConfigObject) -> list[str]:
@@ -67,7 +60,7 @@ def egress_allows(hosts: Sequence[str], service: Service, proxy_ns: str) -> bool
             continue
         if ns not in ("*", ".") and service.namespace != ns:
             continue
-        if _host_matches(host, service.hostname):
+        if host_covers(host, service.hostname):
             return True
     return False
 

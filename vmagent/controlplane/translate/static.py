@@ -18,11 +18,11 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from vmagent.common.wire import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from vmagent.controlplane.translate.build import Resources
 from vmagent.controlplane.translate.clusters import HTTP_OPTIONS
 from vmagent.controlplane.translate.protos import duration, socket_address, typed
 from vmagent.controlplane.translate.proxy import MeshOptions
-from vmagent.controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 _HCM_URL = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"

@@ -25,11 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vmagent.controlplane.config.analyze import fqdn
+from vmagent.controlplane.config.hosts import config_visible, host_covers, qualify_host
 from vmagent.controlplane.model import ConfigObject, Service
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
-from vmagent.controlplane.translate.destination import exported_to, find_destination_rule, host_matches
+from vmagent.controlplane.translate.destination import find_destination_rule
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 
 MESH_GATEWAY = "mesh"
@@ -53,7 +53,7 @@ def _qualify(gateway: str, namespace: str) -> str:
 
 
 def vs_hosts(vs: ConfigObject, dns_domain: str) -> list[str]:
-    return [fqdn(str(h), vs.namespace, dns_domain) for h in _l(vs.spec.get("hosts"))]
+    return [qualify_host(str(h), vs.namespace, dns_domain) for h in _l(vs.spec.get("hosts"))]
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class RouteContext:
 
     def destination(self, vs: ConfigObject, dest: Mapping[str, Any], weight: int = 100) -> Destination:
         d = _d(dest.get("destination")) if "destination" in dest else dict(dest)
-        host = fqdn(str(d.get("host", "")), vs.namespace, self.mesh.dns_domain)
+        host = qualify_host(str(d.get("host", "")), vs.namespace, self.mesh.dns_domain)
         subset = str(d.get("subset") or "")
         number = _d(d.get("port")).get("number")
         svc = self.services.get(host)
@@ -123,12 +123,12 @@ def select_virtual_service(
     """The VirtualService that routes ``service`` for the sidecar ``proxy``, or None."""
     best: tuple[tuple[int, int, int, str, str], ConfigObject] | None = None
     for vs in configs.list("VirtualService"):
-        if MESH_GATEWAY not in vs_gateways(vs) or not exported_to(vs, proxy.namespace):
+        if MESH_GATEWAY not in vs_gateways(vs) or not config_visible(vs, proxy.namespace):
             continue
         scores = [
             1_000_000 if h == service.hostname else len(h)
             for h in vs_hosts(vs, mesh.dns_domain)
-            if host_matches(h, service.hostname)
+            if host_covers(h, service.hostname)
         ]
         if not scores:
             continue

@@ -23,7 +23,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from vmagent.common.errors import VmagentError
 from vmagent.common.x509util import SpiffeId
-from vmagent.controlplane.authn import Unauthenticated, require_workload_identity
+from vmagent.controlplane.ca.authn import Unauthenticated, require_workload_identity
 from vmagent.controlplane.xds.cache import SnapshotCache
 from vmagent.controlplane.xds.status import StatusRegistry, StreamStatus
 from vmagent.controlplane.xds.stream import DeltaStream, ProtocolError, SotwStream

@@ -15,13 +15,13 @@ from types import MappingProxyType
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-_PREFIX = "type.googleapis.com/"
-CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
-ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
-LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
-ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
-SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
-RUNTIME = _PREFIX + "envoy.service.runtime.v3.Runtime"
+# The type URLs are the wire contract's (vmagent.common.wire); re-exported for the xDS code.
+from vmagent.common.wire import CLUSTER as CLUSTER
+from vmagent.common.wire import ENDPOINT as ENDPOINT
+from vmagent.common.wire import LISTENER as LISTENER
+from vmagent.common.wire import ROUTE as ROUTE
+from vmagent.common.wire import RUNTIME as RUNTIME
+from vmagent.common.wire import SECRET as SECRET
 
 # Envoy's ordering expectations for state-of-the-world ADS: clusters before their endpoints, secrets
 # before the listeners that use them, listeners before their routes. Types not listed go last.

@@ -1,4 +1,4 @@
-"""The agent's metrics registry: a thin typed front on ``prometheus_client``.
+"""A metrics registry: a thin typed front on ``prometheus_client`` (the agent records into it).
 
 The agent's components take an optional ``Registry`` and record into it; the status server renders it
 (``prometheus_client``'s text exposition) and appends Envoy's own ``/stats/prometheus``. Metric names

@@ -25,11 +25,11 @@ from cryptography import x509
 
 from vmagent.api import bootstrap_pb2, bootstrap_pb2_grpc, istio_ca_pb2, istio_ca_pb2_grpc
 from vmagent.common.x509util import SpiffeId, cert_pem
-from vmagent.controlplane.authn import bearer_token, peer_identity
-from vmagent.controlplane.ca import CertificateAuthority, CsrError, parse_csr
-from vmagent.controlplane.certrecords import CertRecords
-from vmagent.controlplane.join_limiter import FailedJoinLimiter, peer_host
-from vmagent.controlplane.tokens import TokenAuthority, TokenClaims, TokenError
+from vmagent.controlplane.ca.authn import bearer_token, peer_identity
+from vmagent.controlplane.ca.authority import CertificateAuthority, CsrError, parse_csr
+from vmagent.controlplane.ca.certrecords import CertRecords
+from vmagent.controlplane.ca.join_limiter import FailedJoinLimiter, peer_host
+from vmagent.controlplane.ca.tokens import TokenAuthority, TokenClaims, TokenError
 
 log = logging.getLogger(__name__)
 

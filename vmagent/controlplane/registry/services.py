@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from vmagent.controlplane.config.common import as_dict, as_list
+from vmagent.controlplane.config.hosts import labels_match
 from vmagent.controlplane.config.snapshot import ConfigView
 from vmagent.controlplane.model import ConfigObject, Endpoint, Port, Service
 
@@ -77,10 +78,6 @@ def workload_healthy(entry: ConfigObject) -> bool:
         if c.get("type") == "Healthy":
             return str(c.get("status", "True")).lower() != "false"
     return True
-
-
-def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
 
 
 def _ports(spec: dict[str, Any]) -> tuple[Port, ...]:

@@ -40,9 +40,14 @@ from cryptography import x509
 
 from vmagent.api import registration_pb2, registration_pb2_grpc
 from vmagent.common.x509util import SpiffeId
-from vmagent.controlplane.authn import Unauthenticated, require_workload_identity
-from vmagent.controlplane.workload_entry import LabelConflict, Registration, RegistrationRefused, entry_name
-from vmagent.controlplane.workload_store import AddressTaken, SameHolder, WorkloadStore
+from vmagent.controlplane.ca.authn import Unauthenticated, require_workload_identity
+from vmagent.controlplane.registry.workload_entry import (
+    LabelConflict,
+    Registration,
+    RegistrationRefused,
+    entry_name,
+)
+from vmagent.controlplane.registry.workload_store import AddressTaken, SameHolder, WorkloadStore
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from cryptography import x509
 
+from vmagent.common import wire
 from vmagent.common.errors import VmagentError
 from vmagent.common.x509util import SpiffeId, spiffe_ids
 
@@ -34,9 +35,9 @@ def peer_identity(context: grpc.ServicerContext) -> tuple[SpiffeId, x509.Certifi
 
 def bearer_token(context: grpc.ServicerContext) -> str | None:
     for key, value in context.invocation_metadata():
-        if key.lower() == "authorization" and isinstance(value, str):
+        if key.lower() == wire.AUTHORIZATION_HEADER and isinstance(value, str):
             scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
+            if scheme.lower() == wire.BEARER_SCHEME.lower() and token.strip():
                 return token.strip()
     return None
 

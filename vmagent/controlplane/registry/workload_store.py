@@ -39,7 +39,7 @@ from typing import Any
 
 from vmagent.controlplane.db import StateDb
 from vmagent.controlplane.model import ConfigObject
-from vmagent.controlplane.workload_entry import (
+from vmagent.controlplane.registry.workload_entry import (
     WORKLOAD_ENTRY_API_VERSION,
     AutoEntry,
     EntryParts,

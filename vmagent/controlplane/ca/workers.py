@@ -32,12 +32,11 @@ import sys
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from vmagent.common.errors import VmagentError
-
-if TYPE_CHECKING:
-    from vmagent.controlplane.app import ServeOptions
+from vmagent.controlplane.options import ServeOptions
+from vmagent.controlplane.state import StateStore, config_sources
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class _Worker:
     def start(self) -> None:
         # A supervised daemon, not a command that runs to completion: proc.run does not apply.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vmagent.controlplane.caworkers"],
+            [sys.executable, "-m", "vmagent.controlplane.ca.workers"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -214,12 +213,11 @@ def serve_worker(spec: WorkerSpec, stop: threading.Event, ready: IO[str]) -> Non
 
     import grpc
 
-    from vmagent.controlplane.app import StateStore, config_sources
-    from vmagent.controlplane.ca import CaSettings
-    from vmagent.controlplane.certservice import CertificateIssuer, MeshInfo, add_join_services
+    from vmagent.controlplane.ca.authority import CaSettings
+    from vmagent.controlplane.ca.certservice import CertificateIssuer, MeshInfo, add_join_services
     from vmagent.controlplane.config import ConfigSet
     from vmagent.controlplane.grpc_server import ThreadedServer, server_credentials
-    from vmagent.controlplane.registry import workload_group_document
+    from vmagent.controlplane.registry.services import workload_group_document
 
     settings = CaSettings(
         spec.trust_domain,
@@ -266,7 +264,7 @@ def serve_worker(spec: WorkerSpec, stop: threading.Event, ready: IO[str]) -> Non
 
 
 def main() -> int:
-    """Entry point of a worker process (``python -m vmagent.controlplane.caworkers``)."""
+    """Entry point of a worker process (``python -m vmagent.controlplane.ca.workers``)."""
     from vmagent.common.logsetup import setup_logging
 
     line = sys.stdin.readline()

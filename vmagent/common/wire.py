@@ -1,0 +1,78 @@
+"""The contract between the agent (and its Envoy) and the control plane, written once for both sides.
+
+Both sides import these names; neither spells the strings itself. The well-known ports are in
+:mod:`vmagent.common.constants`.
+
+* xDS type URLs (the ``type_url`` of resources and subscriptions);
+* Envoy's node id, ``TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN`` (Istio's format), built by the agent's
+  bootstrap and parsed by the control plane, and the node metadata keys the control plane reads;
+* the SDS secret names the control plane's TLS contexts ask for and the agent's SDS server serves, and
+  the name of the static cluster through which Envoy reaches the agent's SDS socket;
+* the ADS service, and the gRPC metadata header that carries a join token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -- xDS type URLs -------------------------------------------------------------------------------------
+_TYPE_PREFIX = "type.googleapis.com/"
+CLUSTER = _TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT = _TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = _TYPE_PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE = _TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
+SECRET = _TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+RUNTIME = _TYPE_PREFIX + "envoy.service.runtime.v3.Runtime"
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+# -- SDS -----------------------------------------------------------------------------------------------
+SDS_CLUSTER = "sds-grpc"  # Envoy's static cluster to the agent's SDS socket
+SECRET_DEFAULT = "default"  # noqa: S105 - an SDS resource name: the workload's certificate and key
+SECRET_ROOTCA = "ROOTCA"  # noqa: S105 - an SDS resource name: the mesh root as validation context
+
+# -- gRPC metadata -------------------------------------------------------------------------------------
+AUTHORIZATION_HEADER = "authorization"  # a join token travels as "authorization: Bearer TOKEN"
+BEARER_SCHEME = "Bearer"
+
+# -- Envoy node ----------------------------------------------------------------------------------------
+SIDECAR = "sidecar"
+ROUTER = "router"  # a gateway proxy
+PROXY_TYPES = (SIDECAR, ROUTER)
+
+META_NAMESPACE = "NAMESPACE"
+META_WORKLOAD_NAME = "WORKLOAD_NAME"
+
+_NODE_ID_FORMAT = "TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN"
+
+
+@dataclass(frozen=True)
+class NodeId:
+    """The parts of an Envoy node id. The IP is as written (the control plane normalizes it)."""
+
+    proxy_type: str  # "sidecar" or "router"
+    ip: str
+    name: str
+    namespace: str
+    dns_domain: str
+
+    def __str__(self) -> str:
+        return format_node_id(self.proxy_type, self.ip, self.name, self.namespace, self.dns_domain)
+
+
+def format_node_id(proxy_type: str, ip: str, name: str, namespace: str, dns_domain: str) -> str:
+    """Istio's node id ``TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN``."""
+    return f"{proxy_type}~{ip}~{name}.{namespace}~{namespace}.svc.{dns_domain}"
+
+
+def parse_node_id(node_id: str) -> NodeId:
+    """The parts of ``node_id``; ValueError (with the expected format) when it is not one."""
+    parts = node_id.split("~")
+    if len(parts) != 4 or parts[0] not in PROXY_TYPES:
+        raise ValueError(f"node id {node_id!r} is not {_NODE_ID_FORMAT}")
+    proxy_type, ip, name_ns, suffix = parts
+    name, _, namespace = name_ns.rpartition(".")
+    if not name:
+        raise ValueError(f"node id {node_id!r} is not {_NODE_ID_FORMAT}")
+    _, _, dns_domain = suffix.partition(".svc.")
+    return NodeId(proxy_type, ip, name, namespace, dns_domain)

@@ -127,7 +127,7 @@ def test_several_envoys_run_side_by_side_and_stop_cleanly(runtime: Path) -> None
     sups: list[EnvoySupervisor] = []
     try:
         for i in range(2):
-            admin = prepare_admin_dir(runtime / f"run{i}", None)
+            admin = prepare_admin_dir(prepare_runtime_dir(runtime / f"run{i}", None), None)
             p = _params(
                 runtime,
                 prometheus_port=free_port(),

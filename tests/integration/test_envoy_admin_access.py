@@ -7,7 +7,6 @@ need stays reachable through the agent's status port and Envoy's 15090/15021 lis
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import subprocess

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import free_port, wait_for
+from vmagent.agent.envoy_admin import admin_request, prepare_admin_dir
 from vmagent.agent.envoy_bootstrap import (
     BootstrapParams,
     find_envoy_binary,
@@ -19,7 +20,6 @@ from vmagent.agent.envoy_bootstrap import (
     validate_bootstrap,
     write_bootstrap,
 )
-from vmagent.agent.envoy_admin import admin_request, prepare_admin_dir
 from vmagent.agent.envoy_process import EnvoySupervisor
 from vmagent.agent.envoy_runtime import lookup_proxy_user, prepare_runtime_dir
 from vmagent.common.errors import CommandError, VmagentError

@@ -28,13 +28,13 @@ from tests.integration.test_envoy_support import (
     tls_get,
 )
 from tests.promtool import promtool_check
+from vmagent.agent.envoy_admin import AdminEndpoint, admin_request, prepare_admin_dir
 from vmagent.agent.envoy_bootstrap import (
     BootstrapParams,
     find_envoy_binary,
     render_bootstrap,
     write_bootstrap,
 )
-from vmagent.agent.envoy_admin import AdminEndpoint, admin_request, prepare_admin_dir
 from vmagent.agent.envoy_process import EnvoySupervisor
 from vmagent.agent.envoy_runtime import lookup_proxy_user, prepare_runtime_dir
 from vmagent.agent.identity import IdentityStore

@@ -19,6 +19,7 @@ import pytest
 from tests.harness import require_root, wait_for
 from tests.integration.test_envoy_dataplane import Stack, _make_stack, _serving
 from vmagent.agent.envoy_admin import admin_request
+from vmagent.agent.envoy_runtime import lookup_proxy_user
 from vmagent.common.constants import ENVOY_ADMIN_PORT, PROXY_USER
 from vmagent.lab.mesh import ensure_proxy_user
 from vmagent.lab.netns import as_user
@@ -80,14 +81,14 @@ def test_a_local_user_cannot_reach_envoy_admin(proxied: Stack, runtime: Path) ->
     s = proxied
     assert isinstance(s.admin, Path)
     sock = s.admin
-    proxy_uid = int(subprocess.run(["id", "-u", PROXY_USER], capture_output=True, text=True).stdout)
-    # Access model on disk: envoy/ is 2770 vmagent-proxy:root, the socket 0660 vmagent-proxy:root, and
-    # the runtime directory around them 0750 root:vmagent-proxy.
+    proxy = lookup_proxy_user(PROXY_USER)
+    # Access model on disk: envoy/ is 0770 root:vmagent-proxy, the socket 0660 vmagent-proxy:vmagent-proxy,
+    # and the runtime directory around them 0750 root:vmagent-proxy.
     dst = sock.parent.stat()
-    assert (stat.S_IMODE(dst.st_mode), dst.st_uid, dst.st_gid) == (0o2770, proxy_uid, 0)
+    assert (stat.S_IMODE(dst.st_mode), dst.st_uid, dst.st_gid) == (0o770, 0, proxy.gid)
     sst = sock.stat()
     assert stat.S_ISSOCK(sst.st_mode)
-    assert (stat.S_IMODE(sst.st_mode), sst.st_uid, sst.st_gid) == (0o660, proxy_uid, 0)
+    assert (stat.S_IMODE(sst.st_mode), sst.st_uid, sst.st_gid) == (0o660, proxy.uid, proxy.gid)
     assert stat.S_IMODE(runtime.stat().st_mode) == 0o750
     # No TCP admin port: Envoy listens on its data-plane, Prometheus and readiness ports only.
     pid = s.envoy.pid()
@@ -103,10 +104,12 @@ def test_a_local_user_cannot_reach_envoy_admin(proxied: Stack, runtime: Path) ->
     assert quit_try.startswith("ERR PermissionError")
     assert dump_try.startswith("ERR PermissionError")
     assert s.envoy.pid() == pid and s.envoy.live()
-    # Root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH (the agent under its systemd unit) gets in
-    # through the group root, as does the agent itself here.
-    bare_root = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all", "--"]
-    assert _client(bare_root, sock, "GET /ready").startswith("OK HTTP/1.1 200")
+    # Root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH (the agent under its systemd unit) gets in only
+    # through the proxy's group, which the agent joins (join_proxy_group); without it, root is refused too.
+    bare_root = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
+    in_group = [*bare_root, f"--groups={proxy.gid}", "--"]
+    assert _client(in_group, sock, "GET /ready").startswith("OK HTTP/1.1 200")
+    assert _client([*bare_root, "--clear-groups", "--"], sock, "GET /ready").startswith("ERR PermissionError")
     code, body = admin_request(sock, "GET", "/server_info")
     assert code == 200 and b'"LIVE"' in body
 

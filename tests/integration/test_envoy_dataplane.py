@@ -109,7 +109,7 @@ def _make_stack(
     proxy_user = lookup_proxy_user(run_as) if run_as else None
     peer_gid = proxy_user.gid if proxy_user else None
     prepare_runtime_dir(paths.runtime_dir, peer_gid)
-    admin = prepare_admin_dir(paths.runtime_dir, proxy_user.uid if proxy_user else None)
+    admin = prepare_admin_dir(paths.runtime_dir, peer_gid)
     ports = {k: free_port() for k in ("cp", "backend", "listen", "prom", "ready", "status")}
     registry = Registry()
     backend = Backend(ports["backend"])

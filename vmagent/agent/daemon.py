@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmagent.agent.capture import CaptureManager
@@ -33,7 +34,13 @@ from vmagent.agent.control import ControlServer, Progress, control_socket, left_
 from vmagent.agent.cpchannel import ControlPlaneChannel
 from vmagent.agent.dns_config import DnsConfig
 from vmagent.agent.dns_table import NameTable
-from vmagent.agent.envoy_admin import AdminEndpoint, admin_request, describe, prepare_admin_dir
+from vmagent.agent.envoy_admin import (
+    AdminEndpoint,
+    admin_request,
+    describe,
+    join_proxy_group,
+    prepare_admin_dir,
+)
 from vmagent.agent.envoy_bootstrap import (
     BootstrapParams,
     find_envoy_binary,
@@ -212,9 +219,9 @@ class Agent:
             user = lookup_proxy_user(e.run_as) if e.run_as else None
             gid = user.gid if user else None
             prepare_runtime_dir(self.paths.runtime_dir, gid)
-            admin: AdminEndpoint = e.admin_tcp() or prepare_admin_dir(
-                self.paths.runtime_dir, user.uid if user else None
-            )
+            admin: AdminEndpoint = e.admin_tcp() or prepare_admin_dir(self.paths.runtime_dir, gid)
+            if gid is not None and isinstance(admin, Path):
+                join_proxy_group(gid)
             binary = find_envoy_binary(e.binary)
             g = self.gateway_cfg
             files = FileCertificates(g, forbidden_dirs=[self.paths.state_dir]) if g.enabled else None

@@ -4,15 +4,17 @@ By default the admin API is a Unix socket, ``envoy/admin.sock`` in the agent's r
 a TCP port: any local user could otherwise ``POST /quitquitquit`` or read ``/config_dump``.
 
 Access model (the agent runs as root, but its unit grants no CAP_DAC_OVERRIDE, so it goes through the
-ordinary permission checks like anyone else):
+ordinary permission checks like anyone else; the unit's ``RestrictSUIDSGID=`` also rules out a
+set-group-id directory):
 
 * the runtime directory is ``0750 root:vmagent-proxy`` (other users cannot even look inside);
-* ``envoy/`` in it is ``2770 vmagent-proxy:root``: Envoy (the proxy user) creates its socket there, and
-  the set-group-id bit gives the socket the group ``root``;
-* Envoy sets the socket's mode to ``0660`` (the bootstrap's ``pipe.mode``): owner vmagent-proxy, group root.
+* ``envoy/`` in it is ``0770 root:vmagent-proxy``: Envoy (the proxy user) creates its socket there;
+* Envoy sets the socket's mode to ``0660`` (the bootstrap's ``pipe.mode``): ``vmagent-proxy:vmagent-proxy``;
+* the agent adds the group ``vmagent-proxy`` to its supplementary groups (:func:`join_proxy_group`), so it
+  connects through the group; ``vmagent envoy-admin`` (root, with CAP_DAC_OVERRIDE) simply can.
 
-So only root (the agent, ``vmagent envoy-admin``) and the proxy user reach it. Without a proxy user
-(development, tests) Envoy runs as the agent's own user, the directory is ``0700`` and the socket ``0600``.
+So only root and the proxy user reach it. Without a proxy user (development, tests) Envoy runs as the
+agent's own user, the directory is ``0700`` and the socket ``0600``.
 
 ``envoy.admin_address: HOST:PORT`` in the agent config opts in to a TCP admin port instead, for
 debugging only; then every local user can reach it again.
@@ -22,9 +24,7 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import socket
-import stat
 from pathlib import Path
 
 from vmagent.common.errors import VmagentError
@@ -33,7 +33,7 @@ ADMIN_DIR = "envoy"
 ADMIN_SOCKET = "admin.sock"
 SOCKET_MODE = 0o660
 PRIVATE_SOCKET_MODE = 0o600
-_DIR_MODE = 0o2770  # set-group-id: the socket Envoy creates inherits the group root
+_DIR_MODE = 0o770  # root:vmagent-proxy
 
 # The admin API's address: a Unix socket path, or (host, port) when TCP was opted in to.
 AdminEndpoint = Path | tuple[str, int]
@@ -84,40 +84,38 @@ def admin_request(endpoint: AdminEndpoint, method: str, path: str, timeout: floa
         conn.close()
 
 
-def prepare_admin_dir(runtime_dir: Path, proxy_uid: int | None) -> Path:
+def prepare_admin_dir(runtime_dir: Path, proxy_gid: int | None) -> Path:
     """Create ``envoy/`` in ``runtime_dir`` for the admin socket (see the access model); return the socket.
 
-    A directory left by an earlier run is kept when its owner and mode are right (a running Envoy's
-    socket stays reachable) and made again otherwise.
+    A directory left by an earlier run is kept (a running Envoy's socket stays reachable), its owner and
+    mode set again.
     """
     d = runtime_dir / ADMIN_DIR
-    owner = os.getuid() if proxy_uid is None else proxy_uid
-    mode = 0o700 if proxy_uid is None else _DIR_MODE
-    group = os.getgid()
     try:
-        try:
-            st = d.lstat()
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            if (
-                stat.S_ISDIR(st.st_mode)
-                and st.st_uid == owner
-                and st.st_gid == group
-                and stat.S_IMODE(st.st_mode) == mode
-            ):
-                return d / ADMIN_SOCKET
-            if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(d)
-            else:
-                d.unlink()
-        d.mkdir(mode=0o700)
-        os.chmod(d, mode)
-        if proxy_uid is not None:
-            os.chown(d, proxy_uid, group)  # a directory keeps its set-group-id bit across chown
+        if d.is_symlink() or (d.exists() and not d.is_dir()):
+            d.unlink()
+        d.mkdir(mode=0o700, exist_ok=True)
+        if proxy_gid is None:
+            os.chmod(d, 0o700)
+        else:
+            os.chown(d, os.getuid(), proxy_gid)
+            os.chmod(d, _DIR_MODE)
     except OSError as exc:
         raise VmagentError(
             f"cannot prepare Envoy's admin directory {d}: {exc.strerror or exc}; "
             "choose another runtime directory with --runtime-dir"
         ) from exc
     return d / ADMIN_SOCKET
+
+
+def join_proxy_group(proxy_gid: int) -> None:
+    """Add the proxy's group to this process's supplementary groups (to reach the 0660 admin socket)."""
+    groups = os.getgroups()
+    if proxy_gid in groups or os.getgid() == proxy_gid:
+        return
+    try:
+        os.setgroups([*groups, proxy_gid])
+    except OSError as exc:
+        raise VmagentError(
+            f"cannot join the proxy's group {proxy_gid} to reach Envoy's admin socket: {exc.strerror or exc}"
+        ) from exc

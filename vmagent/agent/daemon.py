@@ -24,9 +24,9 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vmagent.agent import privileges
 from vmagent.agent.capture import CaptureManager
 from vmagent.agent.capture_config import CaptureConfig
 from vmagent.agent.config import AgentConfig, split_host_port
@@ -218,10 +218,10 @@ class Agent:
         if e.enabled:
             user = lookup_proxy_user(e.run_as) if e.run_as else None
             gid = user.gid if user else None
+            if gid is not None:  # reach Envoy's 0660 admin socket; give our sockets its group (no CAP_CHOWN)
+                join_proxy_group(gid)
             prepare_runtime_dir(self.paths.runtime_dir, gid)
             admin: AdminEndpoint = e.admin_tcp() or prepare_admin_dir(self.paths.runtime_dir, gid)
-            if gid is not None and isinstance(admin, Path):
-                join_proxy_group(gid)
             binary = find_envoy_binary(e.binary)
             g = self.gateway_cfg
             files = FileCertificates(g, forbidden_dirs=[self.paths.state_dir]) if g.enabled else None
@@ -590,6 +590,17 @@ def _read_group(paths: AgentPaths) -> dict[str, Any]:
 
 def run_agent(paths: AgentPaths) -> int:
     agent = Agent(paths)
+    e = agent.envoy_cfg
+    # Before any thread starts (capabilities are per thread): keep only what this configuration needs.
+    keep = privileges.needed(
+        envoy_as_other_user=e.enabled and e.run_as is not None, gateway=agent.gateway_cfg.enabled
+    )
+    dropped = privileges.drop_all_but(keep)
+    log.info(
+        "capabilities kept: %s; %d dropped from the bounding set",
+        " ".join(sorted(keep)),
+        len(dropped),
+    )
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:

@@ -11,7 +11,8 @@ set-group-id directory):
 * ``envoy/`` in it is ``0770 root:vmagent-proxy``: Envoy (the proxy user) creates its socket there;
 * Envoy sets the socket's mode to ``0660`` (the bootstrap's ``pipe.mode``): ``vmagent-proxy:vmagent-proxy``;
 * the agent adds the group ``vmagent-proxy`` to its supplementary groups (:func:`join_proxy_group`), so it
-  connects through the group; ``vmagent envoy-admin`` (root, with CAP_DAC_OVERRIDE) simply can.
+  connects through the group (and may give its own files that group without CAP_CHOWN);
+  ``vmagent envoy-admin`` (root in a shell, with CAP_DAC_OVERRIDE) simply can.
 
 So only root and the proxy user reach it. Without a proxy user (development, tests) Envoy runs as the
 agent's own user, the directory is ``0700`` and the socket ``0600``.
@@ -98,7 +99,7 @@ def prepare_admin_dir(runtime_dir: Path, proxy_gid: int | None) -> Path:
         if proxy_gid is None:
             os.chmod(d, 0o700)
         else:
-            os.chown(d, os.getuid(), proxy_gid)
+            os.chown(d, -1, proxy_gid)  # the agent is in the group: no CAP_CHOWN needed
             os.chmod(d, _DIR_MODE)
     except OSError as exc:
         raise VmagentError(

@@ -18,6 +18,7 @@ import yaml
 
 from bench.common import Background, free_port, run_timed, venv_tool
 from bench.cpserver import BenchControlPlane
+from vmagent.agent.envoy_admin import admin_request, admin_socket
 
 
 class BenchAgent:
@@ -30,7 +31,6 @@ class BenchAgent:
         self.state_dir = root / f"{name}-state"
         self.runtime_dir = root / f"{name}-run"
         self.status_port = free_port()
-        self.admin_port = free_port()
         self.proc: Background | None = None
         self._runs = 0
 
@@ -53,7 +53,6 @@ class BenchAgent:
         cfg["envoy"] = {
             "enabled": envoy,
             "run_as": None,
-            "admin_port": self.admin_port,
             "prometheus_port": free_port(),
             "readiness_port": free_port(),
             "log_level": "warning",
@@ -109,9 +108,11 @@ class BenchAgent:
         return None
 
     def admin(self, path: str, timeout: float = 5.0) -> str:
-        url = f"http://127.0.0.1:{self.admin_port}{path}"
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return str(resp.read().decode(errors="replace"))
+        """GET ``path`` from the agent's Envoy, over its admin socket in the runtime directory."""
+        status, body = admin_request(admin_socket(self.runtime_dir), "GET", path, timeout=timeout)
+        if status != 200:
+            raise RuntimeError(f"Envoy admin GET {path} answered {status}")
+        return body.decode(errors="replace")
 
     def log_tail(self, lines: int = 30) -> str:
         return self.proc.log_tail(lines) if self.proc else ""

@@ -118,10 +118,10 @@ API_TLS = "^" + re.escape(f"cluster.{API_CLUSTER}.ssl.handshake") + "$"
 
 def envoy_counters(vm: VmHost, patterns: list[str]) -> dict[str, int]:
     """Per pattern, the sum of ``vm``'s Envoy counters whose names match it."""
-    r = vm.ns.run(["curl", "-s", "--max-time", "5", "http://127.0.0.1:15000/stats?usedonly"], timeout=10)
+    out = vm.envoy_admin("/stats?usedonly")
     found = dict.fromkeys(patterns, 0)
     compiled = [(p, re.compile(p)) for p in patterns]
-    for line in r.stdout.splitlines():
+    for line in out.splitlines():
         key, _, value = line.partition(": ")
         if not value.strip().isdigit():
             continue
@@ -269,7 +269,7 @@ class DataplaneBench:
 
     def request_path(self) -> dict[str, Any]:
         assert self.client is not None and self.server is not None
-        return request_path(self.client.ns, self.server.ns, MESH_PORT, MESH_HOST)
+        return request_path(self.client, self.server, MESH_PORT, MESH_HOST)
 
     def close(self) -> None:
         if self.bare is not None:

@@ -14,20 +14,18 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from vmagent.lab.netns import Netns
+from vmagent.lab.mesh import VmHost
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
-def config_dump(ns: Netns, resource: str) -> list[dict[str, Any]]:
-    """The ``resource`` entries of the Envoy admin /config_dump inside ``ns`` (port 15000)."""
-    url = f"http://127.0.0.1:15000/config_dump?resource={resource}"
-    r = ns.run(["curl", "-s", "--max-time", "10", url], timeout=20)
-    doc = json.loads(r.stdout)
+def config_dump(ns: VmHost, resource: str) -> list[dict[str, Any]]:
+    """The ``resource`` entries of the Envoy admin /config_dump of VM ``ns`` (over its admin socket)."""
+    doc = json.loads(ns.envoy_admin(f"/config_dump?resource={resource}", timeout=10))
     return list(doc.get("configs") or [])
 
 
-def _listeners(ns: Netns) -> dict[str, dict[str, Any]]:
+def _listeners(ns: VmHost) -> dict[str, dict[str, Any]]:
     out = {}
     for entry in config_dump(ns, "dynamic_listeners"):
         lst = (entry.get("active_state") or {}).get("listener") or {}
@@ -80,7 +78,7 @@ def _port_chains(listener: dict[str, Any], port: int) -> list[dict[str, Any]]:
     return out
 
 
-def _route_for(ns: Netns, host: str, port: int) -> dict[str, Any]:
+def _route_for(ns: VmHost, host: str, port: int) -> dict[str, Any]:
     for entry in config_dump(ns, "dynamic_route_configs"):
         rc = entry.get("route_config") or {}
         for vh in rc.get("virtual_hosts") or []:
@@ -103,7 +101,7 @@ def _route_for(ns: Netns, host: str, port: int) -> dict[str, Any]:
     return {}
 
 
-def _cluster(ns: Netns, name: str) -> dict[str, Any]:
+def _cluster(ns: VmHost, name: str) -> dict[str, Any]:
     for entry in config_dump(ns, "dynamic_active_clusters"):
         c = entry.get("cluster") or {}
         if c.get("name") != name:
@@ -139,7 +137,7 @@ def _cluster(ns: Netns, name: str) -> dict[str, Any]:
     return {"name": name, "missing": True}
 
 
-def request_path(client: Netns, server: Netns, port: int, host: str) -> dict[str, Any]:
+def request_path(client: VmHost, server: VmHost, port: int, host: str) -> dict[str, Any]:
     """The outbound (client) and inbound (server) request path for ``host:port``."""
     out_listeners = _listeners(client)
     outbound_listener = out_listeners.get(f"0.0.0.0_{port}", {})

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import free_port, wait_for
+from vmagent.agent.envoy_admin import admin_request, prepare_admin_dir
 from vmagent.agent.envoy_bootstrap import (
     BootstrapParams,
     find_envoy_binary,
@@ -19,7 +20,7 @@ from vmagent.agent.envoy_bootstrap import (
     validate_bootstrap,
     write_bootstrap,
 )
-from vmagent.agent.envoy_process import EnvoySupervisor, admin_request
+from vmagent.agent.envoy_process import EnvoySupervisor
 from vmagent.agent.envoy_runtime import lookup_proxy_user, prepare_runtime_dir
 from vmagent.common.errors import CommandError, VmagentError
 
@@ -68,7 +69,12 @@ def test_rendered_bootstrap_passes_envoy_validate(runtime: Path) -> None:
     clusters = {c["name"]: c for c in doc["static_resources"]["clusters"]}
     pipe = clusters["sds-grpc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     assert pipe == {"pipe": {"path": str(runtime / "sds.sock")}}
-    assert doc["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 15000}
+    # The admin API is a Unix socket (0660: root and the proxy user), never a TCP port; the Prometheus
+    # listener reaches it over the same socket.
+    admin_sock = str(runtime / "envoy" / "admin.sock")
+    assert doc["admin"]["address"] == {"pipe": {"path": admin_sock, "mode": 0o660}}
+    stats = clusters["prometheus_stats"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert stats["endpoint"]["address"] == {"pipe": {"path": admin_sock}}
     ports = {
         lst["name"]: lst["address"]["socket_address"]["port_value"]
         for lst in doc["static_resources"]["listeners"]
@@ -96,7 +102,7 @@ def test_missing_envoy_binary_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(VmagentError, match=f"Envoy binary {missing} does not exist"):
         find_envoy_binary(missing)
     with pytest.raises(VmagentError, match=f"Envoy binary {missing} does not exist"):
-        EnvoySupervisor(missing, tmp_path / "b.json", None)
+        EnvoySupervisor(missing, tmp_path / "b.json", None, tmp_path / "admin.sock")
 
 
 def test_uncreatable_runtime_dir_is_a_clear_error(tmp_path: Path) -> None:
@@ -121,12 +127,13 @@ def test_several_envoys_run_side_by_side_and_stop_cleanly(runtime: Path) -> None
     sups: list[EnvoySupervisor] = []
     try:
         for i in range(2):
-            admin = free_port()
+            admin = prepare_admin_dir(prepare_runtime_dir(runtime / f"run{i}", None), None)
             p = _params(
                 runtime,
                 prometheus_port=free_port(),
                 readiness_port=free_port(),
-                admin_port=admin,
+                admin=admin,
+                admin_shared_with_group=False,
                 listen_host="127.0.0.1",
             )
             doc = render_bootstrap(p)
@@ -140,7 +147,7 @@ def test_several_envoys_run_side_by_side_and_stop_cleanly(runtime: Path) -> None
             wait_for(sup.live, 10, what="Envoy live")
         pids = [s.pid() for s in sups]
         assert len(set(pids)) == 2
-        code, body = admin_request(sups[0].admin_port, "GET", "/server_info")
+        code, body = admin_request(sups[0].admin, "GET", "/server_info")
         assert code == 200 and json.loads(body)["state"] == "LIVE"
         sups[0].stop()
         assert sups[0].pid() is None and not sups[0].live()

@@ -28,13 +28,14 @@ from tests.integration.test_envoy_support import (
     tls_get,
 )
 from tests.promtool import promtool_check
+from vmagent.agent.envoy_admin import AdminEndpoint, admin_request, prepare_admin_dir
 from vmagent.agent.envoy_bootstrap import (
     BootstrapParams,
     find_envoy_binary,
     render_bootstrap,
     write_bootstrap,
 )
-from vmagent.agent.envoy_process import EnvoySupervisor, admin_request
+from vmagent.agent.envoy_process import EnvoySupervisor
 from vmagent.agent.envoy_runtime import lookup_proxy_user, prepare_runtime_dir
 from vmagent.agent.identity import IdentityStore
 from vmagent.agent.paths import AgentPaths
@@ -53,13 +54,13 @@ class Stack:
     proxy: XdsProxy
     envoy: EnvoySupervisor
     status: StatusServer
-    admin_port: int
+    admin: AdminEndpoint
     listen_port: int
     readiness_port: int
     prometheus_port: int
 
     def config_dump(self) -> dict[str, Any]:
-        code, body = admin_request(self.admin_port, "GET", "/config_dump?include_eds=false", timeout=2)
+        code, body = admin_request(self.admin, "GET", "/config_dump?include_eds=false", timeout=2)
         assert code == 200
         return dict(json.loads(body))
 
@@ -105,9 +106,11 @@ def _make_stack(
     paths = AgentPaths(config_dir=tmp_path / "etc", state_dir=tmp_path / "state", runtime_dir=runtime)
     store = IdentityStore(paths)
     store.save(ca.issue())
-    peer_gid = lookup_proxy_user(run_as).gid if run_as else None
+    proxy_user = lookup_proxy_user(run_as) if run_as else None
+    peer_gid = proxy_user.gid if proxy_user else None
     prepare_runtime_dir(paths.runtime_dir, peer_gid)
-    ports = {k: free_port() for k in ("cp", "backend", "listen", "admin", "prom", "ready", "status")}
+    admin = prepare_admin_dir(paths.runtime_dir, peer_gid)
+    ports = {k: free_port() for k in ("cp", "backend", "listen", "prom", "ready", "status")}
     registry = Registry()
     backend = Backend(ports["backend"])
     cp = FakeControlPlane(ports["cp"], ports["listen"], ports["backend"])
@@ -128,7 +131,8 @@ def _make_stack(
         xds_socket=paths.xds_socket,
         sds_socket=paths.sds_socket,
         labels={"app": "demo"},
-        admin_port=ports["admin"],
+        admin=admin,
+        admin_shared_with_group=proxy_user is not None,
         prometheus_port=ports["prom"],
         readiness_port=ports["ready"],
         status_port=ports["status"],
@@ -141,7 +145,7 @@ def _make_stack(
         find_envoy_binary(),
         bootstrap,
         run_as,
-        ports["admin"],
+        admin,
         drain_timeout=1,
         term_timeout=3,
         metrics=registry,
@@ -150,7 +154,7 @@ def _make_stack(
         "127.0.0.1",
         ports["status"],
         compose_readiness(envoy.live, proxy.acked, lambda: store.current().not_after),
-        [registry.render, envoy_metrics_source(ports["admin"])],
+        [registry.render, envoy_metrics_source(admin)],
         status_fn=lambda: {"xds": proxy.sync_state(), "envoy_pid": envoy.pid()},
         metrics=registry,
     )
@@ -165,7 +169,7 @@ def _make_stack(
             proxy,
             envoy,
             status,
-            ports["admin"],
+            admin,
             ports["listen"],
             ports["ready"],
             ports["prom"],

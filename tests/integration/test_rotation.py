@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,16 @@ from vmagent.common.x509util import load_chain
 
 def _serial(vm: VmDirs) -> int:
     return load_chain((vm.state_dir / "cert-chain.pem").read_bytes())[0].serial_number
+
+
+def assert_private(vm: VmDirs, when: str) -> None:
+    """The identity stays private to root: state directory 0700, private key 0600 (issue 13 item 8)."""
+    modes = {
+        "state_dir": stat.S_IMODE(vm.state_dir.stat().st_mode),
+        "key.pem": stat.S_IMODE((vm.state_dir / "key.pem").stat().st_mode),
+    }
+    print(f"{when}: { {k: oct(v) for k, v in modes.items()} }")
+    assert modes == {"state_dir": 0o700, "key.pem": 0o600}, when
 
 
 def minimal_agent_config(vm: VmDirs) -> None:
@@ -60,6 +71,7 @@ def test_agent_renews_over_mtls_and_survives_control_plane_outage(
     )
     assert r.returncode == 0, r.stderr
     token_file.unlink()  # renewals must not need it
+    assert_private(vm, "after join")
     minimal_agent_config(vm)
     first = _serial(vm)
 
@@ -76,7 +88,11 @@ def test_agent_renews_over_mtls_and_survives_control_plane_outage(
         second = wait_for(
             lambda: _serial(vm) if _serial(vm) != first else None, timeout=30, what="first renewal"
         )
-        assert "certificate renewed" in log_path.read_text()
+        # The file is replaced before the log line is written: wait for it rather than race it.
+        wait_for(
+            lambda: "certificate renewed" in log_path.read_text(), timeout=10, what="the renewal's log line"
+        )
+        assert_private(vm, "after rotation")
 
         cp.stop()
         wait_for(

@@ -172,6 +172,52 @@ def wait_ready(vm: Machine) -> None:
     wait_for(ready, timeout=90, interval=0.5, what="vmagent active and `vmagent status` ready")
 
 
+PROXY_CAPS = {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
+
+
+def check_surface(vm: Machine, when: str) -> None:
+    """What a local user on the VM faces (docs/security.md): private state, a root-only Envoy admin socket
+    and no TCP admin port, and an agent holding only the capabilities it needs (every thread)."""
+    modes = vm.exec(
+        ["stat", "-c", "%n %a %U:%G", "/var/lib/vmagent", "/var/lib/vmagent/key.pem", "/run/vmagent",
+         "/run/vmagent/envoy", "/run/vmagent/envoy/admin.sock", "/run/vmagent/control.sock"],
+    ).stdout.split("\n")  # fmt: skip
+    got = dict(line.split(" ", 1) for line in modes if line)
+    print(f"{when}: {got}")
+    assert got == {
+        "/var/lib/vmagent": "700 root:root",
+        "/var/lib/vmagent/key.pem": "600 root:root",
+        "/run/vmagent": "750 root:vmagent-proxy",
+        "/run/vmagent/envoy": "770 root:vmagent-proxy",
+        "/run/vmagent/envoy/admin.sock": "660 vmagent-proxy:vmagent-proxy",
+        "/run/vmagent/control.sock": "600 root:root",
+    }, when
+    # Nothing listens on TCP 15000 (0x3A98; state 0A = LISTEN), and root reads the admin API through the CLI.
+    tcp = vm.exec(["cat", "/proc/net/tcp", "/proc/net/tcp6"]).stdout
+    assert not [ln for ln in tcp.splitlines() if ":3A98 " in ln and ln.split()[3] == "0A"], when
+    info = vm.exec(["vmagent", "envoy-admin", "/server_info"], check=False)
+    assert info.returncode == 0 and '"LIVE"' in info.stdout, info.stdout + info.stderr
+    pid = main_pid(vm)
+    tasks = vm.exec(["sh", "-c", f"grep -h '^CapEff\\|^CapBnd' /proc/{pid}/task/*/status"]).stdout
+    masks = {int(line.split()[1], 16) for line in tasks.splitlines()}
+    names = {0: "CAP_CHOWN", 1: "CAP_DAC_OVERRIDE", 5: "CAP_KILL", 6: "CAP_SETGID", 7: "CAP_SETUID",
+             8: "CAP_SETPCAP", 10: "CAP_NET_BIND_SERVICE", 12: "CAP_NET_ADMIN", 13: "CAP_NET_RAW"}  # fmt: skip
+    held = {names.get(n, str(n)) for mask in masks for n in range(64) if mask >> n & 1}
+    print(f"{when}: agent capabilities (effective and bounding, every thread): {sorted(held)}")
+    assert held == PROXY_CAPS, when
+    # A local user cannot make the agent leave: the control socket refuses it.
+    left = vm.exec(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "vmagent", "leave"],
+                   check=False)  # fmt: skip
+    assert left.returncode != 0 and "run this as root" in left.stderr, left.stdout + left.stderr
+    assert main_pid(vm) == pid
+    print(f"{when}: `vmagent leave` as nobody: {(left.stdout + left.stderr).strip()}")
+    # The score of the running unit, as systemd sees it inside the machine.
+    sec = vm.exec(["systemd-analyze", "security", "--no-pager", "vmagent.service"], check=False).stdout
+    score = float(sec.rsplit("Overall exposure level for vmagent.service:", 1)[1].split()[0])
+    print(f"{when}: systemd-analyze security vmagent.service (running): {score}")
+    assert score <= 2.5, sec
+
+
 def test_join_upgrade_remove(
     lab: tuple[Machine, ControlPlane], packages: Packages, previous_packages: Packages
 ) -> None:
@@ -204,6 +250,7 @@ def test_join_upgrade_remove(
     assert watchdog == "WatchdogUSec=30s"
     before = identity(vm)
     assert before[1].endswith("/ns/pkg/sa/pkgvm")
+    check_surface(vm, "after join")
     pid_before = main_pid(vm)
 
     # Upgrade to the current build: the running agent is restarted on the new code with the same identity.
@@ -213,6 +260,7 @@ def test_join_upgrade_remove(
     wait_for(lambda: main_pid(vm) not in (0, pid_before), timeout=60, what="the agent to be restarted")
     wait_ready(vm)
     assert identity(vm) == before, "the upgrade changed the VM's identity"
+    check_surface(vm, "after upgrade")
 
     # Removal: stopped, capture gone, no agent or Envoy process left; identity kept for a reinstall.
     vm.exec(["dpkg", "-r", "vmagent"], timeout=300)

@@ -96,8 +96,7 @@ def _probe_count(mesh: MeshLab, url: str) -> int:
 
 
 def _stat(vm: VmHost, name: str) -> int:
-    r = vm.ns.run(["curl", "-s", "http://127.0.0.1:15000/stats?filter=" + name], check=False)
-    for line in r.stdout.splitlines():
+    for line in vm.envoy_admin("/stats?filter=" + name).splitlines():
         key, _, value = line.partition(": ")
         if key == name and value.strip().isdigit():
             return int(value)

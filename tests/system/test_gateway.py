@@ -157,7 +157,16 @@ def _wait_200(g: GatewayLab, attempt: object, what: str) -> dict[str, object]:
 def test_gateway_proxy_runs_in_gateway_mode_without_capture(gwlab: GatewayLab) -> None:
     status = gwlab.gw.status()
     assert status["capture"]["enabled"] is False
-    dump = gwlab.gw.ns.run(["curl", "-s", "http://127.0.0.1:15000/server_info"], check=False).stdout
+    # Through `vmagent envoy-admin` (root, the admin socket in the runtime directory): no TCP admin port.
+    gw = gwlab.gw
+    dump = gw.vmagent(
+        "envoy-admin",
+        "/server_info",
+        "--config-dir",
+        str(gw.config_dir),
+        "--runtime-dir",
+        str(gw.runtime_dir),
+    ).stdout
     assert json.loads(dump)["node"]["id"].startswith(f"router~{gwlab.gw.address}~")
 
 

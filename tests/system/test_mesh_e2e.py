@@ -46,9 +46,9 @@ def _get(vm: VmHost, url: str) -> tuple[int, dict[str, object] | None]:
 
 
 def _envoy_stat(vm: VmHost, name: str) -> int:
-    r = vm.ns.run(["curl", "-s", "http://127.0.0.1:15000/stats?filter=" + name], check=False)
+    out = vm.envoy_admin("/stats?filter=" + name)
     total = 0
-    for line in r.stdout.splitlines():
+    for line in out.splitlines():
         key, _, value = line.partition(": ")
         if key == name and value.strip().isdigit():
             total += int(value)

@@ -98,7 +98,7 @@ def spread(web: VmHost, want: set[str], max_requests: int = 200, timeout: float 
 
 def healthy_endpoints(vm: VmHost) -> set[str]:
     """Addresses of the api endpoints ``vm``'s Envoy holds as healthy (admin /clusters)."""
-    out = vm.ns.run(["curl", "-s", "--max-time", "3", "http://127.0.0.1:15000/clusters"], check=False).stdout
+    out = vm.envoy_admin("/clusters", timeout=3)
     prefix = "outbound|8080||api.demo.svc.cluster.local::"
     return {
         line.split("::")[1].rsplit(":", 1)[0]

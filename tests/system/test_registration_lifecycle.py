@@ -64,7 +64,7 @@ def entry(mesh: MeshLab, name: str) -> dict[str, Any] | None:
 
 def eds_addresses(vm: VmHost) -> set[str]:
     """The api endpoints ``vm``'s Envoy has (its admin /clusters)."""
-    out = vm.ns.run(["curl", "-s", "--max-time", "3", "http://127.0.0.1:15000/clusters"], check=False).stdout
+    out = vm.envoy_admin("/clusters", timeout=3)
     return {
         line.split("::")[1].rsplit(":", 1)[0]
         for line in out.splitlines()

@@ -134,9 +134,8 @@ def bearer(token: str) -> str:
 
 def draining(vm: VmHost) -> int:
     """Listeners and filter chains ``vm``'s Envoy is still draining after an update."""
-    r = vm.ns.run(["curl", "-s", "http://127.0.0.1:15000/stats?filter=^listener_manager.total_"], check=False)
     total = 0
-    for line in r.stdout.splitlines():
+    for line in vm.envoy_admin("/stats?filter=^listener_manager.total_").splitlines():
         key, _, value = line.partition(": ")
         if key.endswith("_draining") and value.strip().isdigit():
             total += int(value)

@@ -149,7 +149,7 @@ def _load(vm: VmHost, url: str, total: int, conc: int, *headers: str, budget: fl
 
 
 def _admin(vm: VmHost, path: str) -> str:
-    return vm.ns.run(["curl", "-s", "--max-time", "5", "http://127.0.0.1:15000" + path], check=False).stdout
+    return vm.envoy_admin(path)
 
 
 def _stat(vm: VmHost, name: str) -> int:

@@ -13,6 +13,8 @@ SRC = "/etc/vmagent/config.yaml"
 def test_defaults() -> None:
     assert parse_envoy(None, SRC).run_as == "vmagent-proxy"
     assert parse_status(None, SRC).port == 15020
+    assert parse_envoy(None, SRC).admin_tcp() is None  # the admin API is a Unix socket by default
+    assert parse_envoy({"admin_address": "127.0.0.1:15000"}, SRC).admin_tcp() == ("127.0.0.1", 15000)
     assert parse_registration(None, SRC).enabled is True
     assert parse_identity(None, SRC).key_algorithm == "ec-p256"
 
@@ -20,7 +22,21 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     ("parse", "data", "message"),
     [
-        (parse_envoy, {"admin_port": 70000}, f"{SRC}: envoy.admin_port: 70000 is not a port number"),
+        (
+            parse_envoy,
+            {"prometheus_port": 70000},
+            f"{SRC}: envoy.prometheus_port: 70000 is not a port number",
+        ),
+        (
+            parse_envoy,
+            {"admin_port": 15000},
+            f"{SRC}: envoy.admin_port: no longer supported: Envoy's admin API",
+        ),
+        (
+            parse_envoy,
+            {"admin_address": "localhost"},
+            f"{SRC}: envoy.admin_address: 'localhost' is not HOST:PORT",
+        ),
         (parse_envoy, {"log_level": "loud"}, f"{SRC}: envoy.log_level: 'loud' is not an Envoy log level"),
         (parse_envoy, {"colour": 1}, f"{SRC}: envoy.colour: unknown field"),
         (parse_status, {"port": "x"}, f"{SRC}: status.port: expected int, got 'x'"),

@@ -14,7 +14,13 @@ RUNNING = {
         "Cluster": {"acked_version": "v3", "acks": 3, "nack": None},
         "Listener": {"acked_version": "", "acks": 0, "nack": "bad filter"},
     },
-    "envoy": {"pid": 42, "live": True, "admin_port": 15000, "restarts": 1, "last_exit_code": -9},
+    "envoy": {
+        "pid": 42,
+        "live": True,
+        "admin": "unix:/run/vmagent/envoy/admin.sock",
+        "restarts": 1,
+        "last_exit_code": -9,
+    },
     "capture": {"enabled": True, "applied": True, "error": None},
     "dns": {"enabled": True, "names": 7, "queries": {"answered": 5, "forwarded": 2}},
 }

@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from vmagent.agent import privileges
 from vmagent.agent.capture import CaptureManager
 from vmagent.agent.capture_config import CaptureConfig
 from vmagent.agent.config import AgentConfig, split_host_port
@@ -33,13 +34,20 @@ from vmagent.agent.control import ControlServer, Progress, control_socket, left_
 from vmagent.agent.cpchannel import ControlPlaneChannel
 from vmagent.agent.dns_config import DnsConfig
 from vmagent.agent.dns_table import NameTable
+from vmagent.agent.envoy_admin import (
+    AdminEndpoint,
+    admin_request,
+    describe,
+    join_proxy_group,
+    prepare_admin_dir,
+)
 from vmagent.agent.envoy_bootstrap import (
     BootstrapParams,
     find_envoy_binary,
     render_bootstrap,
     write_bootstrap,
 )
-from vmagent.agent.envoy_process import EnvoySupervisor, admin_request
+from vmagent.agent.envoy_process import EnvoySupervisor
 from vmagent.agent.envoy_runtime import lookup_proxy_user, prepare_runtime_dir
 from vmagent.agent.gateway import FileCertificates, gateway_capture, parse_gateway
 from vmagent.agent.identity import IdentityStore
@@ -210,7 +218,10 @@ class Agent:
         if e.enabled:
             user = lookup_proxy_user(e.run_as) if e.run_as else None
             gid = user.gid if user else None
+            if gid is not None:  # reach Envoy's 0660 admin socket; give our sockets its group (no CAP_CHOWN)
+                join_proxy_group(gid)
             prepare_runtime_dir(self.paths.runtime_dir, gid)
+            admin: AdminEndpoint = e.admin_tcp() or prepare_admin_dir(self.paths.runtime_dir, gid)
             binary = find_envoy_binary(e.binary)
             g = self.gateway_cfg
             files = FileCertificates(g, forbidden_dirs=[self.paths.state_dir]) if g.enabled else None
@@ -222,9 +233,12 @@ class Agent:
             self.xds = XdsProxy(self.paths.xds_socket, self.channel.get, peer_gid=gid, metrics=self.metrics)
             self.xds.start()
             bootstrap = self.paths.runtime_dir / "envoy-bootstrap.json"
-            write_bootstrap(bootstrap, render_bootstrap(self._bootstrap_params()))
+            params = dataclasses.replace(
+                self._bootstrap_params(), admin=admin, admin_shared_with_group=bool(user)
+            )
+            write_bootstrap(bootstrap, render_bootstrap(params))
             self.envoy = EnvoySupervisor(
-                binary, bootstrap, user.name if user else None, e.admin_port,
+                binary, bootstrap, user.name if user else None, admin,
                 concurrency=e.concurrency, log_level=e.log_level, metrics=self.metrics,
                 bind_privileged_ports=self.gateway_cfg.enabled,
             )  # fmt: skip
@@ -234,7 +248,7 @@ class Agent:
                 proxy.start()
         sources = [self.metrics.render]
         if self.envoy is not None:
-            sources.append(envoy_metrics_source(e.admin_port))
+            sources.append(envoy_metrics_source(self.envoy.admin))
         self.status_server = StatusServer(
             self.status_cfg.host, self.status_cfg.port, self.readiness, sources, status_fn=self.status,
             metrics=self.metrics,
@@ -262,7 +276,6 @@ class Agent:
             service_account=c.service_account,
             xds_socket=self.paths.xds_socket,
             sds_socket=self.paths.sds_socket,
-            admin_port=e.admin_port,
             prometheus_port=e.prometheus_port,
             readiness_port=e.readiness_port,
             status_port=self.status_cfg.port,
@@ -430,7 +443,7 @@ class Agent:
         """Ask Envoy to drain its inbound listener and wait until its connections closed; returns how
         many were still open at the deadline (0 when Envoy does not answer: nothing to wait for)."""
         assert self.envoy is not None
-        port = self.envoy.admin_port
+        port = self.envoy.admin
         try:
             status, _ = admin_request(port, "POST", "/drain_listeners?graceful&inboundonly", timeout=2)
         except OSError as exc:
@@ -511,7 +524,7 @@ class Agent:
             doc["envoy"] = {
                 "pid": self.envoy.pid(),
                 "live": self.envoy.live(),
-                "admin_port": self.envoy.admin_port,
+                "admin": describe(self.envoy.admin),
                 "restarts": self.envoy.restarts,
                 "last_exit_code": self.envoy.last_exit_code,
             }
@@ -577,6 +590,17 @@ def _read_group(paths: AgentPaths) -> dict[str, Any]:
 
 def run_agent(paths: AgentPaths) -> int:
     agent = Agent(paths)
+    e = agent.envoy_cfg
+    # Before any thread starts (capabilities are per thread): keep only what this configuration needs.
+    keep = privileges.needed(
+        envoy_as_other_user=e.enabled and e.run_as is not None, gateway=agent.gateway_cfg.enabled
+    )
+    dropped = privileges.drop_all_but(keep)
+    log.info(
+        "capabilities kept: %s; %d dropped from the bounding set",
+        " ".join(sorted(keep)),
+        len(dropped),
+    )
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:

@@ -2,9 +2,12 @@
 
 Envoy talks only to the agent: ADS on ``xds_socket`` (proxied by the agent to the control plane) and SDS
 on ``sds_socket`` (served by the agent from its certificate store), both gRPC over Unix domain sockets.
-Besides the admin API, the bootstrap holds two static listeners, as Istio's sidecar does:
+The admin API listens on a Unix socket in the runtime directory (``envoy/admin.sock``, mode 0660, see
+``vmagent/agent/envoy_admin.py``), or on TCP only when ``envoy.admin_address`` opts in to it. Besides
+it, the bootstrap holds two static listeners, as Istio's sidecar does:
 
-* the Prometheus listener (``0.0.0.0:15090``) that serves ``/stats/prometheus`` from the admin API;
+* the Prometheus listener (``0.0.0.0:15090``) that serves ``/stats/prometheus`` from the admin API
+  (and nothing else of it);
 * the readiness listener (``0.0.0.0:15021``) whose ``/healthz/ready`` is forwarded to the agent's status
   server (``127.0.0.1:15020``), which answers 200 only when Envoy is live, its config is acknowledged and
   the certificate is valid. Envoy opens its listeners only after its first config arrived, so the port
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmagent.agent.envoy_admin import PRIVATE_SOCKET_MODE, SOCKET_MODE, AdminEndpoint, admin_socket
 from vmagent.common import constants, wire
 from vmagent.common.errors import VmagentError
 from vmagent.common.fsutil import atomic_write
@@ -53,8 +57,10 @@ class BootstrapParams:
     dns_domain: str = "cluster.local"
     service_account: str = ""
     locality: Mapping[str, str] = field(default_factory=dict)  # region, zone, sub_zone
-    admin_host: str = "127.0.0.1"
-    admin_port: int = constants.ENVOY_ADMIN_PORT
+    # The admin API: None = the Unix socket next to the xDS socket (admin_socket()); (host, port) = TCP.
+    admin: AdminEndpoint | None = None
+    # True when a proxy user other than the agent's own runs Envoy: the socket is then 0660, else 0600.
+    admin_shared_with_group: bool = True
     prometheus_port: int = constants.ENVOY_PROMETHEUS_PORT
     readiness_port: int = constants.READINESS_PORT
     status_port: int = constants.AGENT_STATUS_PORT
@@ -65,6 +71,10 @@ class BootstrapParams:
     xds_retry_max_ms: int = 2000
     # "sidecar", or "router" for a gateway (the control plane then sends the Gateways' listeners).
     proxy_type: str = "sidecar"
+
+    @property
+    def admin_endpoint(self) -> AdminEndpoint:
+        return self.admin if self.admin is not None else admin_socket(self.xds_socket.parent)
 
     @property
     def node_id(self) -> str:
@@ -101,7 +111,7 @@ def render_bootstrap(p: BootstrapParams) -> dict[str, Any]:
     return {
         "node": node,
         "admin": {
-            "address": _socket_address(p.admin_host, p.admin_port),
+            "address": _admin_address(p),
             "access_log": [],
         },
         "dynamic_resources": {
@@ -130,8 +140,8 @@ def render_bootstrap(p: BootstrapParams) -> dict[str, Any]:
             "clusters": [
                 _uds_cluster(XDS_CLUSTER, p.xds_socket),
                 _uds_cluster(SDS_CLUSTER, p.sds_socket),
-                _tcp_cluster(ADMIN_CLUSTER, p.admin_host, p.admin_port),
-                _tcp_cluster(AGENT_CLUSTER, "127.0.0.1", p.status_port),
+                _static_cluster(ADMIN_CLUSTER, _admin_address(p, with_mode=False)),
+                _static_cluster(AGENT_CLUSTER, _socket_address("127.0.0.1", p.status_port)),
             ],
             "listeners": [
                 _http_listener(
@@ -187,6 +197,17 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
+def _admin_address(p: BootstrapParams, with_mode: bool = True) -> dict[str, Any]:
+    """The admin API's address; a listening pipe also gets its mode (a cluster endpoint must not)."""
+    endpoint = p.admin_endpoint
+    if not isinstance(endpoint, Path):
+        return _socket_address(*endpoint)
+    pipe: dict[str, Any] = {"path": str(endpoint)}
+    if with_mode:
+        pipe["mode"] = SOCKET_MODE if p.admin_shared_with_group else PRIVATE_SOCKET_MODE
+    return {"pipe": pipe}
+
+
 def _uds_cluster(name: str, socket_path: Path) -> dict[str, Any]:
     """A gRPC (HTTP/2) cluster reaching the agent over a Unix domain socket."""
     return {
@@ -212,14 +233,14 @@ def _uds_cluster(name: str, socket_path: Path) -> dict[str, Any]:
     }
 
 
-def _tcp_cluster(name: str, host: str, port: int) -> dict[str, Any]:
+def _static_cluster(name: str, address: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
         },
     }
 

@@ -6,13 +6,13 @@
 * A crash is followed by a restart after ``restart_initial`` seconds, doubling for each further crash
   in a row up to ``restart_max``; a run that lasted ``stable_after`` seconds resets the sequence.
 * Envoy's log lines (stderr) are relayed into the ``vmagent.envoy`` logger at the matching level.
-* ``stop()`` drains: ``POST /drain_listeners?graceful`` on the admin port, waits up to ``drain_timeout``
+* ``stop()`` drains: ``POST /drain_listeners?graceful`` on the admin API (``admin``: its Unix socket, see
+  ``vmagent/agent/envoy_admin.py``), waits up to ``drain_timeout``
   for the listeners' active connections to reach zero, then SIGTERM, then SIGKILL after ``term_timeout``.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import shutil
@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from vmagent.agent.envoy_admin import AdminEndpoint, admin_request
 from vmagent.agent.envoy_runtime import lookup_proxy_user
-from vmagent.common import constants
 from vmagent.common.errors import VmagentError
 from vmagent.common.metrics import Registry
 
@@ -43,19 +43,6 @@ _LEVELS = {
 _LOG_FORMAT = "%l|%n|%v"
 
 
-def admin_request(
-    port: int, method: str, path: str, timeout: float = 1.0, host: str = "127.0.0.1"
-) -> tuple[int, bytes]:
-    """One HTTP request to Envoy's admin API; returns (status, body). Raises OSError when unreachable."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request(method, path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
 class EnvoySupervisor:
     """Keeps one Envoy process running from ``bootstrap_path`` until ``stop()``."""
 
@@ -63,8 +50,8 @@ class EnvoySupervisor:
         self,
         binary: Path,
         bootstrap_path: Path,
-        run_as_user: str | None = constants.PROXY_USER,
-        admin_port: int = constants.ENVOY_ADMIN_PORT,
+        run_as_user: str | None,
+        admin: AdminEndpoint,
         *,
         concurrency: int = 2,
         log_level: str = "info",
@@ -83,7 +70,7 @@ class EnvoySupervisor:
             raise VmagentError(f"Envoy binary {binary} does not exist; install Envoy or fix envoy.binary")
         self.binary = binary
         self.bootstrap_path = bootstrap_path
-        self.admin_port = admin_port
+        self.admin = admin
         self._user = lookup_proxy_user(run_as_user) if run_as_user else None
         self._bind_privileged = bind_privileged_ports
         if bind_privileged_ports and self._user is not None and shutil.which("setpriv") is None:
@@ -177,7 +164,7 @@ class EnvoySupervisor:
             self._m_live.set(0)
             return False
         try:
-            status, body = admin_request(self.admin_port, "GET", "/ready", timeout=0.5)
+            status, body = admin_request(self.admin, "GET", "/ready", timeout=0.5)
         except OSError:
             status, body = 0, b""
         ok = status == 200 and body.strip() == b"LIVE"
@@ -187,7 +174,7 @@ class EnvoySupervisor:
     def active_connections(self) -> int:
         """Open downstream connections on Envoy's listeners (the admin listener excluded)."""
         status, body = admin_request(
-            self.admin_port, "GET", "/stats?format=json&filter=^listener\\..*downstream_cx_active$"
+            self.admin, "GET", "/stats?format=json&filter=^listener\\..*downstream_cx_active$"
         )
         if status != 200:
             raise OSError(f"admin /stats answered {status}")
@@ -281,7 +268,7 @@ class EnvoySupervisor:
 
     def _drain(self, proc: subprocess.Popen[bytes]) -> None:
         try:
-            status, _ = admin_request(self.admin_port, "POST", "/drain_listeners?graceful", timeout=2)
+            status, _ = admin_request(self.admin, "POST", "/drain_listeners?graceful", timeout=2)
         except OSError as exc:
             log.info("could not ask Envoy to drain (%s); terminating it", exc)
             return

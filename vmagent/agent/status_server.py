@@ -2,7 +2,7 @@
 
 * ``GET /status`` — the JSON document returned by ``status_fn()``;
 * ``GET /stats/prometheus`` — every metrics source's text (the agent's registry, then Envoy's own
-  ``/stats/prometheus`` fetched from its admin API), concatenated; a source that fails is skipped and
+  ``/stats/prometheus`` fetched from its admin API, a Unix socket only root and the proxy user reach), concatenated; a source that fails is skipped and
   counted in ``vmagent_metrics_source_errors_total``;
 * ``GET /healthz/ready`` — 200 ``ready`` when ``readiness_check()`` passes, else 503 with the reason.
 
@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from vmagent.agent.envoy_process import admin_request
+from vmagent.agent.envoy_admin import AdminEndpoint, admin_request
 from vmagent.common.metrics import Registry
 
 ReadinessCheck = Callable[[], tuple[bool, str]]
@@ -54,11 +54,11 @@ def compose_readiness(
     return check
 
 
-def envoy_metrics_source(admin_port: int, timeout: float = 2.0) -> MetricsSource:
+def envoy_metrics_source(admin: AdminEndpoint, timeout: float = 2.0) -> MetricsSource:
     """Envoy's ``/stats/prometheus`` from its admin API (raises OSError when Envoy does not answer)."""
 
     def fetch() -> str:
-        status, body = admin_request(admin_port, "GET", "/stats/prometheus", timeout=timeout)
+        status, body = admin_request(admin, "GET", "/stats/prometheus", timeout=timeout)
         if status != 200:
             raise OSError(f"Envoy admin /stats/prometheus answered {status}")
         return body.decode("utf-8", "replace")

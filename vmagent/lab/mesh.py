@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from vmagent.agent.envoy_admin import admin_socket
 from vmagent.common import proc
 from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, CP_MTLS_PORT, PROXY_USER
 from vmagent.lab.netns import Lan, LineLog, Netns, NetnsPool
@@ -116,6 +117,17 @@ class VmHost:
 
     def dirs(self) -> list[str]:
         return ["--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir)]
+
+    @property
+    def admin_socket(self) -> Path:
+        """Envoy's admin API: a Unix socket only root and the proxy user reach (no TCP port)."""
+        return admin_socket(self.runtime_dir)
+
+    def envoy_admin(self, path: str, timeout: float = 5) -> str:
+        """The body of GET ``path`` from this VM's Envoy admin socket, as root; "" when it does not answer."""
+        url = "http://localhost" + path
+        cmd = ["curl", "-s", "--max-time", str(int(timeout)), "--unix-socket", str(self.admin_socket), url]
+        return self.ns.run(cmd, check=False, timeout=timeout + 10).stdout
 
     def vmagent(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.ns.run([exe("vmagent"), *args], check=check, timeout=60)

@@ -2,7 +2,9 @@
 
 EDS clusters become STATIC clusters carrying their ClusterLoadAssignment, RDS references are replaced
 by the route configuration inline, and a static ``sds-grpc`` cluster (gRPC over a Unix socket) lets the
-SDS references resolve. Secrets themselves are not needed to validate.
+SDS references resolve. Secrets themselves are not needed to validate. The admin address is a Unix
+socket like the agent's (``envoy/admin.sock`` next to the SDS socket): validate mode never opens it, but
+the bootstrap stays what a proxy would run, with no TCP admin port.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from vmagent.common.wire import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from vmagent.controlplane.translate.build import Resources
 from vmagent.controlplane.translate.clusters import HTTP_OPTIONS
-from vmagent.controlplane.translate.protos import duration, socket_address, typed
+from vmagent.controlplane.translate.protos import duration, typed
 from vmagent.controlplane.translate.proxy import MeshOptions
 
 _HCM_URL = (
@@ -98,17 +100,24 @@ def static_bootstrap(
     resources: Resources,
     mesh: MeshOptions,
     sds_socket: str = "/run/vmagent/sds.sock",
-    admin_port: int = 15000,
+    admin_socket: str | None = None,
     node_id: str = "validate",
 ) -> bootstrap_pb2.Bootstrap:
-    """Everything in ``resources`` as static resources of one bootstrap."""
+    """Everything in ``resources`` as static resources of one bootstrap.
+
+    ``admin_socket``: default ``envoy/admin.sock`` in the SDS socket's directory.
+    """
+    if admin_socket is None:
+        admin_socket = sds_socket.rsplit("/", 1)[0] + "/envoy/admin.sock"
     routes = resources.get(ROUTE, {})
     endpoints = resources.get(ENDPOINT, {})
     clusters = [_static_cluster(c, endpoints) for _, c in sorted(resources.get(CLUSTER, {}).items())]
     clusters.append(_sds_cluster(mesh.sds_cluster, sds_socket))
     return bootstrap_pb2.Bootstrap(
         node=base_pb2.Node(id=node_id, cluster="validate"),
-        admin=bootstrap_pb2.Admin(address=socket_address("127.0.0.1", admin_port)),
+        admin=bootstrap_pb2.Admin(
+            address=address_pb2.Address(pipe=address_pb2.Pipe(path=admin_socket, mode=0o600))
+        ),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
             listeners=[_inline_routes(lst, routes) for _, lst in sorted(resources.get(LISTENER, {}).items())],
             clusters=clusters,

@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from vmagent.agent.als_server import AccessLogServer
 from vmagent.agent.capture import CaptureManager
 from vmagent.agent.capture_config import CaptureConfig
 from vmagent.agent.config import AgentConfig, split_host_port
@@ -46,6 +47,7 @@ from vmagent.agent.identity import IdentityStore
 from vmagent.agent.paths import AgentPaths
 from vmagent.agent.probes import Prober
 from vmagent.agent.registration import RegisterInfo, RegistrationClient
+from vmagent.agent.request_metrics import LocalWorkload, RequestMetrics, mesh_host
 from vmagent.agent.rotation import Rotator
 from vmagent.agent.sds import SdsServer
 from vmagent.agent.sections import parse_envoy, parse_identity, parse_registration, parse_status
@@ -185,6 +187,7 @@ class Agent:
         self.capture_error = ""
         self.ready = False
         self.sds: SdsServer | None = None
+        self.als: AccessLogServer | None = None
         self.xds: XdsProxy | None = None
         self.envoy: EnvoySupervisor | None = None
         self.dns: list[DnsProxy] = []
@@ -221,6 +224,8 @@ class Agent:
             self.sds.start()
             self.xds = XdsProxy(self.paths.xds_socket, self.channel.get, peer_gid=gid, metrics=self.metrics)
             self.xds.start()
+            self.als = self._access_log_server(gid)
+            self.als.start()
             bootstrap = self.paths.runtime_dir / "envoy-bootstrap.json"
             write_bootstrap(bootstrap, render_bootstrap(self._bootstrap_params()))
             self.envoy = EnvoySupervisor(
@@ -248,6 +253,21 @@ class Agent:
             self.envoy.start()
         log.info("agent started as %s at %s", self.identities.current().spiffe_id, self.address)
 
+    def _access_log_server(self, gid: int | None) -> AccessLogServer:
+        """Istio's request metrics (istio_*), aggregated from Envoy's access logs, on the status port."""
+        labels = self._bootstrap_params().labels
+        ns = self.config.namespace
+
+        def local() -> LocalWorkload:
+            principal = str(self.identities.current().spiffe_id)
+            return LocalWorkload(
+                self.config.group, ns, principal, labels.get("app", ""), labels.get("version", "")
+            )
+
+        metrics = RequestMetrics(local, lambda host: mesh_host(host, self.names.__contains__, ns))
+        self.metrics.collectors.register(metrics)
+        return AccessLogServer(metrics, self.paths.als_socket, peer_gid=gid, registry=self.metrics)
+
     def _bootstrap_params(self) -> BootstrapParams:
         c, e = self.config, self.envoy_cfg
         group = self.group
@@ -262,6 +282,7 @@ class Agent:
             service_account=c.service_account,
             xds_socket=self.paths.xds_socket,
             sds_socket=self.paths.sds_socket,
+            als_socket=self.paths.als_socket,
             admin_port=e.admin_port,
             prometheus_port=e.prometheus_port,
             readiness_port=e.readiness_port,
@@ -336,6 +357,8 @@ class Agent:
             proxy.stop()
         if self.xds is not None:
             self.xds.stop()
+        if self.als is not None:
+            self.als.stop()
         if self.sds is not None:
             self.sds.stop()
         if self.prober is not None:

@@ -1,7 +1,9 @@
 """Envoy's bootstrap: who the proxy is (node id and metadata) and where it gets everything else.
 
 Envoy talks only to the agent: ADS on ``xds_socket`` (proxied by the agent to the control plane) and SDS
-on ``sds_socket`` (served by the agent from its certificate store), both gRPC over Unix domain sockets.
+on ``sds_socket`` (served by the agent from its certificate store), both gRPC over Unix domain sockets,
+and, for Istio's request metrics, the access loggers the control plane puts on the listeners send to the
+agent's AccessLogService on ``als_socket`` (cluster ``vmagent-als``).
 Besides the admin API, the bootstrap holds two static listeners, as Istio's sidecar does:
 
 * the Prometheus listener (``0.0.0.0:15090``) that serves ``/stats/prometheus`` from the admin API;
@@ -45,6 +47,8 @@ class BootstrapParams:
     namespace: str
     xds_socket: Path
     sds_socket: Path
+    # The agent's AccessLogService for Istio's request metrics; None: no such cluster (metrics off).
+    als_socket: Path | None = None
     workload_name: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     network: str = ""
@@ -133,6 +137,7 @@ def render_bootstrap(p: BootstrapParams) -> dict[str, Any]:
                 _uds_cluster(SDS_CLUSTER, p.sds_socket),
                 _tcp_cluster(ADMIN_CLUSTER, p.admin_host, p.admin_port),
                 _tcp_cluster(AGENT_CLUSTER, "127.0.0.1", p.status_port),
+                *([_uds_cluster(constants.ALS_CLUSTER, p.als_socket)] if p.als_socket else []),
             ],
             "listeners": [
                 _http_listener(

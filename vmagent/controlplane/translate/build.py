@@ -26,6 +26,7 @@ from vmagent.controlplane.translate.endpoints import load_assignment
 from vmagent.controlplane.translate.envoyfilter import apply_envoy_filters
 from vmagent.controlplane.translate.gateway_listeners import gateway_resources
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
+from vmagent.controlplane.translate.requestmetrics import peer_table, with_request_metrics
 from vmagent.controlplane.translate.security import inbound_security
 from vmagent.controlplane.translate.services import visible_services
 from vmagent.controlplane.translate.sidecar import apply_sidecar
@@ -163,6 +164,7 @@ def build_inbound_resources(
     out: Resources = {t: dict(outbound.get(t, {})) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
     if proxy.mode == "gateway":
         out = _with_access_logs(out, proxy, configs, mesh)
+        out = _with_request_metrics(out, configs, mesh)
         apply_envoy_filters(out, proxy, configs, mesh)
         return _sorted(out)
     for c in clusters.inbound_passthrough_clusters(proxy, mesh):
@@ -176,8 +178,17 @@ def build_inbound_resources(
         _put(out, CLUSTER, c.name, c)
     _put(out, LISTENER, names.VIRTUAL_INBOUND, inbound.virtual_inbound(proxy, security, mesh))
     out = _with_access_logs(out, proxy, configs, mesh)
+    out = _with_request_metrics(out, configs, mesh)
     apply_envoy_filters(out, proxy, configs, mesh)
     return _sorted(out)
+
+
+def _with_request_metrics(resources: Resources, configs: ConfigLookup, mesh: MeshOptions) -> Resources:
+    """Istio's request metrics: gRPC access loggers to the agent on every listener (``requestmetrics``)."""
+    if not mesh.request_metrics:
+        return resources
+    peers = peer_table(configs, mesh.trust_domain)
+    return {**resources, LISTENER: with_request_metrics(resources[LISTENER], peers)}
 
 
 def _with_access_logs(

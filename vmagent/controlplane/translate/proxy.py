@@ -55,3 +55,6 @@ class MeshOptions:
     inbound_passthrough_source_v6: str = "::6"
     # MeshConfig accessLogFile/accessLogEncoding/accessLogFormat; None: no access log (Istio's default).
     access_log: AccessLogSettings | None = None
+    # Istio's request metrics (istio_requests_total, ...): gRPC access logs to the agent, which aggregates;
+    # MeshConfig defaultProviders.metrics: [] turns them off.
+    request_metrics: bool = True

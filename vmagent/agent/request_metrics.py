@@ -15,8 +15,9 @@ Where each label comes from:
   (principal -> WorkloadGroup) sent with the access logger's configuration; ``source_workload_namespace``
   also from the principal itself;
 * ``destination_service*`` on the source side: the upstream cluster Envoy picked
-  (``outbound|PORT|SUBSET|HOST``); on the destination side: the request's authority, but only when it is
-  a mesh hostname the control plane gave the agent (``known_hosts``), else ``unknown``;
+  (``outbound|PORT|SUBSET|HOST``), or, when it picked none (an injected fault), the request's authority
+  as below; on the destination side: the request's authority, but only when it is a mesh hostname the
+  control plane gave the agent (``known_hosts``, its DNS name table), else ``unknown``;
 * ``connection_security_policy``: ``mutual_tls`` or ``none`` on the destination side, ``unknown`` on the
   source side (as Istio: the client side does not know);
 * ``response_code``, ``response_flags`` (Envoy's short codes, ``-`` for none), ``request_protocol``
@@ -301,6 +302,9 @@ class RequestMetrics(Collector):
             policy = "mutual_tls" if principal != UNKNOWN else "none"
         else:
             service = cluster_service(common.upstream_cluster)
+            if service[0] == UNKNOWN and host:  # no cluster picked (a fault, no route): what was called
+                known = self._known_hosts(host)
+                service = service_labels(known, me.namespace) if known else service
             dst = {k: UNKNOWN for k in mine}
             dst["namespace"] = service[2]
             src, dst, policy = mine, dst, UNKNOWN

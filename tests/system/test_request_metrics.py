@@ -2,7 +2,8 @@
 
 One lab for the module (prefix ``vmmet``): a control plane with the demo config, the ``web`` (client) and
 ``api`` (server) VMs with real agents and Envoys, and a plain host ``outside`` without an agent or a
-mesh certificate (api's port is PERMISSIVE, the demo's default, so its plaintext is accepted). A
+mesh certificate (api's port is PERMISSIVE, the demo's default, so its plaintext is accepted); api
+also runs the echo app on 9000, a port no service declares, reached as plain TCP. A
 VirtualService aborts requests to api that carry ``x-fault: abort`` with 503 (on web's Envoy, where
 Istio applies faults). Each test reads the counters before and after its own requests, so the tests do
 not depend on each other's traffic.
@@ -59,7 +60,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
     try:
         lab.add_control_plane(DEMO_CONFIG)
         lab.add_vm("web", "demo/web")
-        lab.add_vm("api", "demo/api")
+        api = lab.add_vm("api", "demo/api")
+        api.start_app(9000)  # a port no service declares: plain TCP through the inbound passthrough
         lab.add_host("outside")
         assert lab.cp is not None
         lab.cp.write_config("30-fault.yaml", FAULT)
@@ -235,6 +237,25 @@ def test_plaintext_client_is_unknown_and_headers_cannot_forge_it(mesh: MeshLab) 
     text = metrics(api)
     assert total(text, "istio_requests_total", reporter="destination", source_principal=WEB_ID) == before_web
     assert total(text, "istio_requests_total", reporter="destination", source_workload="web") == before_web
+
+
+def test_tcp_connections_are_counted(mesh: MeshLab) -> None:
+    api = mesh.vms["api"]
+    labels = {"reporter": "destination", "destination_workload": "api", "source_principal": "unknown",
+              "request_protocol": "tcp", "connection_security_policy": "none"}  # fmt: skip
+    text = metrics(api)
+    before = total(text, "istio_tcp_connections_closed_total", **labels)
+    received = total(text, "istio_tcp_received_bytes_total", **labels)
+    for _ in range(2):
+        r = mesh.hosts["outside"].run(
+            ["curl", "-sf", "--max-time", "5", f"http://{api.address}:9000/hello"], check=False
+        )
+        assert r.returncode == 0
+    settled(api, "istio_tcp_connections_closed_total", before + 2, **labels)
+    text = metrics(api)
+    assert total(text, "istio_tcp_connections_opened_total", **labels) == before + 2
+    assert total(text, "istio_tcp_received_bytes_total", **labels) > received
+    assert total(text, "istio_tcp_sent_bytes_total", **labels) > 0
 
 
 def test_merged_exposition_passes_promtool(mesh: MeshLab) -> None:

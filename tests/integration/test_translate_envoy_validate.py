@@ -106,7 +106,7 @@ def test_access_logs_from_mesh_config_pass_envoy_validate(
                         inner = cls()
                         f.typed_config.Unpack(inner)
                         # the file log, then the request-metrics logger to the agent (on by default)
-                        assert [a.name for a in inner.access_log][0] == "envoy.access_loggers.file", f.name
+                        assert inner.access_log[0].name == "envoy.access_loggers.file", f.name
                         assert [a.name for a in inner.access_log].count("envoy.access_loggers.file") == 1
                         seen += 1
     assert seen > 0

@@ -17,6 +17,7 @@ from vmagent.common import constants
 from vmagent.common.errors import ConfigError
 from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.snapshots import mesh_options
+from vmagent.controlplane.translate.build import translation_key
 from vmagent.controlplane.translate.configindex import ConfigIndex
 from vmagent.controlplane.translate.requestmetrics import peer_table
 from vmagent.controlplane.xds.snapshot import LISTENER
@@ -93,6 +94,15 @@ def test_default_providers_without_prometheus_turn_metrics_off() -> None:
     assert not any(_loggers(off.build()[LISTENER]).values())
     assert mesh_options("cluster.local", {}).request_metrics
     assert mesh_options("cluster.local", {"defaultProviders": {"metrics": ["prometheus"]}}).request_metrics
+
+
+def test_only_proxies_with_the_agents_access_log_cluster_get_the_loggers() -> None:
+    """An Envoy without ``vmagent-als`` in its bootstrap (an older agent, another client) would reject
+    listeners naming it; the agent's bootstrap says it has it in the node metadata ``VMAGENT_ALS``."""
+    case = load_case(golden_cases()[0])
+    without = dataclasses.replace(case, proxy=dataclasses.replace(case.proxy, access_log_service=False))
+    assert not any(_loggers(without.build()[LISTENER]).values())
+    assert translation_key(without.proxy) != translation_key(case.proxy)
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,8 @@ def render_bootstrap(p: BootstrapParams) -> dict[str, Any]:
     }
     if p.service_account:
         metadata["SERVICE_ACCOUNT"] = p.service_account
+    if p.als_socket:  # tells the control plane this Envoy has the cluster its request-metrics loggers use
+        metadata["VMAGENT_ALS"] = constants.ALS_CLUSTER
     node: dict[str, Any] = {
         "id": p.node_id,
         "cluster": f"{workload}.{p.namespace}",

@@ -7,6 +7,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmagent.common import constants
 from vmagent.common.errors import ConfigError
 from vmagent.controlplane.config import ConfigSet
 from vmagent.controlplane.config.snapshot import ConfigSnapshot
@@ -120,6 +121,7 @@ class Translator:
             ),
             mode="gateway" if proxy.gateway else "sidecar",
             name=proxy.key,
+            access_log_service=proxy.metadata.get("VMAGENT_ALS") == constants.ALS_CLUSTER,
         )
 
     def _current(self, services: list[Service]) -> _Inputs:

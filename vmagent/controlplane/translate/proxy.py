@@ -33,6 +33,9 @@ class ProxyInfo:
     mode: ProxyMode = "sidecar"
     inbound_address: str = "127.0.0.1"
     name: str = ""  # for messages only (WorkloadEntry or node name)
+    # Its bootstrap has the agent's access-log cluster (node metadata VMAGENT_ALS): the request-metrics
+    # loggers need it, and an Envoy without it would reject listeners naming it.
+    access_log_service: bool = True
 
 
 @dataclass(frozen=True)

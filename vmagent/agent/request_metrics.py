@@ -46,6 +46,7 @@ from prometheus_client.utils import floatToGoString
 
 UNKNOWN = "unknown"
 DEFAULT_MAX_SERIES = 2000
+LABEL_CACHE_SIZE = 4096  # distinct label inputs remembered (cleared when full)
 
 # Istio's default buckets.
 DURATION_BUCKETS_MS = (
@@ -285,6 +286,7 @@ class RequestMetrics(Collector):
         self._tcp: OrderedDict[tuple[str, ...], _TcpSeries] = OrderedDict()
         self.evicted = 0
         self.entries = 0
+        self._label_cache: dict[tuple[Any, ...], tuple[str, ...]] = {}  # entries' inputs -> label values
 
     # -- labels ---------------------------------------------------------------------------------------
 
@@ -331,12 +333,22 @@ class RequestMetrics(Collector):
             if common.intermediate_log_entry:
                 continue
             req, resp = entry.request, entry.response
-            labels = self._peer_labels(me, ctx, common, authority_host(req.authority))
             ctype = req.request_headers.get("content-type", "")
-            labels["request_protocol"] = "grpc" if ctype.startswith("application/grpc") else "http"
-            labels["response_code"] = str(resp.response_code.value if resp.HasField("response_code") else 0)
-            labels["response_flags"] = response_flags(common)
-            key = tuple(labels[n] for n in HTTP_LABELS)
+            code = resp.response_code.value if resp.HasField("response_code") else 0
+            principal = peer_principal(common) if ctx.reporter == "destination" else ""
+            # Everything the labels are computed from: equal inputs give equal labels (cached).
+            raw = (me, ctx.reporter, principal, ctx.peers.get(principal), req.authority, common.upstream_cluster,
+                   ctype, code, common.response_flags.SerializeToString())  # fmt: skip
+            key = self._label_cache.get(raw)
+            if key is None:
+                labels = self._peer_labels(me, ctx, common, authority_host(req.authority))
+                labels["request_protocol"] = "grpc" if ctype.startswith("application/grpc") else "http"
+                labels["response_code"] = str(code)
+                labels["response_flags"] = response_flags(common)
+                key = tuple(labels[n] for n in HTTP_LABELS)
+                if len(self._label_cache) >= LABEL_CACHE_SIZE:
+                    self._label_cache.clear()
+                self._label_cache[raw] = key
             with self._lock:
                 series = self._touch(self._http, key, _HttpSeries)
                 series.requests += 1

@@ -25,7 +25,13 @@ Scenarios (each a load-generator run from inside a namespace as user ``nobody``,
   costs on this machine with no translated config and no capture;
 * ``client_proxy``: client namespace -> plain-api.bench.test:8082 (capture -> client Envoy -> nginx);
 * ``mesh``: client namespace -> api.demo.svc.cluster.local:8080 (capture -> client Envoy -> mTLS ->
-  capture -> server Envoy -> nginx), STRICT PeerAuthentication on the server.
+  capture -> server Envoy -> nginx), STRICT PeerAuthentication on the server; Istio's request metrics on
+  (the default: both Envoys send gRPC access logs to their agents, which aggregate ``istio_*``);
+* ``mesh_no_metrics``: the same path with the request metrics off (MeshConfig
+  ``defaultProviders.metrics: []``; the control plane is restarted with it before the run and again
+  without it after, and each run waits until both Envoys' listeners have, or lack, the access loggers).
+  ``summary.request_metrics`` is the median over rounds of (mesh - mesh_no_metrics) per percentile,
+  halved for the per-hop figure, and the agents' CPU per request in both.
 
 Every run is ``--warmup`` seconds of load followed by ``--duration`` measured seconds at ``--rate``
 requests/s over ``--connections`` keep-alive connections (HTTP/1.1); a round runs every scenario once,
@@ -69,7 +75,11 @@ DIRECT_PORT = 8081
 PLAIN_PORT = 8082
 MESH_HOST = "api.demo.svc.cluster.local"
 PLAIN_HOST = "plain-api.bench.test"
-SCENARIOS = ("app", "direct", "bare_envoy", "client_proxy", "mesh")
+SCENARIOS = ("app", "direct", "bare_envoy", "client_proxy", "mesh", "mesh_no_metrics")
+# MeshConfig of the control plane: Istio's request metrics on (the default) or off for mesh_no_metrics.
+METRICS_OFF = "defaultProviders:\n  metrics: []\n"
+# Istio's request-metrics target: what the metrics may add per hop at p90, in ms (issue 15).
+TARGET_METRICS_MS_PER_HOP = 0.1
 BARE_PORT = 18080
 PERCENTILES = ("p50", "p90", "p99", "p999")
 # Istio's published figure for two sidecars on the same Envoy (the issue's target), in ms.
@@ -131,6 +141,15 @@ def envoy_counters(vm: VmHost, patterns: list[str]) -> dict[str, int]:
     return found
 
 
+def has_metrics_loggers(vm: VmHost) -> bool:
+    """Whether ``vm``'s Envoy runs listeners with the request-metrics access logger (its config dump)."""
+    r = vm.ns.run(
+        ["curl", "-s", "--max-time", "5", "http://127.0.0.1:15000/config_dump?resource=dynamic_listeners"],
+        timeout=10,
+    )
+    return "envoy.access_loggers.http_grpc" in r.stdout
+
+
 def envoy_pid(vm: VmHost) -> int:
     pid = (vm.status().get("envoy") or {}).get("pid")
     if not pid:
@@ -152,13 +171,18 @@ class DataplaneBench:
         self.client: VmHost | None = None
         self.server: VmHost | None = None
         self._pids: dict[str, list[int]] = {}
+        self.mesh_config = workdir / "mesh-config.yaml"
+        self.metrics_on = True
 
     # -- setting up ----------------------------------------------------------------------------------
 
     def setup(self) -> None:
         a = self.args
         envoy = {"concurrency": a.envoy_concurrency, "log_level": "warning"}
-        self.lab.add_control_plane({**DEMO_CONFIG, "30-strict-api.yaml": STRICT_API})
+        self.mesh_config.write_text("{}\n")
+        self.lab.add_control_plane(
+            {**DEMO_CONFIG, "30-strict-api.yaml": STRICT_API}, ["--mesh-config", str(self.mesh_config)]
+        )
         progress("control plane up; joining the server VM (demo/api) and the client VM (demo/web)")
         self.server = self.lab.add_vm(
             "server", "demo/api", app_port=None,
@@ -194,6 +218,8 @@ class DataplaneBench:
             "server_envoy": [envoy_pid(self.server)],
             "nginx": self.app.pids(),
             "bare_envoy": [self.bare.pid],
+            "client_agent": [int(self.client.status()["pid"])],
+            "server_agent": [int(self.server.status()["pid"])],
         }
 
     def _wait_ok(self, ns: Netns, url: str, timeout: float = 60.0) -> None:
@@ -214,7 +240,7 @@ class DataplaneBench:
             return self.client.ns, f"http://127.0.0.1:{BARE_PORT}/"
         if scenario == "client_proxy":
             return self.client.ns, f"http://{PLAIN_HOST}:{PLAIN_PORT}/"
-        if scenario == "mesh":
+        if scenario in ("mesh", "mesh_no_metrics"):
             return self.client.ns, f"http://{MESH_HOST}:{MESH_PORT}/"
         raise ValueError(f"unknown scenario {scenario!r}")
 
@@ -234,9 +260,27 @@ class DataplaneBench:
     def _cpu(self) -> dict[str, float]:
         return {name: sum(cpu_seconds(p) for p in pids) for name, pids in self._pids.items()}
 
+    def set_metrics(self, on: bool) -> None:
+        """Restart the control plane with the request metrics on or off; wait until both Envoys run it."""
+        if on == self.metrics_on:
+            return
+        assert self.client is not None and self.server is not None
+        self.mesh_config.write_text("{}\n" if on else METRICS_OFF)
+        self.lab.restart_control_plane()
+        for vm in (self.client, self.server):
+
+            def applied(vm: VmHost = vm) -> bool:
+                return has_metrics_loggers(vm) == on
+
+            wait_for(applied, timeout=60, interval=0.5, what=f"request metrics {on=} in {vm.name}'s Envoy")
+        ns, url = self.target("mesh")
+        self._wait_ok(ns, url)
+        self.metrics_on = on
+
     def run(self, scenario: str) -> dict[str, Any]:
         """One warmed-up, measured run of ``scenario``: latency, pacing, CPU per request, path check."""
         a = self.args
+        self.set_metrics(scenario != "mesh_no_metrics")
         ns, url = self.target(scenario)
         spec = LoadSpec(url, a.rate, a.connections, a.duration, a.warmup)
         before, cpu0 = self._counters(), self._cpu()
@@ -315,6 +359,14 @@ def aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 for p in PERCENTILES
             }
         out[scenario] = entry
+    on, off = runs.get("mesh", []), runs.get("mesh_no_metrics", [])
+    if on and len(on) == len(off):
+        out["mesh"]["metrics_cost_ms"] = {
+            p: rounded(
+                median([a["latency_ms"][p] - b["latency_ms"][p] for a, b in zip(on, off, strict=True)])
+            )
+            for p in PERCENTILES
+        }
     return out
 
 
@@ -350,6 +402,23 @@ def summarize(agg: dict[str, Any]) -> dict[str, Any]:
             s["proxy_cpu_ms_per_request"]["bare_envoy"] = agg["bare_envoy"]["cpu_ms_per_request"][
                 "bare_envoy"
             ]
+    if "metrics_cost_ms" in agg.get("mesh", {}):
+        cost = agg["mesh"]["metrics_cost_ms"]
+        per_hop = {p: rounded(cost[p] / 2) for p in PERCENTILES}
+        s["request_metrics"] = {
+            "added_ms_two_hops": cost,
+            "added_ms_per_hop": per_hop,
+            "target_ms_per_hop_p90": TARGET_METRICS_MS_PER_HOP,
+            "meets_target": per_hop["p90"] <= TARGET_METRICS_MS_PER_HOP,
+            "agent_cpu_ms_per_request": {
+                "on": {k: v for k, v in agg["mesh"]["cpu_ms_per_request"].items() if k.endswith("_agent")},
+                "off": {
+                    k: v
+                    for k, v in agg["mesh_no_metrics"]["cpu_ms_per_request"].items()
+                    if k.endswith("_agent")
+                },
+            },
+        }
     s["paths_as_expected"] = all(v["path_as_expected"] for v in agg.values())
     return s
 

@@ -37,6 +37,8 @@ def log_paths(case: GoldenCase) -> set[str]:
                     inner = hcm.HttpConnectionManager()
                     f.typed_config.Unpack(inner)
                     for log in inner.access_log:
+                        if log.name != "envoy.access_loggers.file":
+                            continue  # the request-metrics logger to the agent
                         cfg = file_pb2.FileAccessLog()
                         log.typed_config.Unpack(cfg)
                         paths.add(cfg.path)

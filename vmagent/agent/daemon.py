@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from vmagent.agent import privileges
+from vmagent.agent.als_server import AccessLogServer
 from vmagent.agent.capture import CaptureManager
 from vmagent.agent.capture_config import CaptureConfig
 from vmagent.agent.config import AgentConfig, split_host_port
@@ -54,6 +55,7 @@ from vmagent.agent.identity import IdentityStore
 from vmagent.agent.paths import AgentPaths
 from vmagent.agent.probes import Prober
 from vmagent.agent.registration import RegisterInfo, RegistrationClient
+from vmagent.agent.request_metrics import LocalWorkload, RequestMetrics, mesh_host
 from vmagent.agent.rotation import Rotator
 from vmagent.agent.sds import SdsServer
 from vmagent.agent.sections import parse_envoy, parse_identity, parse_registration, parse_status
@@ -193,6 +195,7 @@ class Agent:
         self.capture_error = ""
         self.ready = False
         self.sds: SdsServer | None = None
+        self.als: AccessLogServer | None = None
         self.xds: XdsProxy | None = None
         self.envoy: EnvoySupervisor | None = None
         self.dns: list[DnsProxy] = []
@@ -232,6 +235,8 @@ class Agent:
             self.sds.start()
             self.xds = XdsProxy(self.paths.xds_socket, self.channel.get, peer_gid=gid, metrics=self.metrics)
             self.xds.start()
+            self.als = self._access_log_server(gid)
+            self.als.start()
             bootstrap = self.paths.runtime_dir / "envoy-bootstrap.json"
             params = dataclasses.replace(
                 self._bootstrap_params(), admin=admin, admin_shared_with_group=bool(user)
@@ -262,6 +267,21 @@ class Agent:
             self.envoy.start()
         log.info("agent started as %s at %s", self.identities.current().spiffe_id, self.address)
 
+    def _access_log_server(self, gid: int | None) -> AccessLogServer:
+        """Istio's request metrics (istio_*), aggregated from Envoy's access logs, on the status port."""
+        labels = self._bootstrap_params().labels
+        ns = self.config.namespace
+
+        def local() -> LocalWorkload:
+            principal = str(self.identities.current().spiffe_id)
+            return LocalWorkload(
+                self.config.group, ns, principal, labels.get("app", ""), labels.get("version", "")
+            )
+
+        metrics = RequestMetrics(local, lambda host: mesh_host(host, self.names.__contains__, ns))
+        self.metrics.collectors.register(metrics)
+        return AccessLogServer(metrics, self.paths.als_socket, peer_gid=gid, registry=self.metrics)
+
     def _bootstrap_params(self) -> BootstrapParams:
         c, e = self.config, self.envoy_cfg
         group = self.group
@@ -276,6 +296,7 @@ class Agent:
             service_account=c.service_account,
             xds_socket=self.paths.xds_socket,
             sds_socket=self.paths.sds_socket,
+            als_socket=self.paths.als_socket,
             prometheus_port=e.prometheus_port,
             readiness_port=e.readiness_port,
             status_port=self.status_cfg.port,
@@ -349,6 +370,8 @@ class Agent:
             proxy.stop()
         if self.xds is not None:
             self.xds.stop()
+        if self.als is not None:
+            self.als.stop()
         if self.sds is not None:
             self.sds.stop()
         if self.prober is not None:

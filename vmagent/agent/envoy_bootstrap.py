@@ -1,7 +1,9 @@
 """Envoy's bootstrap: who the proxy is (node id and metadata) and where it gets everything else.
 
 Envoy talks only to the agent: ADS on ``xds_socket`` (proxied by the agent to the control plane) and SDS
-on ``sds_socket`` (served by the agent from its certificate store), both gRPC over Unix domain sockets.
+on ``sds_socket`` (served by the agent from its certificate store), both gRPC over Unix domain sockets,
+and, for Istio's request metrics, the access loggers the control plane puts on the listeners send to the
+agent's AccessLogService on ``als_socket`` (cluster ``vmagent-als``).
 The admin API listens on a Unix socket in the runtime directory (``envoy/admin.sock``, mode 0660, see
 ``vmagent/agent/envoy_admin.py``), or on TCP only when ``envoy.admin_address`` opts in to it. Besides
 it, the bootstrap holds two static listeners, as Istio's sidecar does:
@@ -49,6 +51,8 @@ class BootstrapParams:
     namespace: str
     xds_socket: Path
     sds_socket: Path
+    # The agent's AccessLogService for Istio's request metrics; None: no such cluster (metrics off).
+    als_socket: Path | None = None
     workload_name: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     network: str = ""
@@ -100,6 +104,8 @@ def render_bootstrap(p: BootstrapParams) -> dict[str, Any]:
     }
     if p.service_account:
         metadata["SERVICE_ACCOUNT"] = p.service_account
+    if p.als_socket:  # tells the control plane this Envoy has the cluster its request-metrics loggers use
+        metadata["VMAGENT_ALS"] = constants.ALS_CLUSTER
     node: dict[str, Any] = {
         "id": p.node_id,
         "cluster": f"{workload}.{p.namespace}",
@@ -142,6 +148,7 @@ def render_bootstrap(p: BootstrapParams) -> dict[str, Any]:
                 _uds_cluster(SDS_CLUSTER, p.sds_socket),
                 _static_cluster(ADMIN_CLUSTER, _admin_address(p, with_mode=False)),
                 _static_cluster(AGENT_CLUSTER, _socket_address("127.0.0.1", p.status_port)),
+                *([_uds_cluster(constants.ALS_CLUSTER, p.als_socket)] if p.als_socket else []),
             ],
             "listeners": [
                 _http_listener(

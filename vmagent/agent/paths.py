@@ -46,3 +46,8 @@ class AgentPaths:
     @property
     def xds_socket(self) -> Path:
         return self.runtime_dir / "xds.sock"
+
+    @property
+    def als_socket(self) -> Path:
+        """Envoy's access logs for the request metrics (gRPC AccessLogService)."""
+        return self.runtime_dir / "als.sock"

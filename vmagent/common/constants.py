@@ -23,3 +23,5 @@ BYPASS_MARK = 0x539
 # Name the control plane's server certificate carries; the agent checks it (trust is pinned to the mesh root).
 CP_SERVER_NAME = "vmagent-cp.vmagent-system.svc"
 DEFAULT_TRUST_DOMAIN = "cluster.local"
+# Envoy's static cluster to the agent's AccessLogService (request metrics), named in translated listeners.
+ALS_CLUSTER = "vmagent-als"

@@ -7,6 +7,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmagent.common import constants
 from vmagent.common.errors import ConfigError
 from vmagent.controlplane.config import ConfigSet
 from vmagent.controlplane.config.snapshot import ConfigSnapshot
@@ -31,6 +32,7 @@ from vmagent.controlplane.translate.build import (
     translation_key,
     with_labels_read,
 )
+from vmagent.controlplane.translate.requestmetrics import parse_metrics_enabled
 from vmagent.controlplane.xds.snapshot import Packer, Snapshot
 
 
@@ -44,7 +46,7 @@ def mesh_options(trust_domain: str, mesh_config: dict[str, Any], source: str = "
     root_ns = mesh_config.get("rootNamespace", "istio-system")
     if not isinstance(root_ns, str) or not root_ns:
         raise ConfigError(f"{source}: rootNamespace: expected a namespace name")
-    known = {"outboundTrafficPolicy", "rootNamespace", *MESH_FIELDS}
+    known = {"outboundTrafficPolicy", "rootNamespace", "defaultProviders", *MESH_FIELDS}
     unknown = set(mesh_config) - known
     if unknown:
         raise ConfigError(
@@ -55,6 +57,7 @@ def mesh_options(trust_domain: str, mesh_config: dict[str, Any], source: str = "
         root_namespace=root_ns,
         outbound_traffic_policy=policy,
         access_log=parse_access_log(mesh_config, source),
+        request_metrics=parse_metrics_enabled(mesh_config, source),
     )
 
 
@@ -118,6 +121,7 @@ class Translator:
             ),
             mode="gateway" if proxy.gateway else "sidecar",
             name=proxy.key,
+            access_log_service=proxy.metadata.get("VMAGENT_ALS") == constants.ALS_CLUSTER,
         )
 
     def _current(self, services: list[Service]) -> _Inputs:

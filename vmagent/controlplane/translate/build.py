@@ -27,6 +27,7 @@ from vmagent.controlplane.translate.endpoints import load_assignment
 from vmagent.controlplane.translate.envoyfilter import apply_envoy_filters
 from vmagent.controlplane.translate.gateway_listeners import gateway_resources
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
+from vmagent.controlplane.translate.requestmetrics import peer_table, with_request_metrics
 from vmagent.controlplane.translate.security import inbound_security
 from vmagent.controlplane.translate.services import visible_services
 from vmagent.controlplane.translate.sidecar import apply_sidecar
@@ -96,13 +97,16 @@ def outbound_key(proxy: ProxyInfo) -> OutboundKey:
 def translation_key(proxy: ProxyInfo) -> Hashable:
     """What the whole translation reads from ``proxy``: equal keys give equal resources.
 
-    The outbound key plus the workload's ports, identity and inbound address, and which IP families
-    its addresses have (only IPv6 or not matters: it adds the IPv6 passthrough). Not the addresses
+    The outbound key plus the workload's ports, identity and inbound address, whether its Envoy has the
+    agent's access-log cluster (request metrics), and which IP families its addresses have (only IPv6 or not matters: it adds the IPv6 passthrough). Not the addresses
     themselves nor the proxy's name, so the many proxies of one workload group share one key (use
     :func:`with_labels_read` first to make labels no config selects on irrelevant too).
     """
     families = tuple(sorted({ip.version for a in proxy.ip_addresses if (ip := names.ip_of(a)) is not None}))
-    return (outbound_key(proxy), proxy.ports, proxy.identity, proxy.inbound_address, families)
+    return (
+        outbound_key(proxy), proxy.ports, proxy.identity, proxy.inbound_address, families,
+        proxy.access_log_service,
+    )  # fmt: skip
 
 
 def outbound_view(proxy: ProxyInfo) -> ProxyInfo:
@@ -163,6 +167,7 @@ def build_inbound_resources(
     out: Resources = {t: dict(outbound.get(t, {})) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
     if proxy.mode == "gateway":
         out = _with_access_logs(out, proxy, configs, mesh)
+        out = _with_request_metrics(out, proxy, configs, mesh)
         apply_envoy_filters(out, proxy, configs, mesh)
         return _sorted(out)
     for c in clusters.inbound_passthrough_clusters(proxy, mesh):
@@ -176,8 +181,20 @@ def build_inbound_resources(
         _put(out, CLUSTER, c.name, c)
     _put(out, LISTENER, names.VIRTUAL_INBOUND, inbound.virtual_inbound(proxy, security, mesh))
     out = _with_access_logs(out, proxy, configs, mesh)
+    out = _with_request_metrics(out, proxy, configs, mesh)
     apply_envoy_filters(out, proxy, configs, mesh)
     return _sorted(out)
+
+
+def _with_request_metrics(
+    resources: Resources, proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions
+) -> Resources:
+    """Istio's request metrics: gRPC access loggers to the agent on every listener (``requestmetrics``),
+    for proxies whose Envoy has the agent's access-log cluster."""
+    if not mesh.request_metrics or not proxy.access_log_service:
+        return resources
+    peers = peer_table(configs, mesh.trust_domain)
+    return {**resources, LISTENER: with_request_metrics(resources[LISTENER], peers)}
 
 
 def _with_access_logs(

@@ -33,6 +33,9 @@ class ProxyInfo:
     mode: ProxyMode = "sidecar"
     inbound_address: str = "127.0.0.1"
     name: str = ""  # for messages only (WorkloadEntry or node name)
+    # Its bootstrap has the agent's access-log cluster (node metadata VMAGENT_ALS): the request-metrics
+    # loggers need it, and an Envoy without it would reject listeners naming it.
+    access_log_service: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,3 +58,6 @@ class MeshOptions:
     inbound_passthrough_source_v6: str = "::6"
     # MeshConfig accessLogFile/accessLogEncoding/accessLogFormat; None: no access log (Istio's default).
     access_log: AccessLogSettings | None = None
+    # Istio's request metrics (istio_requests_total, ...): gRPC access logs to the agent, which aggregates;
+    # MeshConfig defaultProviders.metrics: [] turns them off.
+    request_metrics: bool = True

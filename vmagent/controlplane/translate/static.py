@@ -2,9 +2,10 @@
 
 EDS clusters become STATIC clusters carrying their ClusterLoadAssignment, RDS references are replaced
 by the route configuration inline, and a static ``sds-grpc`` cluster (gRPC over a Unix socket) lets the
-SDS references resolve. Secrets themselves are not needed to validate. The admin address is a Unix
-socket like the agent's (``envoy/admin.sock`` next to the SDS socket): validate mode never opens it, but
-the bootstrap stays what a proxy would run, with no TCP admin port.
+SDS references resolve (and ``vmagent-als`` the request-metrics access loggers'). Secrets themselves are
+not needed to validate. The admin address is a Unix socket like the agent's (``envoy/admin.sock`` next to
+the SDS socket): validate mode never opens it, but the bootstrap stays what a proxy would run, with no TCP
+admin port.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from vmagent.common import constants
 from vmagent.common.wire import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from vmagent.controlplane.translate.build import Resources
 from vmagent.controlplane.translate.clusters import HTTP_OPTIONS
@@ -101,6 +103,7 @@ def static_bootstrap(
     mesh: MeshOptions,
     sds_socket: str = "/run/vmagent/sds.sock",
     admin_socket: str | None = None,
+    als_socket: str = "/run/vmagent/als.sock",
     node_id: str = "validate",
 ) -> bootstrap_pb2.Bootstrap:
     """Everything in ``resources`` as static resources of one bootstrap.
@@ -113,6 +116,8 @@ def static_bootstrap(
     endpoints = resources.get(ENDPOINT, {})
     clusters = [_static_cluster(c, endpoints) for _, c in sorted(resources.get(CLUSTER, {}).items())]
     clusters.append(_sds_cluster(mesh.sds_cluster, sds_socket))
+    if mesh.request_metrics:  # the agent's AccessLogService (gRPC over a Unix socket, like SDS)
+        clusters.append(_sds_cluster(constants.ALS_CLUSTER, als_socket))
     return bootstrap_pb2.Bootstrap(
         node=base_pb2.Node(id=node_id, cluster="validate"),
         admin=bootstrap_pb2.Admin(

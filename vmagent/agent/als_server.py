@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
-from vmagent.agent.envoy_runtime import prepare_socket_path, restrict_socket
+from vmagent.agent.envoy_runtime import serve_grpc_on_socket
 from vmagent.agent.request_metrics import RequestMetrics, StreamContext, parse_log_name
-from vmagent.common.errors import VmagentError
 from vmagent.common.metrics import Registry
 
 log = logging.getLogger(__name__)
@@ -57,17 +55,10 @@ class AccessLogServer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[mi
         return self._socket_path
 
     def start(self) -> None:
-        prepare_socket_path(self._socket_path)
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._max_streams, thread_name_prefix="als"),
-            maximum_concurrent_rpcs=self._max_streams,
-        )
-        als_pb2_grpc.add_AccessLogServiceServicer_to_server(self, server)
-        if not server.add_insecure_port(f"unix:{self._socket_path}"):
-            raise VmagentError(f"cannot listen on {self._socket_path} for access logs")
-        server.start()
-        restrict_socket(self._socket_path, self._peer_gid)
-        self._server = server
+        self._server = serve_grpc_on_socket(
+            self._socket_path, self._peer_gid, self._max_streams, "access logs", "als",
+            lambda server: als_pb2_grpc.add_AccessLogServiceServicer_to_server(self, server),
+        )  # fmt: skip
         log.info("access-log service listening on %s", self._socket_path)
 
     def stop(self, grace: float = 1.0) -> None:

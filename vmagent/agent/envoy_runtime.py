@@ -12,8 +12,12 @@ import grp
 import os
 import pwd
 import stat
+from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
 
 from vmagent.common.errors import VmagentError
 
@@ -82,3 +86,27 @@ def restrict_socket(path: Path, peer_gid: int | None) -> None:
     else:
         os.chown(path, -1, peer_gid)
         os.chmod(path, 0o660)
+
+
+def serve_grpc_on_socket(
+    path: Path,
+    peer_gid: int | None,
+    max_streams: int,
+    what: str,
+    threads: str,
+    add_handlers: Callable[[grpc.Server], None],
+) -> grpc.Server:
+    """A started gRPC server for Envoy on the Unix socket ``path`` (a stale socket replaced), at most
+    ``max_streams`` concurrent calls, the socket then restricted to the proxy's group (:func:`restrict_socket`).
+    ``what`` names the service in errors; ``threads`` prefixes its worker threads' names."""
+    prepare_socket_path(path)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix=threads),
+        maximum_concurrent_rpcs=max_streams,
+    )
+    add_handlers(server)
+    if not server.add_insecure_port(f"unix:{path}"):
+        raise VmagentError(f"cannot listen on {path} for {what}")
+    server.start()
+    restrict_socket(path, peer_gid)
+    return server

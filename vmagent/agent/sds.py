@@ -24,7 +24,6 @@ import queue
 import secrets
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
-from vmagent.agent.envoy_runtime import prepare_socket_path, restrict_socket
+from vmagent.agent.envoy_runtime import serve_grpc_on_socket
 from vmagent.agent.gateway import FileCertificates, is_file_secret
 from vmagent.agent.identity import Identity, IdentityStore
 from vmagent.common import wire
@@ -125,17 +124,10 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
 
     def start(self) -> None:
         """Listen on the socket (replacing a stale one) and restrict it to the proxy's group."""
-        prepare_socket_path(self._socket_path)
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._max_streams, thread_name_prefix="sds"),
-            maximum_concurrent_rpcs=self._max_streams,
-        )
-        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self, server)
-        if not server.add_insecure_port(f"unix:{self._socket_path}"):
-            raise VmagentError(f"cannot listen on {self._socket_path} for SDS")
-        server.start()
-        restrict_socket(self._socket_path, self._peer_gid)
-        self._server = server
+        self._server = serve_grpc_on_socket(
+            self._socket_path, self._peer_gid, self._max_streams, "SDS", "sds",
+            lambda server: sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self, server),
+        )  # fmt: skip
         log.info("SDS listening on %s", self._socket_path)
         if self._files is not None:
             self._poll_stop.clear()

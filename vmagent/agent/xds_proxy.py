@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from vmagent.agent.envoy_runtime import prepare_socket_path, restrict_socket
+from vmagent.agent.envoy_runtime import serve_grpc_on_socket
 from vmagent.common import wire
 from vmagent.common.backoff import Backoff
 from vmagent.common.errors import VmagentError
@@ -173,21 +172,16 @@ class XdsProxy:
     # --- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        prepare_socket_path(self._socket_path)
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._max_streams, thread_name_prefix="xds"),
-            maximum_concurrent_rpcs=self._max_streams,
-        )
         handlers = {
             SOTW_METHOD: grpc.stream_stream_rpc_method_handler(self._serve_sotw),
             DELTA_METHOD: grpc.stream_stream_rpc_method_handler(self._serve_delta),
         }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
-        if not server.add_insecure_port(f"unix:{self._socket_path}"):
-            raise VmagentError(f"cannot listen on {self._socket_path} for ADS")
-        server.start()
-        restrict_socket(self._socket_path, self._peer_gid)
-        self._server = server
+        self._server = serve_grpc_on_socket(
+            self._socket_path, self._peer_gid, self._max_streams, "ADS", "xds",
+            lambda server: server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),)
+            ),
+        )  # fmt: skip
         log.info("xDS proxy listening on %s", self._socket_path)
 
     def stop(self, grace: float = 1.0) -> None:

@@ -363,20 +363,20 @@ class MeshLab:
         vm.agent_log = LineLog(vm.agent)
         vm.agent_log.wait_line("agent ready", timeout=timeout)
 
-    def kill_agent(self, vm: VmHost) -> tuple[int, int | None]:
-        """SIGKILL the agent and its Envoy, as a crash or a power loss would (capture stays in place);
-        returns (agent pid, Envoy pid or None)."""
+    def kill_agent(self, vm: VmHost, envoy: bool = True) -> tuple[int, int | None]:
+        """SIGKILL the agent and (``envoy``) its Envoy, as a crash or a power loss would (capture stays in
+        place); returns (agent pid, Envoy pid or None)."""
         assert vm.agent is not None and vm.agent.poll() is None, f"the agent of {vm.name} is not running"
-        envoy = (vm.status().get("envoy") or {}).get("pid")
+        envoy_pid = (vm.status().get("envoy") or {}).get("pid")
         agent_pid = vm.agent.pid
         vm.agent.send_signal(signal.SIGKILL)
-        if envoy:
+        if envoy_pid and envoy:
             try:
-                os.kill(int(envoy), signal.SIGKILL)
+                os.kill(int(envoy_pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
         vm.agent.wait(timeout=10)
-        return agent_pid, int(envoy) if envoy else None
+        return agent_pid, int(envoy_pid) if envoy_pid else None
 
     def stop_agent(self, vm: VmHost) -> None:
         if vm.agent is not None and vm.agent.poll() is None:

@@ -71,7 +71,7 @@ def test_envoy_killed_is_restarted_and_its_loss_is_bounded(mesh: MeshLab) -> Non
         t["live"] = time.monotonic()
 
     start = time.monotonic()
-    report = web.run_loop(URL, kill_envoy, rate=RATE, duration=20, label="Envoy killed: loop")
+    report = web.run_loop(URL, kill_envoy, rate=RATE, duration=15, label="Envoy killed: loop")
     after = web.status()["envoy"]
     fault_at = t["kill"] - start  # the loop started a little after `start`: an upper bound
     print(
@@ -103,7 +103,7 @@ def test_agent_killed_and_restarted_loses_a_bounded_number_of_requests(mesh: Mes
         t["ready"] = time.monotonic()
 
     start = time.monotonic()
-    report = web.run_loop(URL, kill_and_restart_agent, rate=RATE, duration=25, label="agent killed: loop")
+    report = web.run_loop(URL, kill_and_restart_agent, rate=RATE, duration=20, label="agent killed: loop")
     fault_at = t["kill"] - start
     print(
         f"agent SIGKILLed under {report['rate_per_s']} req/s: its Envoy exited "

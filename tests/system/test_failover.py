@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import yaml
 from tests.harness import require_root, require_tool
 from vmagent.lab.demo_config import GROUPS, SERVICES
 from vmagent.lab.mesh import MeshLab
-from vmagent.lab.netns import LineLog
 from vmagent.lab.wait import wait_for
 
 URL = "http://api.demo.svc.cluster.local:8080/hello"
@@ -52,24 +50,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
 
 
 def run_loop_and(lab: MeshLab, action: Any) -> dict[str, Any]:
-    """Start the loop on web, wait until 500 requests were answered, run ``action()``, return the report."""
-    web = lab.vms["web"]
-    cmd = [
-        sys.executable, "-m", "vmagent.lab.loadloop", "--url", URL, "--rate", str(RATE),
-        "--requests", str(REQUESTS), "--duration", str(DURATION), "--workers", "16", "--timeout", "30",
-    ]  # fmt: skip
-    loop = web.ns.popen(cmd, user="nobody", stderr=None)
-    log = LineLog(loop)
-    wait_for(
-        lambda: any(int(line.split()[1]) >= 500 for line in log.matching("progress")),
-        timeout=30,
-        what="500 answered requests",
+    """The paced loop from web (VmHost.run_loop): ``action()`` after 500 answered requests."""
+    return lab.vms["web"].run_loop(
+        URL, action, rate=RATE, requests=REQUESTS, duration=DURATION, label="failover loop"
     )
-    action()
-    assert loop.wait(timeout=DURATION + 60) == 0
-    report: dict[str, Any] = json.loads(log.matching("{")[-1])
-    print(f"\nfailover loop: {json.dumps(report)}")
-    return report
 
 
 def test_application_killed_on_one_vm_fails_no_request(mesh: MeshLab) -> None:

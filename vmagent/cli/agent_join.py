@@ -65,7 +65,8 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument(
         "--rejoin",
         action="store_true",
-        help="replace an existing identity (for example an expired one) using a new token",
+        help="replace an existing identity (for example an expired one) using a new token; restarts "
+        "vmagent.service so the running agent takes the new identity",
     )
     p.set_defaults(func=run)
 
@@ -108,16 +109,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"joined as {result.identity}; certificate serial {result.serial} valid until {result.not_after}")
     if not args.no_start:
-        _start_service()
+        _start_service(restart=args.rejoin)
     return 0
 
 
-def _start_service() -> None:
+def _start_service(restart: bool = False) -> None:
+    """Enable and start vmagent.service; ``restart`` (--rejoin): restart it, since a running agent keeps
+    the identity it loaded at start (an expired one, typically) until it restarts."""
     if not Path("/run/systemd/system").is_dir() or shutil.which("systemctl") is None:
         print("systemd is not running here: start the agent with `vmagent run`")
         return
     if proc.run(["systemctl", "cat", "vmagent.service"], check=False).returncode != 0:
         print("vmagent.service is not installed: start the agent with `vmagent run`")
+        return
+    if restart:
+        proc.run(["systemctl", "enable", "vmagent.service"], timeout=120)
+        proc.run(["systemctl", "restart", "vmagent.service"], timeout=120)
+        print("vmagent.service enabled and restarted with the new identity")
         return
     proc.run(["systemctl", "enable", "--now", "vmagent.service"], timeout=120)
     print("vmagent.service enabled and started")

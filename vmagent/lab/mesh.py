@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,39 @@ class VmHost:
                     app.wait()
         self.apps.clear()
 
+    def run_loop(
+        self,
+        url: str,
+        action: Callable[[], object],
+        *,
+        rate: float = 250,
+        duration: float = 12.0,
+        requests: int | None = None,
+        warmup: int = 500,
+        label: str = "loop",
+    ) -> dict[str, Any]:
+        """Run the paced request loop (``vmagent.lab.loadloop``) from this VM as an ordinary user through
+        capture; once ``warmup`` requests were answered run ``action()`` in this thread, then wait for the
+        loop to end (``duration`` seconds, at most ``requests``, default rate x duration). Returns the
+        loop's JSON report, which is also printed as ``LABEL: {...}`` (``pytest -s``)."""
+        count = requests if requests is not None else int(rate * duration)
+        cmd = [
+            sys.executable, "-m", "vmagent.lab.loadloop", "--url", url, "--rate", str(rate),
+            "--requests", str(count), "--duration", str(duration), "--workers", "16", "--timeout", "30",
+        ]  # fmt: skip
+        loop = self.ns.popen(cmd, user="nobody", stderr=None)
+        log = LineLog(loop)
+        wait_for(
+            lambda: any(int(line.split()[1]) >= warmup for line in log.matching("progress")),
+            timeout=30,
+            what=f"{warmup} answered requests",
+        )
+        action()
+        assert loop.wait(timeout=duration + 60) == 0
+        report: dict[str, Any] = json.loads(log.matching("{")[-1])
+        print(f"\n{label}: {json.dumps(report)}")
+        return report
+
     def start_app(self, port: int = 8080, *extra: str) -> None:
         app = self.ns.popen(
             [sys.executable, "-m", "vmagent.lab.echo", "--port", str(port), "--name", self.name, *extra]
@@ -220,6 +254,15 @@ class MeshLab:
         cp.log = LineLog(cp.process)
         cp.log.wait_line("control plane ready", timeout=timeout)
         return cp
+
+    def kill_control_plane(self) -> int:
+        """SIGKILL ``vmagent-cp serve`` (a crash, an OOM kill) and wait until it is gone; returns its pid.
+        ``restart_control_plane`` starts it again."""
+        cp = self.cp
+        assert cp is not None and cp.process is not None and cp.process.poll() is None, "no control plane"
+        cp.process.send_signal(signal.SIGKILL)
+        cp.process.wait(timeout=10)
+        return cp.process.pid
 
     def add_host(self, name: str) -> Netns:
         """A host outside the mesh (no agent)."""
@@ -332,20 +375,20 @@ class MeshLab:
         vm.agent_log = LineLog(vm.agent)
         vm.agent_log.wait_line("agent ready", timeout=timeout)
 
-    def kill_agent(self, vm: VmHost) -> tuple[int, int | None]:
-        """SIGKILL the agent and its Envoy, as a crash or a power loss would (capture stays in place);
-        returns (agent pid, Envoy pid or None)."""
+    def kill_agent(self, vm: VmHost, envoy: bool = True) -> tuple[int, int | None]:
+        """SIGKILL the agent and (``envoy``) its Envoy, as a crash or a power loss would (capture stays in
+        place); returns (agent pid, Envoy pid or None)."""
         assert vm.agent is not None and vm.agent.poll() is None, f"the agent of {vm.name} is not running"
-        envoy = (vm.status().get("envoy") or {}).get("pid")
+        envoy_pid = (vm.status().get("envoy") or {}).get("pid")
         agent_pid = vm.agent.pid
         vm.agent.send_signal(signal.SIGKILL)
-        if envoy:
+        if envoy_pid and envoy:
             try:
-                os.kill(int(envoy), signal.SIGKILL)
+                os.kill(int(envoy_pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
         vm.agent.wait(timeout=10)
-        return agent_pid, int(envoy) if envoy else None
+        return agent_pid, int(envoy_pid) if envoy_pid else None
 
     def stop_agent(self, vm: VmHost) -> None:
         if vm.agent is not None and vm.agent.poll() is None:

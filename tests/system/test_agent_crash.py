@@ -1,0 +1,118 @@
+"""The agent or its Envoy SIGKILLed under load (issue 13 item 3, docs/reliability.md "Agent or Envoy killed").
+
+Two VMs, web (client) and api; a paced loop of 250 req/s from web to api through capture. The figures
+(requests sent, failed, when) are printed (``pytest -s``) and the documented bounds asserted:
+
+* Envoy SIGKILLed: the agent restarts it (backoff 0.1 s, doubling per crash in a row); the requests lost
+  meanwhile are counted, every one of them within ``ENVOY_WINDOW`` seconds of the kill, and the loop is
+  whole again after it.
+* The agent SIGKILLed (systemd restarts it after ``RestartSec=2s``; the test does the same): its Envoy
+  exits within about a second (its log pipe breaks) and DNS answers stop; the restarted agent starts a
+  fresh Envoy. Outbound requests fail from the kill until the new Envoy is live: counted, all within
+  ``AGENT_WINDOW`` seconds. The issue's target of zero is not met (docs/reliability.md says why and what
+  would close it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import require_root, require_tool
+from vmagent.lab.demo_config import GROUPS, SERVICES
+from vmagent.lab.mesh import MeshLab
+from vmagent.lab.wait import wait_for
+
+URL = "http://api.demo.svc.cluster.local:8080/hello"
+RATE = 250
+ENVOY_WINDOW = 15.0  # every request lost to an Envoy kill fails within this many seconds of it
+AGENT_WINDOW = 30.0  # ... to an agent kill (2 s restart delay, agent start, Envoy start, first config)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
+    require_root()
+    require_tool("curl")
+    lab = MeshLab(Path(tmp_path_factory.mktemp("agentcrash")), prefix="vmac", subnet="10.230.45.0/24")
+    try:
+        lab.add_control_plane({"10-groups.yaml": GROUPS, "20-services.yaml": SERVICES})
+        lab.add_vm("web", "demo/web", app_port=None)
+        lab.add_vm("api", "demo/api")
+        lab.wait_reachable(lab.vms["web"], URL, timeout=60)
+        yield lab
+    finally:
+        lab.close()
+
+
+def losses(report: dict[str, Any], fault_at: float) -> list[float]:
+    """When each failed request started, in seconds after the fault (the loop's clock made relative)."""
+    return [round(t - fault_at, 3) for t in report["failure_times_s"]]
+
+
+def test_envoy_killed_is_restarted_and_its_loss_is_bounded(mesh: MeshLab) -> None:
+    web = mesh.vms["web"]
+    before = web.status()["envoy"]
+    t: dict[str, float] = {}
+
+    def kill_envoy() -> None:
+        t["kill"] = time.monotonic()
+        os.kill(int(before["pid"]), signal.SIGKILL)
+        wait_for(
+            lambda: (e := web.status()["envoy"])["live"] and e["pid"] != before["pid"],
+            timeout=ENVOY_WINDOW,
+            what="a new live Envoy",
+        )
+        t["live"] = time.monotonic()
+
+    start = time.monotonic()
+    report = web.run_loop(URL, kill_envoy, rate=RATE, duration=15, label="Envoy killed: loop")
+    after = web.status()["envoy"]
+    fault_at = t["kill"] - start  # the loop started a little after `start`: an upper bound
+    print(
+        f"Envoy SIGKILLed under {report['rate_per_s']} req/s: restarted (restarts {before['restarts']} -> "
+        f"{after['restarts']}, live {t['live'] - t['kill']:.1f} s after the kill); {report['sent']} "
+        f"requests, {report['failed']} failed {report['failures']}"
+    )
+    assert after["restarts"] == before["restarts"] + 1 and after["last_exit_code"] == -signal.SIGKILL
+    assert report["rate_per_s"] >= 200, report
+    assert report["failed"] <= RATE * ENVOY_WINDOW, report
+    assert all(-5 <= s <= ENVOY_WINDOW for s in losses(report, fault_at)), report
+    assert report["ok"] >= report["sent"] - report["failed"] and report["ok"] > RATE * 5
+
+
+def test_agent_killed_and_restarted_loses_a_bounded_number_of_requests(mesh: MeshLab) -> None:
+    web = mesh.vms["web"]
+    t: dict[str, float] = {}
+
+    def kill_and_restart_agent() -> None:
+        t["kill"] = time.monotonic()
+        _, envoy_pid = mesh.kill_agent(web, envoy=False)
+        assert envoy_pid is not None
+        wait_for(
+            lambda: not os.path.exists(f"/proc/{envoy_pid}"), timeout=10, what="the orphaned Envoy to exit"
+        )
+        t["envoy_gone"] = time.monotonic()
+        time.sleep(2.0)  # systemd's RestartSec=2s
+        mesh.start_agent(web, timeout=AGENT_WINDOW)
+        t["ready"] = time.monotonic()
+
+    start = time.monotonic()
+    report = web.run_loop(URL, kill_and_restart_agent, rate=RATE, duration=20, label="agent killed: loop")
+    fault_at = t["kill"] - start
+    print(
+        f"agent SIGKILLed under {report['rate_per_s']} req/s: its Envoy exited "
+        f"{t['envoy_gone'] - t['kill']:.1f} s later, the restarted agent was ready "
+        f"{t['ready'] - t['kill']:.1f} s after the kill; {report['sent']} requests, {report['failed']} failed "
+        f"{report['failures']}"
+    )
+    assert report["rate_per_s"] >= 200, report
+    assert report["failed"] <= RATE * AGENT_WINDOW, report
+    assert all(-5 <= s <= AGENT_WINDOW for s in losses(report, fault_at)), report
+    assert web.status()["ready"] is True
+    mesh.wait_reachable(web, URL, timeout=30)

@@ -8,17 +8,22 @@ namespace of that LAN (the controller).
 * ``Fleet.playbook`` runs ``ansible-playbook`` from the dev venv on the collection in ``ansible/``
   (found through a collections path that links ``ansible_collections/vmagent/mesh`` to it) and returns
   its output and the PLAY RECAP per host.
+* ``Fleet.serve`` runs an HTTP server (Python's ``http.server``) in the controller namespace on its LAN
+  address, for the role's URL and repository package sources; ``apt_repository`` writes a flat apt
+  repository (``Packages`` and an unsigned ``Release``, used with ``[trusted=yes]``) from .deb files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,30 @@ RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
     r"\s+failed=(?P<failed>\d+)"
 )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def apt_repository(directory: Path, debs: list[Path]) -> Path:
+    """A flat apt repository in ``directory`` (``deb [trusted=yes] URL ./``): the .debs, ``Packages``
+    (each package's control fields plus Filename, Size and SHA256) and an unsigned ``Release``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stanzas = []
+    for deb in debs:
+        shutil.copy(deb, directory / deb.name)
+        control = run(["dpkg-deb", "-f", str(deb)]).stdout.rstrip("\n")
+        size = deb.stat().st_size
+        stanzas.append(f"{control}\nFilename: ./{deb.name}\nSize: {size}\nSHA256: {sha256(deb)}\n")
+    packages = directory / "Packages"
+    packages.write_text("\n".join(stanzas))
+    date = time.strftime("%a, %d %b %Y %H:%M:%S UTC", time.gmtime())
+    (directory / "Release").write_text(
+        f"Origin: vmagent-tests\nLabel: vmagent-tests\nDate: {date}\n"
+        f"SHA256:\n {sha256(packages)} {packages.stat().st_size} Packages\n"
+    )
+    return directory
 
 
 def fleet_rootfs(cache_dir: Path) -> RootfsCache:
@@ -192,6 +221,23 @@ class Fleet:
             if m:
                 recap[m["host"]] = {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
         return PlaybookRun(result.returncode, output, recap)
+
+    def serve(self, directory: Path, port: int = 8000) -> str:
+        """Serve ``directory`` over HTTP from the controller's LAN address (stopped with the LAN);
+        returns the base URL."""
+        address = self.controller.addresses[0]
+        self.controller.popen(
+            ["python3", "-m", "http.server", str(port), "--bind", address, "--directory", str(directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        probe = f"import socket; socket.create_connection(('{address}', {port}), 2)"
+        wait_for(
+            lambda: self.controller.run(["python3", "-c", probe], check=False).returncode == 0,
+            timeout=30,
+            what=f"the HTTP server on {address}:{port}",
+        )
+        return f"http://{address}:{port}"
 
     def close(self) -> None:
         for node in self.nodes.values():

@@ -9,6 +9,7 @@ translation of each listener stays unaware of it and output without access logs 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -128,11 +129,22 @@ def with_access_logs(listeners: dict[str, Message], settings: AccessLogSettings)
     The inputs are shared between proxies and are not changed.
     """
     entry = access_log(settings)
+    return with_loggers(listeners, lambda _listener: (entry, entry))
+
+
+# For one listener: the access log its HTTP connection managers get, and the one its tcp_proxies get.
+LoggersFor = Callable[[listener_pb2.Listener], tuple[accesslog_pb2.AccessLog, accesslog_pb2.AccessLog]]
+
+
+def with_loggers(listeners: dict[str, Message], loggers_for: LoggersFor) -> dict[str, Message]:
+    """Copies of ``listeners`` with ``loggers_for(listener)`` appended to every HTTP connection manager and
+    tcp_proxy of every filter chain (the default one included). The inputs are not changed."""
     out: dict[str, Message] = {}
     for name, msg in listeners.items():
         if not isinstance(msg, listener_pb2.Listener):
             out[name] = msg
             continue
+        http_entry, tcp_entry = loggers_for(msg)
         copy = listener_pb2.Listener()
         copy.CopyFrom(msg)
         chains = [*copy.filter_chains]
@@ -140,13 +152,15 @@ def with_access_logs(listeners: dict[str, Message], settings: AccessLogSettings)
             chains.append(copy.default_filter_chain)
         for chain in chains:
             for f in chain.filters:
-                _add(f.typed_config, entry)
+                _append_logger(f.typed_config, http_entry, tcp_entry)
         out[name] = copy
     return out
 
 
-def _add(config: Any, entry: accesslog_pb2.AccessLog) -> None:
-    for cls in (hcm.HttpConnectionManager, tcp_proxy_pb2.TcpProxy):
+def _append_logger(
+    config: Any, http_entry: accesslog_pb2.AccessLog, tcp_entry: accesslog_pb2.AccessLog
+) -> None:
+    for cls, entry in ((hcm.HttpConnectionManager, http_entry), (tcp_proxy_pb2.TcpProxy, tcp_entry)):
         if config.Is(cls.DESCRIPTOR):
             inner = cls()
             config.Unpack(inner)

@@ -29,12 +29,11 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
-from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import Message
 
 from vmagent.common import constants
 from vmagent.common.errors import ConfigError
+from vmagent.controlplane.translate.accesslog import with_loggers
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.protos import typed
 
@@ -129,31 +128,12 @@ def with_request_metrics(listeners: dict[str, Message], peers: Mapping[str, list
     The reporter is ``destination`` on INBOUND listeners (with ``peers``), ``source`` on the others.
     The inputs are shared between proxies and are not changed.
     """
-    out: dict[str, Message] = {}
-    for name, msg in listeners.items():
-        if not isinstance(msg, listener_pb2.Listener):
-            out[name] = msg
-            continue
-        inbound = msg.traffic_direction == base_pb2.INBOUND
+
+    def loggers_for(
+        listener: listener_pb2.Listener,
+    ) -> tuple[accesslog_pb2.AccessLog, accesslog_pb2.AccessLog]:
+        inbound = listener.traffic_direction == base_pb2.INBOUND
         lname = log_name("destination", peers) if inbound else log_name("source")
-        loggers = (http_logger(lname), tcp_logger(lname))
-        copy = listener_pb2.Listener()
-        copy.CopyFrom(msg)
-        chains = [*copy.filter_chains]
-        if copy.HasField("default_filter_chain"):
-            chains.append(copy.default_filter_chain)
-        for chain in chains:
-            for f in chain.filters:
-                _add(f.typed_config, loggers)
-        out[name] = copy
-    return out
+        return http_logger(lname), tcp_logger(lname)
 
-
-def _add(config: Any, loggers: tuple[accesslog_pb2.AccessLog, accesslog_pb2.AccessLog]) -> None:
-    for cls, entry in ((hcm.HttpConnectionManager, loggers[0]), (tcp_proxy_pb2.TcpProxy, loggers[1])):
-        if config.Is(cls.DESCRIPTOR):
-            inner = cls()
-            config.Unpack(inner)
-            inner.access_log.append(entry)
-            config.CopyFrom(typed(inner))
-            return
+    return with_loggers(listeners, loggers_for)

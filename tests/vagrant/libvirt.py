@@ -52,6 +52,31 @@ def _pid_alive(pidfile: Path) -> int | None:
     return pid
 
 
+def kvm_usable() -> bool:
+    """/dev/kvm is there and the CPU has VT-x/AMD-V (a /dev/kvm without them hangs whoever opens it)."""
+    flags = Path("/proc/cpuinfo").read_text()
+    return Path("/dev/kvm").exists() and (" vmx" in flags or " svm" in flags)
+
+
+def _daemon_command(daemon: str) -> list[str]:
+    """How to start ``daemon``. Where /dev/kvm exists but cannot work, libvirtd runs in a mount namespace
+    of its own with /dev/null over /dev/kvm: otherwise its capability probe of QEMU tries KVM, hangs and
+    fails, the result is never cached, and every define or start of a domain probes again (``vagrant up``
+    then waits without end at "Updating domain definition"). The host's /dev/kvm is untouched."""
+    binary = f"/usr/sbin/{daemon}"
+    if daemon != "libvirtd" or not Path("/dev/kvm").exists() or kvm_usable():
+        return [binary, "-d"]
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f"mount --bind /dev/null /dev/kvm && exec {binary} -d",
+    ]
+
+
 def _systemd_is_pid1() -> bool:
     return Path("/proc/1/comm").read_text().strip() == "systemd"
 
@@ -86,7 +111,7 @@ class Libvirt:
             else:
                 for daemon in ("virtlogd", "libvirtd"):
                     if _pid_alive(PIDFILES[daemon]) is None:
-                        run([f"/usr/sbin/{daemon}", "-d"], timeout=60)
+                        run(_daemon_command(daemon), timeout=60)
                         self.started.append(daemon)
             wait_for(
                 lambda: virsh("list", "--all", check=False, timeout=20).returncode == 0,

@@ -194,7 +194,7 @@ def test_reboot_of_a_web_vm_keeps_identity_and_fails_over(mesh: Mesh) -> None:
     tokens = len(json.loads(vms.ssh("cp", "vmagent-cp token list -o json").stdout))
     vms.ssh("vm3", f"rm -f /tmp/stop-loop /tmp/phase-*; printf '%s' {shlex.quote(LOOP)} > /tmp/loop.py")
     loop = subprocess.Popen(
-        [*vms.ssh_args("vm3"), "runuser -u nobody -- python3 /tmp/loop.py"],
+        [*vms.ssh_args("vm3"), "sudo runuser -u nobody -- python3 /tmp/loop.py"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

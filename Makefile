@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV = $(shell scripts/venv.sh)
 PYTEST_ARGS ?=
 
-.PHONY: deps venv test lint typecheck unit fuzz chaos demo bench packages proto clean
+.PHONY: deps venv test lint typecheck unit fuzz chaos demo bench packages proto vagrant clean
 
 deps:
 	@scripts/system-deps.sh
@@ -63,6 +63,12 @@ bench: deps
 
 packages: deps
 	@v=$(VENV); PATH=$$v/bin:$$PATH packaging/build.sh
+
+# The VM tier (docs/vagrant.md): real VMs under Vagrant + libvirt, not part of `make test`. It installs its
+# own Debian packages (scripts/vagrant-deps.sh), starts libvirt itself and leaves nothing behind.
+vagrant: deps
+	@scripts/vagrant-deps.sh
+	@v=$(VENV); PATH=$$v/bin:$$PATH $$v/bin/python -m pytest tests/vagrant $(PYTEST_ARGS)
 
 clean:
 	rm -rf dist build *.egg-info .mypy_cache .pytest_cache .ruff_cache

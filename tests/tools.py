@@ -62,6 +62,13 @@ DEBIAN_PACKAGE: dict[str, str] = {
     "faketime": "faketime",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
+    "vagrant": "vagrant (+ vagrant-libvirt)",
+    "virsh": "libvirt-clients",
+    "libvirtd": "libvirt-daemon-system",
+    "virtlogd": "libvirt-daemon-system",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "mkfs.ext4": "e2fsprogs",
 }
 
 _CAPTURE = (
@@ -102,6 +109,19 @@ TIER_TOOLS: dict[str, tuple[str, ...]] = {
     ),
     "kube": ("kubectl",),
     "ansible": ("ssh", "ssh-keygen", "systemd-nspawn", "debootstrap", "ip", "nsenter"),
+    # Not in `make test`: `make vagrant` installs these with scripts/vagrant-deps.sh.
+    "vagrant": (
+        "vagrant",
+        "virsh",
+        "libvirtd",
+        "virtlogd",
+        "qemu-system-x86_64",
+        "qemu-img",
+        "mkfs.ext4",
+        "debootstrap",
+        "ssh",
+        "ssh-keygen",
+    ),
     "package": (
         "ip",
         "nsenter",

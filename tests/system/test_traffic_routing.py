@@ -385,9 +385,10 @@ def test_fault_delay_adds_at_least_the_delay(lab: MeshLab, config: Config) -> No
         ready='"delay-300ms"',
     )
     samples = [_get(web, API_URL) for _ in range(5)]
-    # Envoy arms its timers from the event loop's cached clock, so a delay can end up to ~1 ms before
-    # 300 ms of the client's own wall time; the baseline above shows the delay is what was added.
-    assert all(c == 200 and t >= 0.3 - 0.002 for c, _, t in samples), samples
+    # Envoy arms its timers from its event loop's cached clock, which on a busy machine can lag the client's
+    # wall time by a few milliseconds (2.1 ms seen in CI), so each sample is checked against the delay less
+    # 20 ms; the baseline comparison below shows the delay is what was added.
+    assert all(c == 200 and t >= 0.3 - 0.02 for c, _, t in samples), samples
     assert min(t for _, _, t in samples) - fast >= 0.25, (fast, samples)
     config.clear('"delay-300ms"')
 

@@ -1,8 +1,9 @@
-"""Where vmagent's defaults go beyond Istio's, so that losing one endpoint's whole network fails no request.
+"""Where vmagent's defaults go beyond Istio's, so that losing one endpoint's whole network fails fewer requests.
 
 Istio's defaults hide an endpoint whose application died (the 503 of its proxy is retried on another host)
 but not one whose network is cut: a request in flight on, or sent over a pooled connection to, a VM that no
-longer answers hangs until the client gives up. vmagent adds two things (docs/traffic.md, "Failover"):
+longer answers hangs until the client gives up. vmagent adds two things (docs/traffic.md, "Failover", which
+also says why a default outlier detection was tried and taken out, and what gap remains):
 
 * ``upstream_liveness``: outbound service clusters (not those to the original destination) set TCP
   keepalive (10 s idle, then probes 1 s apart) and ``TCP_USER_TIMEOUT`` (2 s) on their upstream sockets. A connection whose peer

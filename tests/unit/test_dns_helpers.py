@@ -10,6 +10,7 @@ It also runs as a program (for the system test, inside a network namespace):
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import signal
 import socket
@@ -68,14 +69,19 @@ class FakeUpstream:
         self._lock = threading.Lock()
         self._log_path = log_path
         resolver = _Resolver(self)
-        self._udp = DNSServer(resolver, address=host, port=port, logger=_QuietLogger())
         self.host = host
-        self.port = int(self._udp.server.server_address[1])
-        try:
-            self._tcp = DNSServer(resolver, address=host, port=self.port, tcp=True, logger=_QuietLogger())
-        except OSError:
-            self._udp.server.server_close()
-            raise
+        # With port 0 the UDP port is free but the same TCP port may not be (another socket's ephemeral
+        # port): then try another UDP port, a bounded number of times.
+        for attempt in range(1 if port else 20):
+            self._udp = DNSServer(resolver, address=host, port=port, logger=_QuietLogger())
+            self.port = int(self._udp.server.server_address[1])
+            try:
+                self._tcp = DNSServer(resolver, address=host, port=self.port, tcp=True, logger=_QuietLogger())
+                break
+            except OSError as exc:
+                self._udp.server.server_close()
+                if port or exc.errno != errno.EADDRINUSE or attempt == 19:
+                    raise
 
     def record_query(self, protocol: str, name: str, qtype: str, client: str) -> None:
         with self._lock:

@@ -19,17 +19,16 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness import require_root, require_tool
-from vmagent.lab.demo_config import GROUPS, SERVICES
+from tests.system.demo_mesh import API_URL as URL
+from tests.system.demo_mesh import web_and_api_mesh
 from vmagent.lab.mesh import MeshLab
 from vmagent.lab.wait import wait_for
 
-URL = "http://api.demo.svc.cluster.local:8080/hello"
 RATE = 250
 ENVOY_WINDOW = 15.0  # every request lost to an Envoy kill fails within this many seconds of it
 AGENT_WINDOW = 30.0  # ... to an agent kill (2 s restart delay, agent start, Envoy start, first config)
@@ -39,15 +38,8 @@ AGENT_WINDOW = 30.0  # ... to an agent kill (2 s restart delay, agent start, Env
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
     require_root()
     require_tool("curl")
-    lab = MeshLab(Path(tmp_path_factory.mktemp("agentcrash")), prefix="vmac", subnet="10.230.45.0/24")
-    try:
-        lab.add_control_plane({"10-groups.yaml": GROUPS, "20-services.yaml": SERVICES})
-        lab.add_vm("web", "demo/web", app_port=None)
-        lab.add_vm("api", "demo/api")
-        lab.wait_reachable(lab.vms["web"], URL, timeout=60)
+    with web_and_api_mesh(tmp_path_factory.mktemp("agentcrash"), "vmac", "10.230.45.0/24") as lab:
         yield lab
-    finally:
-        lab.close()
 
 
 def losses(report: dict[str, Any], fault_at: float) -> list[float]:

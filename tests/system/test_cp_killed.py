@@ -15,17 +15,16 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness import require_root, require_tool
-from vmagent.lab.demo_config import GROUPS, SERVICES
+from tests.system.demo_mesh import API_URL as URL
+from tests.system.demo_mesh import web_and_api_mesh
 from vmagent.lab.mesh import MeshLab, VmHost
 from vmagent.lab.wait import wait_for
 
-URL = "http://api.demo.svc.cluster.local:8080/hello"
 RATE = 250
 DOWN = float(os.environ.get("VMAGENT_CP_DOWN_SECONDS", "15"))
 NEW_HOST = "api-next.demo.svc.cluster.local"
@@ -55,15 +54,8 @@ RETIRED = "spiffe://cluster.local/ns/demo/sa/retired"
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
     require_root()
     require_tool("curl")
-    lab = MeshLab(Path(tmp_path_factory.mktemp("cpkill")), prefix="vmck", subnet="10.230.43.0/24")
-    try:
-        lab.add_control_plane({"10-groups.yaml": GROUPS, "20-services.yaml": SERVICES})
-        lab.add_vm("web", "demo/web", app_port=None)
-        lab.add_vm("api", "demo/api")
-        lab.wait_reachable(lab.vms["web"], URL, timeout=60)
+    with web_and_api_mesh(tmp_path_factory.mktemp("cpkill"), "vmck", "10.230.43.0/24") as lab:
         yield lab
-    finally:
-        lab.close()
 
 
 def registered(vm: VmHost) -> tuple[bool, int]:

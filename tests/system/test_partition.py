@@ -23,17 +23,16 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness import require_root, require_tool
-from vmagent.lab.demo_config import GROUPS, SERVICES
+from tests.system.demo_mesh import API_URL as URL
+from tests.system.demo_mesh import web_and_api_mesh
 from vmagent.lab.mesh import MeshLab, VmHost
 from vmagent.lab.wait import wait_for
 
-URL = "http://api.demo.svc.cluster.local:8080/hello"
 PARTITION = float(os.environ.get("VMAGENT_PARTITION_SECONDS", "12"))
 CERT_TTL = max(30, int(2 * PARTITION))
 
@@ -43,17 +42,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
     require_root()
     require_tool("curl")
     require_tool("iptables")
-    lab = MeshLab(Path(tmp_path_factory.mktemp("partition")), prefix="vmpt", subnet="10.230.44.0/24")
-    try:
-        lab.add_control_plane(
-            {"10-groups.yaml": GROUPS, "20-services.yaml": SERVICES}, ["--cert-ttl", f"{CERT_TTL}s"]
-        )
-        lab.add_vm("web", "demo/web", app_port=None)
-        lab.add_vm("api", "demo/api")
-        lab.wait_reachable(lab.vms["web"], URL, timeout=60)
+    root = tmp_path_factory.mktemp("partition")
+    with web_and_api_mesh(root, "vmpt", "10.230.44.0/24", cp_args=["--cert-ttl", f"{CERT_TTL}s"]) as lab:
         yield lab
-    finally:
-        lab.close()
 
 
 def partition(mesh: MeshLab, vm: VmHost, on: bool) -> None:

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +132,12 @@ class ControlPlaneProcess:
     @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
+
+    def served_groups(self) -> list[str]:
+        """The WorkloadGroups the running server has loaded, from its ``/api/v1/server`` document."""
+        with urllib.request.urlopen(self.http_url + "/api/v1/server", timeout=5) as resp:  # noqa: S310
+            groups: list[str] = json.loads(resp.read())["workload_groups"]
+        return groups
 
     def token(self, group: str, ttl: str = "1h", uses: int = 1) -> dict[str, str]:
         """``token create -o json`` output: token, ca_hash, command, ..."""

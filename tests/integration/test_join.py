@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tests.cp_harness import ControlPlaneProcess, VmDirs, cli, join
-from tests.harness import free_port
+from tests.harness import free_port, wait_for
 from vmagent.common.x509util import load_chain, spiffe_ids, verify_chain
 
 
@@ -108,6 +108,8 @@ def test_tampered_token_is_refused(control_plane: ControlPlaneProcess, tmp_path:
 def test_token_for_missing_group_is_refused(control_plane: ControlPlaneProcess, tmp_path: Path) -> None:
     tok = control_plane.token("demo/web")
     (control_plane.config_dir / "wg-demo-web.yaml").unlink()
+    # The server reloads its config dir on its own schedule: join only once it has dropped the group.
+    wait_for(lambda: "demo/web" not in control_plane.served_groups(), timeout=30, what="group to be unloaded")
     vm = VmDirs.under(tmp_path)
     _assert_refused(
         join(control_plane, vm, tok["token"], tok["ca_hash"]), vm, "WorkloadGroup demo/web does not exist"

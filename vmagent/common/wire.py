@@ -23,6 +23,7 @@ LISTENER = _TYPE_PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = _TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
 SECRET = _TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 RUNTIME = _TYPE_PREFIX + "envoy.service.runtime.v3.Runtime"
+EXTENSION_CONFIG = _TYPE_PREFIX + "envoy.config.core.v3.TypedExtensionConfig"  # ECDS (Wasm filters)
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 

@@ -32,6 +32,7 @@ from vmagent.controlplane.translate.security import inbound_security
 from vmagent.controlplane.translate.services import visible_services
 from vmagent.controlplane.translate.sidecar import apply_sidecar
 from vmagent.controlplane.translate.telemetry import access_logging_enabled
+from vmagent.controlplane.translate.wasm import apply_wasm_plugins
 
 Resources = dict[str, dict[str, Any]]
 OutboundKey = tuple[str, tuple[tuple[str, str], ...], str]
@@ -48,6 +49,7 @@ _SELECTOR_PATHS: Mapping[str, tuple[str, ...]] = {
     "Sidecar": ("workloadSelector", "labels"),
     "EnvoyFilter": ("workloadSelector", "labels"),
     "Telemetry": ("selector", "matchLabels"),
+    "WasmPlugin": ("selector", "matchLabels"),
 }
 
 
@@ -168,6 +170,7 @@ def build_inbound_resources(
     if proxy.mode == "gateway":
         out = _with_access_logs(out, proxy, configs, mesh)
         out = _with_request_metrics(out, proxy, configs, mesh)
+        apply_wasm_plugins(out, proxy, configs, mesh)
         apply_envoy_filters(out, proxy, configs, mesh)
         return _sorted(out)
     for c in clusters.inbound_passthrough_clusters(proxy, mesh):
@@ -182,6 +185,7 @@ def build_inbound_resources(
     _put(out, LISTENER, names.VIRTUAL_INBOUND, inbound.virtual_inbound(proxy, security, mesh))
     out = _with_access_logs(out, proxy, configs, mesh)
     out = _with_request_metrics(out, proxy, configs, mesh)
+    apply_wasm_plugins(out, proxy, configs, mesh)
     apply_envoy_filters(out, proxy, configs, mesh)
     return _sorted(out)
 

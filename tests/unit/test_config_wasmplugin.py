@@ -125,7 +125,10 @@ def test_url_file_size_limited(tmp_path: Path) -> None:
     big = tmp_path / "big.wasm"
     big.write_bytes(EMPTY_MODULE + b"\0" * MAX_MODULE_BYTES)
     [message] = errors({"url": url(big)})
-    assert message.startswith(f"spec.url: the module {big} has {MAX_MODULE_BYTES + 8} bytes, more than")
+    assert message == (
+        f"spec.url: the module {big} has more than vmagent's limit of {MAX_MODULE_BYTES} bytes "
+        "(its bytes are sent to the proxies over xDS)"
+    )
 
 
 def test_sha256_must_be_64_lower_case_hex(module: Path) -> None:

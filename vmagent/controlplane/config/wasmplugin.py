@@ -10,6 +10,7 @@ by vmagent, as is ``type: NETWORK``.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -56,21 +57,27 @@ def module_path(url: str) -> str | None:
 
 
 def read_module(path: str) -> bytes:
-    """The bytes of the module at ``path`` (raises ValueError saying what is wrong with it)."""
+    """The bytes of the module at ``path`` (raises ValueError saying what is wrong with it).
+
+    Only a regular file is read, without blocking and at most ``MAX_MODULE_BYTES`` + 1 bytes of it, and
+    only a Wasm binary is returned: a url cannot make the control plane ship another file's content.
+    """
     p = Path(path)
     if not p.is_absolute():
         raise ValueError(f"the module path {path!r} must be absolute (file:///path/to/module.wasm)")
     try:
         if not p.is_file():
             raise ValueError(f"no module file at {path} on the control plane host")
-        if p.stat().st_size > MAX_MODULE_BYTES:
-            raise ValueError(
-                f"the module {path} has {p.stat().st_size} bytes, more than vmagent's limit of "
-                f"{MAX_MODULE_BYTES} (its bytes are sent to the proxies over xDS)"
-            )
-        data = p.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(MAX_MODULE_BYTES + 1)
     except OSError as exc:
         raise ValueError(f"cannot read the module {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_MODULE_BYTES:
+        raise ValueError(
+            f"the module {path} has more than vmagent's limit of {MAX_MODULE_BYTES} bytes "
+            "(its bytes are sent to the proxies over xDS)"
+        )
     if not data.startswith(WASM_MAGIC):
         raise ValueError(f"{path} is not a WebAssembly binary module (no '\\0asm' header)")
     return data

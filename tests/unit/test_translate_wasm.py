@@ -255,3 +255,32 @@ def test_plugins_do_not_leak_into_shared_outbound_messages(module: Path) -> None
 
 def test_selector_labels_are_read_for_sharing(module: Path) -> None:
     assert "app" in label_keys_read(ConfigIndex([plugin(module)]))
+
+
+def test_gateway_listeners_count_as_client_traffic(module: Path) -> None:
+    from tests.unit.test_translate_gateway import GATEWAY, GW_PROXY
+    from tests.unit.test_translate_gateway import build as build_gateway
+
+    spec = f"""
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: edge-plugin, namespace: edge}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  url: file://{module}
+  match: [{{mode: CLIENT, ports: [{{number: 8080}}]}}]
+"""
+    res = build_gateway(GATEWAY + spec, GW_PROXY)
+    by_listener = chains(res)
+    assert by_listener["0.0.0.0_8080"] and all(
+        f[0] == "edge.edge-plugin" for _, f in by_listener["0.0.0.0_8080"]
+    )
+    assert all("edge.edge-plugin" not in f for _, f in by_listener["0.0.0.0_8443"])
+    server_only = spec.replace("mode: CLIENT", "mode: SERVER")
+    assert EXTENSION_CONFIG in build_gateway(GATEWAY + server_only, GW_PROXY)
+    assert all(
+        "edge.edge-plugin" not in f
+        for cs in chains(build_gateway(GATEWAY + server_only)).values()
+        for _, f in cs
+    )

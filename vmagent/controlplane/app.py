@@ -34,6 +34,7 @@ from vmagent.controlplane.grpc_server import (
 from vmagent.controlplane.inject.cabundle import CaBundlePatcher
 from vmagent.controlplane.inject.namespaces import NamespaceLabels
 from vmagent.controlplane.inject.review import Injector
+from vmagent.controlplane.inject.rootcert import RootCertPublisher
 from vmagent.controlplane.inject.server import WebhookServer
 from vmagent.controlplane.kube.client import KubeClient
 from vmagent.controlplane.kube.informer import Informer
@@ -193,6 +194,7 @@ class ControlPlane:
         self.ca_workers: CaWorkers | None = None
         self.webhook: WebhookServer | None = None
         self.ca_bundle: CaBundlePatcher | None = None
+        self.root_cert: RootCertPublisher | None = None
         if self.kube is not None and opts.inject_listen:
             self._make_webhook(self.kube)
         self._stopped = threading.Event()
@@ -223,6 +225,7 @@ class ControlPlane:
             self.ca_bundle = CaBundlePatcher(
                 kube, self.store.ca.root_pem, self.elector.is_leader, self.opts.webhook_config
             )
+            self.root_cert = RootCertPublisher(kube, self.store.ca.root_pem, self.elector.is_leader)
 
     def _remove_entries(self, callers: set[tuple[str, str]], reason: str) -> int:
         return len(self.workloads.remove_where(lambda r: (r.spiffe_id, r.cert_serial) in callers, reason))
@@ -291,8 +294,9 @@ class ControlPlane:
             self.ca_workers.start()
         if self.webhook is not None:
             self.webhook.start()
-        if self.ca_bundle is not None:
-            self.ca_bundle.start()
+        for writer in (self.ca_bundle, self.root_cert):
+            if writer is not None:
+                writer.start()
         self.http.start()
         for err in self.configs.errors():
             log.error("config: %s", err)
@@ -307,8 +311,9 @@ class ControlPlane:
         self.http.stop()
         if self.webhook is not None:
             self.webhook.stop()
-        if self.ca_bundle is not None:
-            self.ca_bundle.stop()
+        for writer in (self.ca_bundle, self.root_cert):
+            if writer is not None:
+                writer.stop()
         if self.ca_workers is not None:
             self.ca_workers.stop()
         self.tls_server.stop()
@@ -331,8 +336,9 @@ class ControlPlane:
         self._stopped.set()
 
     def _leading_changed(self, leading: bool) -> None:
-        if leading and self.ca_bundle is not None:
-            self.ca_bundle.trigger()
+        for writer in (self.ca_bundle, self.root_cert):
+            if leading and writer is not None:
+                writer.trigger()
         if leading and self.kube_config is not None:
             kube_config = self.kube_config
             threading.Thread(target=kube_config.resync_status, name="status-resync", daemon=True).start()
@@ -371,6 +377,8 @@ class ControlPlane:
                 "webhook_config": self.opts.webhook_config,
                 "ca_bundle_writes": self.ca_bundle.writes if self.ca_bundle is not None else 0,
                 "ca_bundle_error": self.ca_bundle.last_error if self.ca_bundle is not None else "",
+                "root_cert_writes": self.root_cert.writes if self.root_cert is not None else 0,
+                "root_cert_error": self.root_cert.last_error if self.root_cert is not None else "",
             },
             "pushes": self.mesh.pushes,
         }

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
+from vmagent.controlplane.inject.leader_loop import LeaderLoop
 from vmagent.controlplane.kube.client import KubeClient, KubeError, Resource
 
 log = logging.getLogger(__name__)
@@ -57,36 +57,11 @@ class CaBundlePatcher:
     ) -> None:
         self.client = client
         self.bundle = base64.b64encode(root_pem).decode()
-        self.is_leader = is_leader
         self.name = name
-        self.period = period
         self.writes = 0
         self.last_error = ""
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="webhook-cabundle", daemon=True)
-            self._thread.start()
-
-    def trigger(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self.is_leader():
-                self.sync_once()
-            self._wake.wait(self.period)
-            self._wake.clear()
+        self.loop = LeaderLoop("webhook-cabundle", self.sync_once, is_leader, period)
+        self.start, self.stop, self.trigger = self.loop.start, self.loop.stop, self.loop.trigger
 
     def sync_once(self) -> bool:
         """One round; True when the configuration carries the bundle afterwards."""

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 INJECT_PATH = "/inject"
 MAX_BODY = 8 * 1024 * 1024  # a Pod is at most ~1.5 MiB in etcd; an AdmissionReview carries it once or twice
 IO_TIMEOUT = 10.0
+DRAIN_TIMEOUT = 0.5  # after a refusal: how long a pause in the client's body ends the draining
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -124,26 +125,29 @@ class WebhookServer:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                client = self.client_address[0]
+                self._unread = 0
+                length_text = self.headers.get("Content-Length")
+                if length_text is None or not length_text.strip().isdigit():
+                    return self._refuse(411, "Content-Length required")
+                self._unread = int(length_text)
+                if self._unread > MAX_BODY:
+                    return self._refuse(413, f"body of {self._unread} bytes is over the limit of {MAX_BODY}")
                 if self.path.split("?", 1)[0] != INJECT_PATH:
                     return self._refuse(
                         404, f"no such path {self.path[:200]!r} (the webhook is at {INJECT_PATH})"
                     )
                 ctype = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
                 if ctype != "application/json":
-                    return self._refuse(415, f"Content-Type {ctype or '(none)'!r}: expected application/json")
-                length_text = self.headers.get("Content-Length")
-                if length_text is None or not length_text.strip().isdigit():
-                    return self._refuse(411, "Content-Length required")
-                length = int(length_text)
-                if length > MAX_BODY:
-                    return self._refuse(413, f"body of {length} bytes is over the limit of {MAX_BODY}")
+                    return self._refuse(
+                        415, f"Content-Type {ctype[:100] or '(none)'!r}: expected application/json"
+                    )
                 try:
-                    raw = self.rfile.read(length)
+                    raw = self.rfile.read(self._unread)
                 except OSError as exc:
-                    log.info("webhook: reading the body from %s failed: %s", client, exc)
+                    log.info("webhook: reading the body from %s failed: %s", self.client_address[0], exc)
                     self.close_connection = True
                     return None
+                self._unread = 0
                 try:
                     body = json.loads(raw)
                 except ValueError as exc:
@@ -165,6 +169,23 @@ class WebhookServer:
                 self.close_connection = True  # an unread body would be taken for the next request
                 body = json.dumps({"error": reason}).encode()
                 self._reply(status, "application/json", body)
+                self._drain()
+
+            def _drain(self) -> None:
+                """Read what the client is still sending (bounded, until it pauses), so that closing
+                does not reset the connection and destroy the answer before the client reads it."""
+                left = min(getattr(self, "_unread", 0), MAX_BODY)
+                if left <= 0:
+                    return
+                try:
+                    self.connection.settimeout(DRAIN_TIMEOUT)
+                    while left > 0:
+                        chunk = self.rfile.read1(min(left, 65536))
+                        if not chunk:
+                            break
+                        left -= len(chunk)
+                except OSError:
+                    pass
 
             def _reply(self, code: int, ctype: str, body: bytes) -> None:
                 self.send_response(code)

@@ -12,6 +12,7 @@ import grpc
 
 from vmagent.api import bootstrap_pb2_grpc, istio_ca_pb2_grpc
 from vmagent.common.constants import CP_SERVER_NAME
+from vmagent.common.errors import VmagentError
 from vmagent.common.x509util import chain_pem, key_pem
 from vmagent.controlplane.ca.authority import CaSettings
 from vmagent.controlplane.ca.certservice import (
@@ -218,9 +219,12 @@ class ControlPlane:
         dns = self.webhook_names() + [n for n in self.opts.server_names if not is_ip(n)]
         ips = ["127.0.0.1", "::1"] + [n for n in self.opts.server_names if is_ip(n)]
         key, chain = self.store.ca.issue_server_cert(dns, ips, SERVER_CERT_TTL)
-        self.webhook = WebhookServer(
-            self.opts.inject_listen, injector, chain_pem(chain), key_pem(key), self.opts.state_dir
-        )
+        try:
+            self.webhook = WebhookServer(
+                self.opts.inject_listen, injector, chain_pem(chain), key_pem(key), self.opts.state_dir
+            )
+        except (ValueError, OSError) as exc:
+            raise VmagentError(f"--inject-listen {self.opts.inject_listen}: {exc}") from exc
         if self.elector is not None:
             self.ca_bundle = CaBundlePatcher(
                 kube, self.store.ca.root_pem, self.elector.is_leader, self.opts.webhook_config

@@ -1,7 +1,8 @@
 """The webhook over HTTPS: ``POST /inject`` with an AdmissionReview, on port 15017 by default.
 
 Each connection gets its own thread and does its TLS handshake there (a slow client never holds up
-``accept``); a socket that stays silent for ``IO_TIMEOUT`` seconds is closed. Statuses:
+``accept``); a socket that stays silent for ``IO_TIMEOUT`` seconds is closed, and beyond
+``MAX_CONNECTIONS`` open at once new ones are closed at once. Statuses:
 
 * 200 with the AdmissionReview response (allowed, with or without a patch);
 * 400 body that is not JSON or not an AdmissionReview v1; 404 another path; 405 another method;
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 INJECT_PATH = "/inject"
 MAX_BODY = 8 * 1024 * 1024  # a Pod is at most ~1.5 MiB in etcd; an AdmissionReview carries it once or twice
 IO_TIMEOUT = 10.0
+MAX_CONNECTIONS = 256  # open at once (a thread each); more are closed at once and logged
 DRAIN_TIMEOUT = 0.5  # after a refusal: how long a pause in the client's body ends the draining
 
 
@@ -51,6 +53,26 @@ class _TlsHttpServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, handler)
         self.ctx = ctx
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning(
+                "webhook: %d connections open; closing the one from %s", MAX_CONNECTIONS, client_address[0]
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # In the connection's own thread: the handshake (and its timeout) never blocks accept().
@@ -123,6 +145,7 @@ class WebhookServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = IO_TIMEOUT
 
             def do_POST(self) -> None:
                 self._unread = 0

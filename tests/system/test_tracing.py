@@ -2,7 +2,7 @@
 
 One lab for the module (prefix ``vmtrace``): a control plane started with ``--mesh-config`` naming two
 providers, the ``web`` (client, no app) and ``api`` (echo app) VMs with real agents and Envoys, and a host
-``collector`` outside the mesh running ``tests/tracecollector.py``, a minimal Zipkin v2 JSON and OTLP/HTTP
+``collector`` outside the mesh running ``vmagent/lab/tracecollector.py``, a minimal Zipkin v2 JSON and OTLP/HTTP
 receiver (its docstring says why it is not a packaged collector):
 
 * ``zipkin`` (the default provider): ``zipkin.istio-system.svc.cluster.local:9411``, a ServiceEntry
@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 
 from tests.harness import require_root, require_tool
-from tests.tracecollector import read_spans
 from vmagent.lab.demo_config import DEMO_CONFIG
 from vmagent.lab.mesh import MeshLab, VmHost
 from vmagent.lab.netns import LineLog
+from vmagent.lab.tracecollector import read_spans
 from vmagent.lab.wait import wait_for
 
 API = "http://api.demo.svc.cluster.local:8080"
@@ -186,7 +186,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             [
                 sys.executable,
                 "-m",
-                "tests.tracecollector",
+                "vmagent.lab.tracecollector",
                 "--port",
                 "9411",
                 "--port",

@@ -1,4 +1,4 @@
-"""A minimal trace collector for the tests: Zipkin v2 JSON and OTLP/HTTP (protobuf) receivers.
+"""A minimal trace collector for the tests, the demo and bench/: Zipkin v2 JSON and OTLP/HTTP (protobuf) receivers.
 
 Why not a real collector: Zipkin and Jaeger are Java and Go programs not packaged in Debian, and PyPI has
 no maintained Zipkin or OTLP *receiver* (``py-zipkin`` and the OpenTelemetry SDK are clients). What Envoy
@@ -10,7 +10,7 @@ with the OTLP protos that ship in xds-protos. Anything else is answered 404 and 
 Every span received is appended to ``--out`` as one JSON line in a common shape:
 ``{"format", "trace_id", "id", "parent_id", "kind", "service", "name", "tags"}`` (ids in lower-case
 hex, ``parent_id`` "" for a root span, ``kind`` ``CLIENT``/``SERVER``/...). Run it as
-``python -m tests.tracecollector --port 9411 --port 4318 --out FILE``; it prints ``listening`` once
+``python -m vmagent.lab.tracecollector --port 9411 --port 4318 --out FILE``; it prints ``listening`` once
 every port is bound.
 """
 
@@ -48,8 +48,9 @@ def zipkin_spans(body: bytes) -> list[dict[str, Any]]:
 
 def otlp_spans(body: bytes) -> list[dict[str, Any]]:
     """An OTLP ExportTraceServiceRequest (protobuf) in the common shape."""
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-    from opentelemetry.proto.trace.v1 import trace_pb2
+    # the OTLP protos ship in xds-protos, without type stubs
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # type: ignore[import-untyped]
+    from opentelemetry.proto.trace.v1 import trace_pb2  # type: ignore[import-untyped]
 
     req = trace_service_pb2.ExportTraceServiceRequest()
     req.ParseFromString(body)
@@ -104,7 +105,7 @@ def make_handler(out: Path) -> type[BaseHTTPRequestHandler]:
             """The request body, with a Content-Length or chunked (Envoy's async client streams it)."""
             if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            parts = []
+            parts: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:

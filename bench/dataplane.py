@@ -161,20 +161,12 @@ def envoy_counters(vm: VmHost, patterns: list[str]) -> dict[str, int]:
 
 def has_metrics_loggers(vm: VmHost) -> bool:
     """Whether ``vm``'s Envoy runs listeners with the request-metrics access logger (its config dump)."""
-    r = vm.ns.run(
-        ["curl", "-s", "--max-time", "5", "http://127.0.0.1:15000/config_dump?resource=dynamic_listeners"],
-        timeout=10,
-    )
-    return "envoy.access_loggers.http_grpc" in r.stdout
+    return "envoy.access_loggers.http_grpc" in vm.envoy_admin("/config_dump?resource=dynamic_listeners")
 
 
 def has_tracer(vm: VmHost) -> bool:
     """Whether ``vm``'s Envoy runs listeners with a tracer (its config dump)."""
-    r = vm.ns.run(
-        ["curl", "-s", "--max-time", "5", "http://127.0.0.1:15000/config_dump?resource=dynamic_listeners"],
-        timeout=10,
-    )
-    return "envoy.tracers.zipkin" in r.stdout
+    return "envoy.tracers.zipkin" in vm.envoy_admin("/config_dump?resource=dynamic_listeners")
 
 
 def envoy_pid(vm: VmHost) -> int:

@@ -282,3 +282,34 @@ def test_opentelemetry_provider_exports_otlp_and_propagates_traceparent(lab: Lab
     fresh = lab.get()["headers"]["traceparent"].split("-")[1]
     spans = {s["kind"]: s for s in lab.trace(fresh)}
     assert spans["CLIENT"]["parent_id"] == "" and spans["SERVER"]["parent_id"] == spans["CLIENT"]["id"]
+
+
+def test_a_telemetry_naming_an_undefined_provider_is_a_config_error(lab: Lab) -> None:
+    """The control plane lists it with file, object and field (``/api/v1/config/errors``, the same list
+    ``vmagent-cp config errors`` and the config-error metric read)."""
+    cp = lab.mesh.cp
+    assert cp is not None
+    bad = """\
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: typo, namespace: elsewhere}
+spec:
+  tracing:
+  - providers: [{name: jaegr}]
+"""
+    path = cp.write_config("50-typo.yaml", bad)
+    try:
+        want = (
+            "Telemetry elsewhere/typo: spec.tracing[0].providers[0].name: tracing provider 'jaegr' is not "
+            "defined in MeshConfig extensionProviders (known: otel, zipkin)"
+        )
+        errors = wait_for(
+            lambda: [e for e in cp.api("/api/v1/config/errors") if want in e],
+            timeout=30,
+            interval=0.5,
+            what="the provider error",
+        )
+        assert errors[0].startswith(str(path)) or "50-typo.yaml" in errors[0], errors
+    finally:
+        path.unlink()
+    wait_for(lambda: not any("jaegr" in e for e in cp.api("/api/v1/config/errors")), timeout=30, interval=0.5)

@@ -80,7 +80,8 @@ def add_subcommand(sub: Any) -> None:
         "--mesh-config",
         type=Path,
         help="YAML with Istio MeshConfig fields: outboundTrafficPolicy.mode, rootNamespace, "
-        "accessLogFile, accessLogEncoding (TEXT|JSON), accessLogFormat",
+        "accessLogFile, accessLogEncoding (TEXT|JSON), accessLogFormat, defaultProviders, "
+        "extensionProviders (zipkin, opentelemetry), defaultConfig.tracing, enableTracing",
     )
     p.add_argument(
         "--ca-workers",

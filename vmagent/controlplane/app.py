@@ -58,6 +58,7 @@ from vmagent.controlplane.registry.workload_store import Reaper, WorkloadStore
 from vmagent.controlplane.revocation_watch import RevocationWatcher
 from vmagent.controlplane.snapshots import Translator, mesh_options
 from vmagent.controlplane.state import StateStore, config_sources
+from vmagent.controlplane.translate.tracing import provider_ref_issues
 from vmagent.controlplane.web import HttpApi
 from vmagent.controlplane.xds.cache import SnapshotCache
 from vmagent.controlplane.xds.push import PushScheduler
@@ -132,7 +133,7 @@ class ControlPlane:
         self.metrics = ControlPlaneMetrics(
             lambda: self.ads.status(),
             self.workloads.workloads_json,
-            self.configs.errors,
+            self.config_errors,
             lambda: len(self.configs.snapshot()),
             join_failures=lambda: (
                 self.issuer.join_limiter.failed_total,
@@ -186,7 +187,7 @@ class ControlPlane:
         self.http.add_json("/api/v1/proxies", self.ads.status)
         self.http.add_json("/api/v1/workloads", self.workloads.workloads_json)
         self.http.add_text("/metrics", PROMETHEUS_CONTENT_TYPE, self.metrics.render)
-        self.http.add_json("/api/v1/config/errors", self.configs.errors)
+        self.http.add_json("/api/v1/config/errors", self.config_errors)
         self.http.add_json("/api/v1/config/warnings", self.configs.warnings)
         self.http.add_json("/api/v1/kubernetes", self.kube_status)
         self.http.add_json("/api/v1/certificates", lambda: [c.as_json() for c in self.store.records.issued()])
@@ -302,12 +303,17 @@ class ControlPlane:
             if writer is not None:
                 writer.start()
         self.http.start()
-        for err in self.configs.errors():
+        for err in self.config_errors():
             log.error("config: %s", err)
         log.info(
             "control plane ready: join (TLS) on %s, mutual TLS on %s, HTTP on %s; mesh root %s",
             self.opts.listen, self.opts.mtls_listen, self.opts.http_listen, self.ca_hash,
         )  # fmt: skip
+
+    def config_errors(self) -> list[str]:
+        """The config sources' problems, and Telemetry tracing providers MeshConfig does not define."""
+        refs = provider_ref_issues(self.configs.list("Telemetry"), self.translator.mesh.tracing)
+        return [*self.configs.errors(), *(str(i) for i in refs)]
 
     def stop(self) -> None:
         if self._stopped.is_set():

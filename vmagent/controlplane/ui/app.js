@@ -85,13 +85,15 @@ function graphSvg(graph, focus) {
     const len = Math.hypot(x2 - x1, y2 - y1) || 1, ux = (x2 - x1) / len, uy = (y2 - y1) / len;
     const g = svg("g", { class: "edge" + (e.error_rate > 0 ? " failing" : ""), "data-source": e.source, "data-destination": e.destination, "data-rps": e.rps, "data-error-rate": e.error_rate });
     g.append(svg("line", { x1: x1 + ux * 26, y1: y1 + uy * 26, x2: x2 - ux * 26, y2: y2 - uy * 26, "marker-end": "url(#arrow)" }));
-    g.append(svg("text", { x: (x1 + x2) / 2 + uy * 12, y: (y1 + y2) / 2 - ux * 12, "text-anchor": "middle" }, edgeLabel(e)));
+    // the label beside the line's middle, on its right-hand side, never across it
+    const side = Math.abs(ux) < 0.5 ? { dx: 10, dy: 4, anchor: "start" } : { dx: 0, dy: -10, anchor: "middle" };
+    g.append(svg("text", { x: (x1 + x2) / 2 + side.dx, y: (y1 + y2) / 2 + side.dy, "text-anchor": side.anchor }, edgeLabel(e)));
     root.append(g);
   }
   for (const n of nodes) {
     const g = svg("g", { class: "node", "data-node": n });
     g.append(svg("circle", { cx: pos[n][0], cy: pos[n][1], r: 24 }));
-    g.append(svg("text", { x: pos[n][0], y: pos[n][1] + 40 }, n));
+    g.append(svg("text", { x: pos[n][0] + 30, y: pos[n][1] + 4, "text-anchor": "start" }, n));
     root.append(g);
   }
   return root;

@@ -81,3 +81,12 @@ def test_status_json_and_unknown_path(server: tuple[StatusServer, Flags, Registr
     assert code == 200 and ctype == "application/json"
     assert json.loads(body)["identity"] == "spiffe://cluster.local/ns/a/sa/b"
     assert _get(srv.port, "/nope")[0] == 404
+
+
+def test_source_agent_leaves_out_envoys_families(server: tuple[StatusServer, Flags, Registry]) -> None:
+    """``?source=agent`` (the control plane's dashboard scrape) is the agent's own registry only."""
+    srv, _, _ = server
+    code, _, body = _get(srv.port, "/stats/prometheus?source=agent")
+    assert code == 200 and 'vmagent_test_events_total{kind="a"} 3.0' in body
+    assert "envoy_fake_metric" not in body
+    assert "envoy_fake_metric 1" in _get(srv.port, "/stats/prometheus")[2]

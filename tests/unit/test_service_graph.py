@@ -68,7 +68,7 @@ class Agent:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 data = agent.body.encode()
-                self.send_response(200 if self.path == "/stats/prometheus" else 404)
+                self.send_response(200 if self.path == "/stats/prometheus?source=agent" else 404)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

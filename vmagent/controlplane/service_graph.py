@@ -155,7 +155,8 @@ class ServiceGraph:
 
     def _fetch(self, address: str) -> str:
         host = f"[{address}]" if ":" in address else address
-        url = f"http://{host}:{self.port}/stats/prometheus"
+        # source=agent: the agent's own families only, not Envoy's (an older agent ignores it and sends all)
+        url = f"http://{host}:{self.port}/stats/prometheus?source=agent"
         with _DIRECT.open(url, timeout=self.timeout) as resp:
             body: bytes = resp.read(self.max_bytes + 1)
         if len(body) > self.max_bytes:

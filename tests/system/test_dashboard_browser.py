@@ -9,12 +9,14 @@ listens on 127.0.0.1 in its own namespace, through tests/netns_forward.py.
 Checked as a user would see it: both VMs healthy in the workload list; api turning unhealthy on the page
 once its application (the probe's target) stops; the web -> api edge of the service graph with a
 non-zero rate after traffic; the config and VM detail pages render. No page logs a browser console
-message at SEVERE level. Screenshots of every page are written under the test's tmp dir (the path is
-printed; ``pytest -s`` shows it).
+message at SEVERE level. Screenshots of every state are written to ``build/test-artifacts/dashboard/`` in the
+checkout, or ``$VMAGENT_TEST_ARTIFACTS/dashboard/`` (the path is printed; ``pytest -s`` shows it).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,9 +69,17 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
         yield lab
 
 
+ARTIFACTS = Path(__file__).parents[2] / "build" / "test-artifacts" / "dashboard"
+
+
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = Path(tmp_path_factory.mktemp("dashboard-screenshots"))
+def shots() -> Path:
+    """Where the screenshots go: ``$VMAGENT_TEST_ARTIFACTS/dashboard``, else ``build/test-artifacts/dashboard``
+    in the checkout (not pytest's tmp dir, which keeps only the last three runs of the machine)."""
+    root = os.environ.get("VMAGENT_TEST_ARTIFACTS")
+    d = Path(root) / "dashboard" if root else ARTIFACTS
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
     print(f"\ndashboard screenshots: {d}")
     return d
 

@@ -54,6 +54,16 @@ spec:
     httpGet: {{path: /healthz, port: 8080}}
 """
 
+# A VirtualService whose http route is not a list: refused with the file and the field named.
+BAD_VS = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken, namespace: demo}
+spec:
+  hosts: [api.demo.svc.cluster.local]
+  http: not-a-list
+"""
+
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
@@ -193,7 +203,19 @@ def test_dashboard_pages(mesh: MeshLab, browser: Any, shots: Path) -> None:
         lambda: text(browser, 'tr[data-object="WorkloadGroup demo/api"]'), timeout=30, what="the config page"
     )
     assert "None: every config file and object is valid." in text(browser, "#issues")
-    browser.save_screenshot(str(shots / "03-config.png"))
+    # an invalid file shows up on the open page, naming the file and the field
+    assert mesh.cp is not None
+    mesh.cp.write_config("40-bad.yaml", BAD_VS)
+    issues = wait_for(
+        lambda: (t := text(browser, "#issues")) and "40-bad.yaml" in t and t,
+        timeout=30,
+        interval=0.5,
+        what="the invalid file on the config page",
+    )
+    assert "VirtualService demo/broken: spec.http: expected a list" in issues, issues
+    browser.save_screenshot(str(shots / "03-config-invalid-file.png"))
+    (mesh.cp.config_dir / "40-bad.yaml").unlink()
+    wait_for(lambda: "None:" in text(browser, "#issues"), timeout=30, interval=0.5, what="the issue gone")
     assert severe(browser) == []
 
     # One VM's page, reached by its link.
@@ -238,4 +260,4 @@ def test_dashboard_pages(mesh: MeshLab, browser: Any, shots: Path) -> None:
     assert "health:" in text(browser, 'tr[data-group="demo/api"] td.error')
     browser.save_screenshot(str(shots / "06-workloads-api-unhealthy.png"))
     assert severe(browser) == []
-    assert len(list(shots.glob("*.png"))) == 6
+    assert len(list(shots.glob("*.png"))) == 6, sorted(shots.iterdir())

@@ -8,9 +8,10 @@ listens on 127.0.0.1 in its own namespace, through tests/netns_forward.py.
 
 Checked as a user would see it: both VMs healthy in the workload list; api turning unhealthy on the page
 once its application (the probe's target) stops; the web -> api edge of the service graph with a
-non-zero rate after traffic; the config and VM detail pages render. No page logs a browser console
-message at SEVERE level. Screenshots of every state are written to ``build/test-artifacts/dashboard/`` in the
-checkout, or ``$VMAGENT_TEST_ARTIFACTS/dashboard/`` (the path is printed; ``pytest -s`` shows it).
+non-zero rate after traffic; an invalid config file listed on the config page; the VM detail page. No
+page logs a browser console message at SEVERE level. Screenshots of every state are written to
+``build/test-artifacts/dashboard/`` in the checkout, or ``$VMAGENT_TEST_ARTIFACTS/dashboard/`` (the path
+is printed; ``pytest -s`` shows it).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from vmagent.controlplane.ca.certservice import (
     IstioCertificateServicer,
     MeshInfo,
 )
+from vmagent.controlplane.ca.sa_tokens import ServiceAccountTokens
 from vmagent.controlplane.ca.workers import CaWorkers, WorkerSpec
 from vmagent.controlplane.config import ConfigSet
 from vmagent.controlplane.grpc_limits import join_port_options, mtls_port_options
@@ -151,6 +152,7 @@ class ControlPlane:
         self.issuer = CertificateIssuer(
             self.store.ca, self.store.tokens, self.store.records, self.group_lookup,
             MeshInfo(opts.trust_domain, 0, opts.mesh_config), observer=self.metrics,
+            sa_tokens=ServiceAccountTokens(self.kube, opts.trust_domain) if self.kube is not None else None,
         )  # fmt: skip
         self.tls_server = ThreadedServer(
             opts.listen, tls_creds, self._configure_tls, options=join_port_options(DEFAULT_OPTIONS)

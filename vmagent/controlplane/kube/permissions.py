@@ -45,6 +45,12 @@ def permissions() -> list[Permission]:
             "VMs published as WorkloadEntry objects (resourceVersion-checked writes)",
         ),
         Permission(
+            "authentication.k8s.io",
+            "tokenreviews",
+            ("create",),
+            "pods' ServiceAccount tokens checked before their certificates are issued",
+        ),
+        Permission(
             "coordination.k8s.io",
             "leases",
             ("get", "create", "update"),

@@ -33,12 +33,25 @@ def add_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         default=DEFAULT_CONFIG_DIR,
         help=f"directory holding config.yaml (default {DEFAULT_CONFIG_DIR})",
     )
+    parser.add_argument(
+        "--pod-annotations",
+        type=Path,
+        metavar="FILE",
+        help="a pod's init step: take Istio's traffic.sidecar.istio.io/* annotations from this downward API "
+        "file over the config's capture section (see docs/kubernetes.md)",
+    )
     parser.set_defaults(func=handler)
 
 
 def handler(args: argparse.Namespace) -> int:
     """Run one capture action; VmagentError (exit 1) on failures the user can act on."""
-    config = load_capture_config(AgentPaths(config_dir=args.config_dir).config_file)
+    config_file = AgentPaths(config_dir=args.config_dir).config_file
+    config = load_capture_config(config_file)
+    if args.pod_annotations is not None:
+        from vmagent.agent.pod_capture import pod_capture_config
+
+        base = _capture_section(config_file)
+        config = pod_capture_config(args.pod_annotations, base)
     manager = CaptureManager(config)
     if args.action == "show":
         print(manager.show(), end="")
@@ -58,3 +71,15 @@ def handler(args: argparse.Namespace) -> int:
         manager.clean()
         print("capture removed" if had else "capture was not applied; nothing to do")
     return 0
+
+
+def _capture_section(path: Path) -> dict[str, object] | None:
+    """The raw ``capture`` mapping of the config file (already validated by load_capture_config)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return None
+    section = doc.get("capture") if isinstance(doc, dict) else None
+    return dict(section) if isinstance(section, dict) else None

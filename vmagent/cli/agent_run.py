@@ -24,10 +24,42 @@ def add_subcommand(sub: Any) -> None:
         default=DEFAULT_RUNTIME_DIR,
         help="Unix sockets of SDS and xDS; default: %(default)s",
     )
+    pod = p.add_argument_group(
+        "pod mode",
+        "--pod runs the agent as a pod's sidecar (never guessed from the environment): the certificate "
+        "comes from the pod's ServiceAccount token, no join, no registration, capture applied by the init "
+        "step (`vmagent capture apply --pod-annotations FILE`). Each setting defaults to the variable "
+        "named, as Istio's injector sets them. See docs/kubernetes.md.",
+    )
+    pod.add_argument("--pod", action="store_true", help="run in pod mode")
+    pod.add_argument("--cp-address", help="control plane TLS port HOST:PORT ($VMAGENT_CP_ADDRESS)")
+    pod.add_argument(
+        "--cp-mtls-address",
+        help="control plane mutual-TLS port ($VMAGENT_CP_MTLS_ADDRESS; default HOST:15013)",
+    )
+    pod.add_argument("--trust-domain", help="$VMAGENT_TRUST_DOMAIN; default cluster.local")
+    pod.add_argument("--pod-name", help="$POD_NAME")
+    pod.add_argument("--pod-namespace", help="$POD_NAMESPACE")
+    pod.add_argument("--pod-ip", help="$INSTANCE_IP")
+    pod.add_argument("--service-account", help="$SERVICE_ACCOUNT; default: default")
+    pod.add_argument(
+        "--token-file",
+        type=Path,
+        help="projected ServiceAccount token, audience istio-ca (re-read at each use); "
+        "default /var/run/secrets/tokens/istio-token",
+    )
+    pod.add_argument(
+        "--ca-file", type=Path, help="the mesh root certificate; default /var/run/secrets/istio/root-cert.pem"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from vmagent.agent.daemon import run_agent
 
-    return run_agent(AgentPaths(args.config_dir, args.state_dir, args.runtime_dir))
+    paths = AgentPaths(args.config_dir, args.state_dir, args.runtime_dir)
+    if not args.pod:
+        return run_agent(paths)
+    from vmagent.agent.pod import settings_from
+
+    return run_agent(paths, settings_from(vars(args)))

@@ -110,12 +110,15 @@ class ControlPlane:
         self.translator = Translator(self.configs, mesh_options(opts.trust_domain, opts.mesh_config))
         records = self.store.records
         self.binder = ProxyBinder(
-            opts.trust_domain, self.workloads.at_address, self.configs.snapshot, records.descends_from
-        )
+            opts.trust_domain, self.workloads.at_address, self.configs.snapshot, records.descends_from,
+            pods_at=self.kube_services.pods_at if self.kube_services is not None else None,
+        )  # fmt: skip
         self.mesh = MeshController(
             self.cache, self.services.services, translate or self.translator, binder=self.binder
         )
         self.services.subscribe(lambda: self.mesh.changed(None))
+        if self.kube_services is not None:  # a pod's proxy bound again (an empty scope: pushed if it changed)
+            self.kube_services.subscribe_pods(lambda: self.mesh.changed(set()))
         self.metrics = ControlPlaneMetrics(
             lambda: self.ads.status(),
             self.workloads.workloads_json,

@@ -25,6 +25,7 @@ from vmagent.agent.config import AgentConfig
 from vmagent.agent.join import secure_channel
 from vmagent.agent.paths import AgentPaths
 from vmagent.agent.pod import PodIdentityError, PodSettings, TokenIssuer, prepare
+from vmagent.agent.rotation import Rotator
 from vmagent.common import wire
 from vmagent.common.constants import CP_SERVER_NAME
 from vmagent.controlplane.kube.crds import all_crds
@@ -158,3 +159,27 @@ def test_the_token_file_is_read_at_each_use(
     # The kubelet rotates the token: the next use reads the new one.
     settings.token_file.write_text(cluster.token("default", "web", ["istio-ca"], pod="web-1"))
     assert issuer.issue().spiffe_id.uri == WEB_ID
+
+
+def test_an_expired_certificate_is_replaced_with_the_token(tmp_path: Path, cluster: KubeApiServer) -> None:
+    """A pod whose certificate expired (a node that slept) cannot renew over mTLS: the rotation gets a
+    new certificate with the ServiceAccount token instead (a VM would need a new join)."""
+    cp = ControlPlaneProcess(
+        tmp_path / "cp",
+        cert_ttl="3s",
+        extra_args=["--kubeconfig", str(cluster.kubeconfig()), "--lease-namespace", "default"],
+    )
+    cp.start()
+    try:
+        settings = _settings(tmp_path, cluster, cp)
+        paths = AgentPaths(tmp_path / "etc", tmp_path / "state", tmp_path / "run")
+        store = prepare(settings, paths, wait=30)
+        first = store.current()
+        wait_for(first.expired, timeout=30, what="the 3 s certificate to expire")
+        rotator = Rotator(store, lambda: pytest.fail("no mTLS renewal with an expired certificate"),
+                          reissue=TokenIssuer(settings).issue)  # fmt: skip
+        new = rotator.renew_once()
+        assert new.spiffe_id.uri == WEB_ID and new.serial != first.serial
+        assert store.load().serial == new.serial  # saved
+    finally:
+        cp.stop()

@@ -8,7 +8,10 @@ The identity comes from the review, never from the CSR; a refused token leaves n
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,3 +219,34 @@ def test_without_a_cluster_serviceaccount_tokens_are_refused(
         ch.close()
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "this control plane has no cluster" in (err.details() or "")
+
+
+def test_ca_workers_accept_serviceaccount_tokens_too(tmp_path: Path, cluster: KubeApiServer) -> None:
+    """With ``--ca-workers`` the kernel spreads join-port connections over the main process and the
+    workers: each of them reviews ServiceAccount tokens with the cluster."""
+    from tests.integration.test_ca_workers import _channel, _worker_procs, _workers
+    from vmagent.lab.wait import wait_for
+
+    cp = ControlPlaneProcess(
+        tmp_path / "cp",
+        extra_args=[
+            "--kubeconfig", str(cluster.kubeconfig()), "--lease-namespace", "default", "--ca-workers", "2",
+        ],
+    )  # fmt: skip
+    cp.start()
+    pids: list[int] = []
+    try:
+        wait_for(lambda: len(_workers(cp)) == 2, timeout=30, what="2 CA workers to listen")
+        pids = [p.pid for p in _worker_procs(cp)]
+        token = cluster.token("default", "web", [AUD], pod="web-1")
+        for i in range(20):  # a TCP connection of its own each time
+            ch = _channel(cp, i)
+            try:
+                assert spiffe_ids(_create(ch, token)[0]) == [WEB_ID]
+            finally:
+                ch.close()
+    finally:
+        cp.stop()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -22,6 +22,7 @@ from the environment: only ``--pod`` turns it on (a VM with Kubernetes variables
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import time
@@ -91,6 +92,11 @@ def settings_from(values: dict[str, Any], env: dict[str, str] | None = None) -> 
     host, _ = split_host_port(cp, "--cp-address")
     mtls = values.get("cp_mtls_address") or env.get("VMAGENT_CP_MTLS_ADDRESS") or f"{host}:15013"
     split_host_port(str(mtls), "--cp-mtls-address")
+    pod_ip = pick("pod_ip", "INSTANCE_IP")
+    try:
+        ipaddress.ip_address(pod_ip)
+    except ValueError as exc:
+        raise ConfigError(f"pod mode: --pod-ip (or $INSTANCE_IP): {pod_ip!r} is not an IP address") from exc
     return PodSettings(
         cp_address=cp,
         cp_mtls_address=str(mtls),
@@ -98,7 +104,7 @@ def settings_from(values: dict[str, Any], env: dict[str, str] | None = None) -> 
         namespace=pick("pod_namespace", "POD_NAMESPACE"),
         pod_name=pick("pod_name", "POD_NAME"),
         service_account=pick("service_account", "SERVICE_ACCOUNT", "default"),
-        pod_ip=pick("pod_ip", "INSTANCE_IP"),
+        pod_ip=pod_ip,
         token_file=Path(values.get("token_file") or DEFAULT_TOKEN_FILE),
         ca_file=Path(values.get("ca_file") or DEFAULT_CA_FILE),
         server_name=str(values.get("server_name") or CP_SERVER_NAME),

@@ -204,6 +204,11 @@ def test_a_failing_tokenreview_is_unavailable_and_the_ca_keeps_serving(
     assert spiffe_ids(_create(channel, token)[0]) == [WEB_ID]
     log = cp.log_path.read_text()
     assert "TokenReview failed" in log and token not in log
+    # Forbidden (RBAC without tokenreviews create): the message says what to grant.
+    cluster.fail_token_reviews(403, "tokenreviews.authentication.k8s.io is forbidden")
+    err = _refused(channel, token)
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert "403 Forbidden" in (err.details() or "") and "tokenreviews create" in (err.details() or "")
 
 
 def test_without_a_cluster_serviceaccount_tokens_are_refused(

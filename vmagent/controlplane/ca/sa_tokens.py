@@ -66,11 +66,17 @@ class ServiceAccountTokens:
         try:
             answer = self._client.request("POST", TOKEN_REVIEWS_PATH, body=body)
         except KubeError as exc:
-            log.warning("TokenReview failed: %s", exc)
+            hint = (
+                " (the control plane's ServiceAccount needs `tokenreviews create`: "
+                "deploy/kubernetes/base/rbac.yaml)"
+                if exc.status in (401, 403)
+                else ""
+            )
+            log.warning("TokenReview failed: %s%s", exc, hint)
             raise ReviewRefused(
                 grpc.StatusCode.UNAVAILABLE,
                 f"cannot check the ServiceAccount token: the Kubernetes TokenReview failed "
-                f"({exc.status or 'unreachable'} {exc.reason}); retry later",
+                f"({exc.status or 'unreachable'} {exc.reason}){hint}; retry later",
                 "review_failed",
             ) from exc
         return self._result(answer)

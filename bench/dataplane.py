@@ -32,6 +32,11 @@ Scenarios (each a load-generator run from inside a namespace as user ``nobody``,
   without it after, and each run waits until both Envoys' listeners have, or lack, the access loggers).
   ``summary.request_metrics`` is the median over rounds of (mesh - mesh_no_metrics) per percentile,
   halved for the per-hop figure, and the agents' CPU per request in both.
+* ``mesh_tracing``: the ``mesh`` path with the request metrics on and tracing at 1 % sampling (MeshConfig
+  ``extensionProviders`` zipkin to a collector host in the lab, ``vmagent/lab/tracecollector.py``,
+  ``defaultProviders.tracing`` and ``defaultConfig.tracing.sampling: 1``; the control plane restarted
+  with it around the run like ``mesh_no_metrics``). ``summary.tracing`` is the median over rounds of
+  (mesh_tracing - mesh) per percentile, halved per hop, and the spans the collector received.
 
 Every run is ``--warmup`` seconds of load followed by ``--duration`` measured seconds at ``--rate``
 requests/s over ``--connections`` keep-alive connections (HTTP/1.1); a round runs every scenario once,
@@ -65,7 +70,8 @@ from bench.nginxapp import NGINX, NginxApp, ensure_debian_packages
 from bench.pathinfo import request_path
 from vmagent.lab.demo_config import DEMO_CONFIG, STRICT_API
 from vmagent.lab.mesh import MeshLab, VmHost
-from vmagent.lab.netns import Netns
+from vmagent.lab.netns import LineLog, Netns
+from vmagent.lab.tracecollector import read_spans
 from vmagent.lab.wait import wait_for
 
 LAB_PREFIX = "vmdp"
@@ -75,9 +81,21 @@ DIRECT_PORT = 8081
 PLAIN_PORT = 8082
 MESH_HOST = "api.demo.svc.cluster.local"
 PLAIN_HOST = "plain-api.bench.test"
-SCENARIOS = ("app", "direct", "bare_envoy", "client_proxy", "mesh", "mesh_no_metrics")
+SCENARIOS = ("app", "direct", "bare_envoy", "client_proxy", "mesh", "mesh_no_metrics", "mesh_tracing")
+MESH_SCENARIOS = ("mesh", "mesh_no_metrics", "mesh_tracing")
 # MeshConfig of the control plane: Istio's request metrics on (the default) or off for mesh_no_metrics.
 METRICS_OFF = "defaultProviders:\n  metrics: []\n"
+# ... and for mesh_tracing: metrics on, Zipkin tracing at 1 % (Istio's default sampling) to the collector.
+TRACING_SAMPLING = 1.0
+TRACING_ON = """\
+extensionProviders:
+- name: zipkin
+  zipkin: {{service: {address}, port: 9411}}
+defaultProviders:
+  tracing: [zipkin]
+defaultConfig:
+  tracing: {{sampling: {sampling}}}
+"""
 # Istio's request-metrics target: what the metrics may add per hop at p90, in ms (issue 15).
 TARGET_METRICS_MS_PER_HOP = 0.1
 BARE_PORT = 18080
@@ -143,11 +161,12 @@ def envoy_counters(vm: VmHost, patterns: list[str]) -> dict[str, int]:
 
 def has_metrics_loggers(vm: VmHost) -> bool:
     """Whether ``vm``'s Envoy runs listeners with the request-metrics access logger (its config dump)."""
-    r = vm.ns.run(
-        ["curl", "-s", "--max-time", "5", "http://127.0.0.1:15000/config_dump?resource=dynamic_listeners"],
-        timeout=10,
-    )
-    return "envoy.access_loggers.http_grpc" in r.stdout
+    return "envoy.access_loggers.http_grpc" in vm.envoy_admin("/config_dump?resource=dynamic_listeners")
+
+
+def has_tracer(vm: VmHost) -> bool:
+    """Whether ``vm``'s Envoy runs listeners with a tracer (its config dump)."""
+    return "envoy.tracers.zipkin" in vm.envoy_admin("/config_dump?resource=dynamic_listeners")
 
 
 def envoy_pid(vm: VmHost) -> int:
@@ -172,7 +191,9 @@ class DataplaneBench:
         self.server: VmHost | None = None
         self._pids: dict[str, list[int]] = {}
         self.mesh_config = workdir / "mesh-config.yaml"
-        self.metrics_on = True
+        self.mode = "mesh"  # which of MESH_SCENARIOS the control plane's MeshConfig is set up for
+        self.spans_file = workdir / "spans.jsonl"
+        self.collector: Netns | None = None
 
     # -- setting up ----------------------------------------------------------------------------------
 
@@ -180,6 +201,20 @@ class DataplaneBench:
         a = self.args
         envoy = {"concurrency": a.envoy_concurrency, "log_level": "warning"}
         self.mesh_config.write_text("{}\n")
+        if "mesh_tracing" in a.scenarios:
+            self.collector = self.lab.add_host("collector")
+            proc = self.collector.popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "vmagent.lab.tracecollector",
+                    "--port",
+                    "9411",
+                    "--out",
+                    str(self.spans_file),
+                ]
+            )
+            LineLog(proc).wait_line("listening", timeout=20)
         self.lab.add_control_plane(
             {**DEMO_CONFIG, "30-strict-api.yaml": STRICT_API}, ["--mesh-config", str(self.mesh_config)]
         )
@@ -240,7 +275,7 @@ class DataplaneBench:
             return self.client.ns, f"http://127.0.0.1:{BARE_PORT}/"
         if scenario == "client_proxy":
             return self.client.ns, f"http://{PLAIN_HOST}:{PLAIN_PORT}/"
-        if scenario in ("mesh", "mesh_no_metrics"):
+        if scenario in MESH_SCENARIOS:
             return self.client.ns, f"http://{MESH_HOST}:{MESH_PORT}/"
         raise ValueError(f"unknown scenario {scenario!r}")
 
@@ -260,28 +295,36 @@ class DataplaneBench:
     def _cpu(self) -> dict[str, float]:
         return {name: sum(cpu_seconds(p) for p in pids) for name, pids in self._pids.items()}
 
-    def set_metrics(self, on: bool) -> None:
-        """Restart the control plane with the request metrics on or off; wait until both Envoys run it."""
-        if on == self.metrics_on:
+    def set_mode(self, mode: str) -> None:
+        """Restart the control plane with the MeshConfig of ``mode`` (one of MESH_SCENARIOS: metrics on,
+        off, or on with tracing); wait until both Envoys run it."""
+        if mode == self.mode:
             return
         assert self.client is not None and self.server is not None
-        self.mesh_config.write_text("{}\n" if on else METRICS_OFF)
+        metrics, tracing = mode != "mesh_no_metrics", mode == "mesh_tracing"
+        if tracing:
+            assert self.collector is not None
+            text = TRACING_ON.format(address=self.collector.address, sampling=TRACING_SAMPLING)
+        else:
+            text = "{}\n" if metrics else METRICS_OFF
+        self.mesh_config.write_text(text)
         self.lab.restart_control_plane()
         for vm in (self.client, self.server):
 
             def applied(vm: VmHost = vm) -> bool:
-                return has_metrics_loggers(vm) == on
+                return has_metrics_loggers(vm) == metrics and has_tracer(vm) == tracing
 
-            wait_for(applied, timeout=60, interval=0.5, what=f"request metrics {on=} in {vm.name}'s Envoy")
+            wait_for(applied, timeout=60, interval=0.5, what=f"{mode} config in {vm.name}'s Envoy")
         ns, url = self.target("mesh")
         self._wait_ok(ns, url)
-        self.metrics_on = on
+        self.mode = mode
 
     def run(self, scenario: str) -> dict[str, Any]:
         """One warmed-up, measured run of ``scenario``: latency, pacing, CPU per request, path check."""
         a = self.args
-        self.set_metrics(scenario != "mesh_no_metrics")
+        self.set_mode(scenario if scenario in MESH_SCENARIOS else "mesh")
         ns, url = self.target(scenario)
+        spans0 = len(read_spans(self.spans_file))
         spec = LoadSpec(url, a.rate, a.connections, a.duration, a.warmup)
         before, cpu0 = self._counters(), self._cpu()
         load: LoadRun = self.loadgen.run(ns, spec)
@@ -296,6 +339,9 @@ class DataplaneBench:
             "api_upstream_tls_handshakes_total": after["api_tls"],
         }
         out["path"]["as_expected"] = self._path_ok(scenario, out["path"])
+        if scenario == "mesh_tracing":
+            # spans reported so far for this run (Envoy flushes every few seconds: a lower bound)
+            out["spans_received"] = len(read_spans(self.spans_file)) - spans0
         return out
 
     @staticmethod
@@ -359,7 +405,16 @@ def aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 for p in PERCENTILES
             }
         out[scenario] = entry
-    on, off = runs.get("mesh", []), runs.get("mesh_no_metrics", [])
+    on, traced = runs.get("mesh", []), runs.get("mesh_tracing", [])
+    if on and len(on) == len(traced):
+        out["mesh_tracing"]["tracing_cost_ms"] = {
+            p: rounded(
+                median([a["latency_ms"][p] - b["latency_ms"][p] for a, b in zip(traced, on, strict=True)])
+            )
+            for p in PERCENTILES
+        }
+        out["mesh_tracing"]["spans_received"] = [r.get("spans_received", 0) for r in traced]
+    off = runs.get("mesh_no_metrics", [])
     if on and len(on) == len(off):
         out["mesh"]["metrics_cost_ms"] = {
             p: rounded(
@@ -417,6 +472,18 @@ def summarize(agg: dict[str, Any]) -> dict[str, Any]:
                     for k, v in agg["mesh_no_metrics"]["cpu_ms_per_request"].items()
                     if k.endswith("_agent")
                 },
+            },
+        }
+    if "tracing_cost_ms" in agg.get("mesh_tracing", {}):
+        cost = agg["mesh_tracing"]["tracing_cost_ms"]
+        s["tracing"] = {
+            "sampling_percent": TRACING_SAMPLING,
+            "added_ms_two_hops_vs_mesh": cost,
+            "added_ms_per_hop_vs_mesh": {p: rounded(cost[p] / 2) for p in PERCENTILES},
+            "mesh_tracing_added_ms_vs_direct": agg["mesh_tracing"].get("added_ms_vs_direct", {}),
+            "spans_received_per_run": agg["mesh_tracing"]["spans_received"],
+            "envoy_cpu_ms_per_request": {
+                k: v for k, v in agg["mesh_tracing"]["cpu_ms_per_request"].items() if k.endswith("_envoy")
             },
         }
     s["paths_as_expected"] = all(v["path_as_expected"] for v in agg.values())

@@ -60,6 +60,7 @@ DEBIAN_PACKAGE: dict[str, str] = {
     "kubectl": "kubectl (the machine image's) or kubernetes-client",
     "promtool": "prometheus",
     "faketime": "faketime",
+    "wat2wasm": "wabt",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "vagrant": "vagrant (+ vagrant-libvirt)",
@@ -92,7 +93,7 @@ _CAPTURE = (
 # tier (the directory under tests/) -> the commands its tests and the code they drive run on this machine
 TIER_TOOLS: dict[str, tuple[str, ...]] = {
     "unit": ("sh", "promtool"),
-    "integration": ("sh", "test", "setpriv", "promtool", "faketime", "kubectl"),
+    "integration": ("sh", "test", "setpriv", "promtool", "faketime", "kubectl", "wat2wasm"),
     "system": (
         *_CAPTURE,
         "nft",
@@ -106,6 +107,7 @@ TIER_TOOLS: dict[str, tuple[str, ...]] = {
         "dig",
         "test",
         "kubectl",
+        "wat2wasm",
     ),
     "kube": ("kubectl",),
     "ansible": ("ssh", "ssh-keygen", "systemd-nspawn", "debootstrap", "ip", "nsenter"),

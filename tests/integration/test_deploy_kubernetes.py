@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import os
@@ -106,10 +107,17 @@ def test_kustomize_renders_the_base_and_the_overlay(rendered: dict[str, list[Obj
             "RoleBinding",
             "Deployment",
             "Service",
+            "MutatingWebhookConfiguration",
         }
     )
     assert {c["spec"]["names"]["kind"] for c in by_kind(base, "CustomResourceDefinition")} == set(KINDS)
-    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {
+        "Namespace",
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+    }
     for obj in base:
         ns = obj["metadata"].get("namespace")
         assert ns == (None if obj["kind"] in cluster_scoped else NAMESPACE), ident(obj)
@@ -126,6 +134,7 @@ def test_kustomize_renders_the_base_and_the_overlay(rendered: dict[str, list[Obj
         15012,
         15013,
         15014,
+        15017,
     ]
 
 
@@ -198,22 +207,24 @@ def test_istio_objects_validate_against_the_rendered_crds(rendered: dict[str, li
 # -- RBAC ------------------------------------------------------------------------------------------
 
 
-def granted(role: Obj) -> dict[tuple[str, str], set[str]]:
-    out: dict[tuple[str, str], set[str]] = {}
+def granted(role: Obj) -> dict[tuple[str, str, tuple[str, ...]], set[str]]:
+    """(group, resource, resourceNames) -> verbs."""
+    out: dict[tuple[str, str, tuple[str, ...]], set[str]] = {}
     for rule in role["rules"]:
-        assert set(rule) <= {"apiGroups", "resources", "verbs"}, f"{ident(role)}: {rule}"
+        assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, f"{ident(role)}: {rule}"
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+        names = tuple(sorted(rule.get("resourceNames") or ()))
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
-                out.setdefault((group, resource), set()).update(rule["verbs"])
+                out.setdefault((group, resource, names), set()).update(rule["verbs"])
     return out
 
 
 def test_rbac_grants_exactly_what_permissions_py_lists(rendered: dict[str, list[Obj]]) -> None:
     base = rendered["base"]
     wanted = merged()
-    cluster = {(g, r): v for (g, r, own), v in wanted.items() if not own}
-    own_ns = {(g, r): v for (g, r, own), v in wanted.items() if own}
+    cluster = {(g, r, names): v for (g, r, own, names), v in wanted.items() if not own}
+    own_ns = {(g, r, names): v for (g, r, own, names), v in wanted.items() if own}
     assert granted(the(base, "ClusterRole", "vmagent-cp")) == cluster
     role = the(base, "Role", "vmagent-cp")
     assert granted(role) == own_ns
@@ -347,11 +358,39 @@ def test_the_deployment_command_line_is_one_vmagent_cp_serve_accepts(rendered: d
         "join": parsed.listen,
         "mtls": parsed.mtls_listen,
         "http": parsed.http_listen,
+        "webhook": parsed.inject_listen,
     }
     for name, listen in listens.items():
         assert str(listen).endswith(f":{ports[name]}"), f"port {name}: {listen} vs {ports[name]}"
     for probe in ("readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"]["port"] == "http"
+
+
+def test_the_injection_webhook_calls_the_control_plane_service(rendered: dict[str, list[Obj]]) -> None:
+    """Every webhook of the configuration reaches the container's webhook port through the Service, only
+    for pod creation, and fails open unless the operator chooses otherwise (docs/kubernetes.md)."""
+    base = rendered["base"]
+    config = the(base, "MutatingWebhookConfiguration", "vmagent-sidecar-injector")
+    service = the(base, "Service", "vmagent-cp")
+    ports = {p["port"]: p["targetPort"] for p in service["spec"]["ports"]}
+    assert {p["name"]: p["containerPort"] for p in container(rendered)["ports"]}["webhook"] == 15017
+    assert len(config["webhooks"]) == 2
+    for hook in config["webhooks"]:
+        ref = hook["clientConfig"]["service"]
+        assert (ref["name"], ref["namespace"], ref["path"]) == ("vmagent-cp", NAMESPACE, "/inject")
+        assert ports[ref["port"]] == "webhook"
+        assert "caBundle" not in hook["clientConfig"]  # written by the control plane
+        assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None"
+        assert hook["admissionReviewVersions"] == ["v1"]
+        assert hook["rules"] == [
+            {
+                "operations": ["CREATE"],
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "resources": ["pods"],
+                "scope": "Namespaced",
+            }
+        ]
 
 
 def _operator_ca() -> tuple[bytes, bytes]:
@@ -448,6 +487,17 @@ def test_vmagent_cp_runs_with_the_deployment_command_line(
         assert len(status["resources"]) == len(KINDS) + 3 and states == {"watching"}, status
         lease = kube_api.get("coordination.k8s.io/v1", "Lease", "vmagent-cp-leader", NAMESPACE)
         assert lease["spec"]["holderIdentity"] == "vmagent-cp-0"
+
+        # The Lease holder writes the mesh root (the Secret's CA) into the webhook configuration.
+        def bundles() -> list[str] | None:
+            config = kube_api.get(
+                "admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", "vmagent-sidecar-injector"
+            )
+            found = [str(h["clientConfig"].get("caBundle", "")) for h in config["webhooks"]]
+            return found if all(found) else None
+
+        for bundle in wait_for(bundles, timeout=60, what="the caBundle written by the Lease holder"):
+            assert base64.b64decode(bundle) == ca_cert
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

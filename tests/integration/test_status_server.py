@@ -81,3 +81,74 @@ def test_status_json_and_unknown_path(server: tuple[StatusServer, Flags, Registr
     assert code == 200 and ctype == "application/json"
     assert json.loads(body)["identity"] == "spiffe://cluster.local/ns/a/sa/b"
     assert _get(srv.port, "/nope")[0] == 404
+
+
+def test_app_health_runs_the_original_probes_from_the_injected_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubelet's rewritten probes (/app-health/...) reach a real application through the agent: the
+    table comes from ISTIO_KUBE_APP_PROBERS as the injection webhook writes it."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    healthy = {"ok": True}
+
+    class App(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            code = (
+                200 if self.path == "/healthz" and healthy["ok"] and self.headers["X-Probe"] == "yes" else 500
+            )
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    app = ThreadingHTTPServer(("127.0.0.1", 0), App)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(8)
+    table = {
+        "/app-health/web/livez": {
+            "httpGet": {
+                "path": "/healthz",
+                "port": app.server_address[1],
+                "httpHeaders": [{"name": "X-Probe", "value": "yes"}],
+            }
+        },
+        "/app-health/web/readyz": {"tcpSocket": {"port": tcp.getsockname()[1]}, "timeoutSeconds": 2},
+    }
+    monkeypatch.setenv("ISTIO_KUBE_APP_PROBERS", json.dumps(table))
+    srv = StatusServer("127.0.0.1", 0, lambda: (True, "ready"), [])
+    srv.start()
+    try:
+        code, _, body = _get(srv.port, "/app-health/web/livez")
+        assert code == 200 and "200 OK" in body, body
+        assert _get(srv.port, "/app-health/web/readyz")[0] == 200
+        healthy["ok"] = False
+        code, _, body = _get(srv.port, "/app-health/web/livez")
+        assert code == 503 and "500" in body, body
+        tcp.close()
+        code, _, body = _get(srv.port, "/app-health/web/readyz")
+        assert code == 503 and "TCP connect" in body, body
+        assert _get(srv.port, "/app-health/other/livez")[0] == 404
+    finally:
+        srv.stop()
+        app.shutdown()
+        app.server_close()
+
+
+def test_a_broken_probe_table_is_logged_and_serves_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("ISTIO_KUBE_APP_PROBERS", '{"/app-health/web/livez": {"httpGet": {"port": "http"}}}')
+    srv = StatusServer("127.0.0.1", 0, lambda: (True, "ready"), [])
+    srv.start()
+    try:
+        assert _get(srv.port, "/app-health/web/livez")[0] == 404
+    finally:
+        srv.stop()
+    assert (
+        "ISTIO_KUBE_APP_PROBERS['/app-health/web/livez'].httpGet.port: expected a port number" in caplog.text
+    )

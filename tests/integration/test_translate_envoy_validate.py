@@ -20,6 +20,7 @@ from tests.unit.test_translate_support import GoldenCase, golden_cases, load_cas
 from vmagent.agent.envoy_bootstrap import find_envoy_binary
 from vmagent.common.errors import CommandError
 from vmagent.common.proc import run
+from vmagent.controlplane.snapshots import mesh_options
 from vmagent.controlplane.translate.accesslog import parse_access_log
 from vmagent.controlplane.translate.static import static_bootstrap
 from vmagent.controlplane.xds.snapshot import LISTENER
@@ -115,6 +116,66 @@ def test_access_logs_from_mesh_config_pass_envoy_validate(
         not f.typed_config.Is(hcm.HttpConnectionManager.DESCRIPTOR)
         or b"envoy.access_loggers.file" not in f.typed_config.value
         for lst in case.build()[LISTENER].values()
+        for chain in lst.filter_chains
+        for f in chain.filters
+    )
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        {"name": "z", "zipkin": {"service": "10.9.9.9", "port": 9411}},
+        {"name": "z", "zipkin": {"service": "api.demo.svc.cluster.local", "port": 8080, "maxTagLength": 64}},
+        {
+            "name": "z",
+            "zipkin": {
+                "service": "zipkin.example.com",
+                "port": 9411,
+                "traceContextOption": "USE_B3_WITH_W3C_PROPAGATION",
+            },
+        },
+        {"name": "z", "opentelemetry": {"service": "otel.example.com", "port": 4317}},
+        {
+            "name": "z",
+            "opentelemetry": {
+                "service": "10.9.9.9",
+                "port": 4318,
+                "http": {
+                    "path": "/v1/traces",
+                    "timeout": "3s",
+                    "headers": [{"name": "x-tenant", "value": "a"}],
+                },
+            },
+        },
+    ],
+    ids=["zipkin-ip", "zipkin-mesh-service", "zipkin-w3c", "otel-grpc", "otel-http"],
+)
+def test_tracing_from_mesh_config_passes_envoy_validate(provider: dict[str, object], tmp_path: Path) -> None:
+    """Every tracer shape (Zipkin, OpenTelemetry over gRPC and HTTP; a dedicated collector cluster or a mesh
+    service's outbound one) with custom tags of each kind is accepted by Envoy, on sidecars and gateways."""
+    mesh_config = {
+        "extensionProviders": [provider],
+        "defaultProviders": {"tracing": ["z"]},
+        "defaultConfig": {
+            "tracing": {
+                "sampling": 1,
+                "customTags": {
+                    "lit": {"literal": {"value": "v"}},
+                    "env": {"environment": {"name": "HOME", "defaultValue": "-"}},
+                    "hdr": {"header": {"name": "x-user"}},
+                },
+            }
+        },
+    }
+    case = load_case(next(p for p in golden_cases() if p.stem == "demo"))
+    traced = dataclasses.replace(
+        case, mesh=dataclasses.replace(case.mesh, tracing=mesh_options("cluster.local", mesh_config).tracing)
+    )
+    for tag, variant in _variants(traced):
+        _validate(variant, tmp_path, f"tracing-{tag}")
+    assert b"envoy.tracers" in b"".join(
+        f.typed_config.value
+        for lst in traced.build()[LISTENER].values()
         for chain in lst.filter_chains
         for f in chain.filters
     )

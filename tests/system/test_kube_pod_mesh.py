@@ -101,12 +101,17 @@ def _start_pod(lab: MeshLab, api: KubeApiServer, name: str, sa: str) -> Pod:
     ns.popen([sys.executable, "-m", "vmagent.lab.echo", "--port", "8080", "--name", name])  # ends with ns
     ns.wait_listening(8080, timeout=20)
     cp = lab.cp.address
+    # The sidecar's settings come from the environment, as the injection webhook sets it.
+    env = {
+        "POD_NAME": name, "POD_NAMESPACE": "default", "INSTANCE_IP": ns.address, "SERVICE_ACCOUNT": sa,
+        "CA_ADDR": f"{cp}:15012", "XDS_ADDR": f"{cp}:15013", "TRUST_DOMAIN": "cluster.local",
+    }  # fmt: skip
     agent = ns.popen(
         [exe("vmagent"), "run", "--pod", "--config-dir", str(root / "etc"), "--state-dir", str(root / "state"),
-         "--runtime-dir", str(root / "run"), "--cp-address", f"{cp}:15012", "--cp-mtls-address", f"{cp}:15013",
-         "--pod-name", name, "--pod-namespace", "default", "--pod-ip", ns.address, "--service-account", sa,
-         "--token-file", str(root / "secrets" / "istio-token"), "--ca-file", str(root / "secrets" / "root-cert.pem")],
+         "--runtime-dir", str(root / "run"), "--token-file", str(root / "secrets" / "istio-token"),
+         "--ca-file", str(root / "secrets" / "root-cert.pem")],
         user=PROXY_USER,
+        env=env,
     )  # fmt: skip
     LineLog(agent).wait_line("agent ready", timeout=60)
     return Pod(name, ns, root, agent)

@@ -110,11 +110,11 @@ def test_cli_process_exit_codes(tmp_path: Path) -> None:
 
 
 COMPAT = """\
-apiVersion: networking.istio.io/v1
-kind: WasmPlugin
+apiVersion: networking.istio.io/v1beta1
+kind: ProxyConfig
 metadata: {name: default, namespace: demo}
 spec:
-  url: file:///opt/filter.wasm
+  concurrency: 2
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -171,12 +171,12 @@ def test_validate_istio_compat_reports_kinds_fields_and_semantics(
     assert got == [
         ("AuthorizationPolicy demo/ext", "spec.action", "different"),
         ("DestinationRule demo/r", "spec.trafficPolicy.connectionPool.http.http2KeepAlive", "ignored"),
-        ("WasmPlugin demo/default", "kind", "kind"),
+        ("ProxyConfig demo/default", "kind", "kind"),
     ]
     f.unlink()
     assert main(["validate", "--istio-compat", "-f", str(tmp_path / "mesh")]) == 1
     out, _ = capsys.readouterr()
     assert out.splitlines()[0] == "Istio compatibility: 1 difference"
     assert out.splitlines()[1].startswith(
-        f"  kind: {g}: WasmPlugin demo/default: kind: unsupported kind 'WasmPlugin'"
+        f"  kind: {g}: ProxyConfig demo/default: kind: unsupported kind 'ProxyConfig'"
     )

@@ -181,12 +181,12 @@ CASES = [
     ),
     (
         "unsupported kind",
-        doc("WasmPlugin", "url: file:///opt/filter.wasm\n"),
+        doc("ProxyConfig", "concurrency: 2\n"),
         [
-            "bad.yaml: WasmPlugin demo/x: kind: unsupported kind 'WasmPlugin' (vmagent does not load Wasm modules "
-            "(no WasmPlugin support yet; Wasm filters are not proven with the bundled Envoy)), expected one of: "
+            "bad.yaml: ProxyConfig demo/x: kind: unsupported kind 'ProxyConfig' (proxy settings come from the "
+            "agent's configuration file), expected one of: "
             "VirtualService, DestinationRule, ServiceEntry, Gateway, WorkloadEntry, WorkloadGroup, Sidecar, "
-            "EnvoyFilter, PeerAuthentication, RequestAuthentication, AuthorizationPolicy, Telemetry"
+            "EnvoyFilter, PeerAuthentication, RequestAuthentication, AuthorizationPolicy, Telemetry, WasmPlugin"
         ],
     ),
     (

@@ -14,7 +14,7 @@ ENV = {
     "POD_NAMESPACE": "default",
     "INSTANCE_IP": "10.0.0.5",
     "SERVICE_ACCOUNT": "web",
-    "VMAGENT_CP_ADDRESS": "vmagent-cp.vmagent-system.svc:15012",
+    "CA_ADDR": "vmagent-cp.vmagent-system.svc:15012",
 }
 
 
@@ -22,6 +22,7 @@ def test_from_the_environment() -> None:
     s = settings_from({}, ENV)
     assert (s.pod_name, s.namespace, s.pod_ip, s.service_account) == ("web-1", "default", "10.0.0.5", "web")
     assert s.cp_mtls_address == "vmagent-cp.vmagent-system.svc:15013"
+    assert settings_from({}, {**ENV, "XDS_ADDR": "xds:15013"}).cp_mtls_address == "xds:15013"
     assert s.identity.uri == "spiffe://cluster.local/ns/default/sa/web"
     assert s.token_file == Path("/var/run/secrets/tokens/istio-token")
 
@@ -36,7 +37,7 @@ def test_flags_win_over_the_environment() -> None:
     [
         ("POD_NAME", r"--pod-name \(or \$POD_NAME\) is required"),
         ("INSTANCE_IP", r"--pod-ip \(or \$INSTANCE_IP\) is required"),
-        ("VMAGENT_CP_ADDRESS", r"--cp-address \(or \$VMAGENT_CP_ADDRESS\) is required"),
+        ("CA_ADDR", r"--cp-address \(or \$CA_ADDR\) is required"),
     ],
 )
 def test_a_missing_setting_is_named(drop: str, message: str) -> None:

@@ -68,6 +68,8 @@ from vmagent.common.metrics import Registry, register_process_metrics
 from vmagent.common.sdnotify import Notifier
 
 if TYPE_CHECKING:  # imported by DnsConfig.build only when the DNS proxy is on (dnslib costs RSS)
+    from pathlib import Path
+
     from vmagent.agent.dns import DnsProxy
     from vmagent.agent.pod import PodSettings
 
@@ -620,12 +622,13 @@ def _read_group(paths: AgentPaths) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def run_agent(paths: AgentPaths, pod: PodSettings | None = None) -> int:
+def run_agent(paths: AgentPaths, pod: PodSettings | None = None, pod_base_config: Path | None = None) -> int:
+    """Run the agent until stopped; ``pod``: pod mode (``pod_base_config``: the image's config file)."""
     reissue = None
     if pod is not None:
         from vmagent.agent import pod as pod_mode
 
-        pod_mode.prepare(pod, paths)
+        pod_mode.prepare(pod, paths, base_config=pod_base_config)
         reissue = pod_mode.TokenIssuer(pod).issue
     agent = Agent(paths, reissue=reissue)
     e = agent.envoy_cfg

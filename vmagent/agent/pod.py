@@ -14,9 +14,11 @@ Differences from a VM, and nothing else:
   before the sidecar starts, so the sidecar needs no NET_ADMIN; the DNS proxy is off (the cluster's DNS
   answers in a pod).
 
-The settings are flags of ``vmagent run --pod``, each defaulting to the environment variables Istio's
-injector sets (``POD_NAME``, ``POD_NAMESPACE``, ``INSTANCE_IP``, ``SERVICE_ACCOUNT``) or to vmagent's own
-(``VMAGENT_CP_ADDRESS``, ``VMAGENT_CP_MTLS_ADDRESS``, ``VMAGENT_TRUST_DOMAIN``). Pod mode is never guessed
+The settings are flags of ``vmagent run --pod``, each defaulting to the environment variable the injection
+webhook sets (vmagent/controlplane/inject/template.py; Istio's names): ``POD_NAME``, ``POD_NAMESPACE``,
+``INSTANCE_IP``, ``SERVICE_ACCOUNT``, ``CA_ADDR``, ``XDS_ADDR``, ``TRUST_DOMAIN``. The config file is
+written to ``STATE_DIR/config`` unless ``--config-dir`` is given (the sidecar's root file system is read
+only); an image's ``/etc/vmagent/config.yaml`` gives the operator's sections. Pod mode is never guessed
 from the environment: only ``--pod`` turns it on (a VM with Kubernetes variables set stays a VM).
 """
 
@@ -52,8 +54,8 @@ from vmagent.common.x509util import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOKEN_FILE = Path("/var/run/secrets/tokens/istio-token")
-DEFAULT_CA_FILE = Path("/var/run/secrets/istio/root-cert.pem")
+DEFAULT_TOKEN_FILE = Path(wire.POD_TOKEN_PATH)
+DEFAULT_CA_FILE = Path(wire.POD_ROOT_CERT_PATH)
 ISSUE_TIMEOUT = 20.0
 MAX_TOKEN_BYTES = 64 * 1024
 
@@ -88,9 +90,9 @@ def settings_from(values: dict[str, Any], env: dict[str, str] | None = None) -> 
             raise ConfigError(f"pod mode: --{flag.replace('_', '-')} (or ${var}) is required")
         return str(value)
 
-    cp = pick("cp_address", "VMAGENT_CP_ADDRESS")
+    cp = pick("cp_address", "CA_ADDR")
     host, _ = split_host_port(cp, "--cp-address")
-    mtls = values.get("cp_mtls_address") or env.get("VMAGENT_CP_MTLS_ADDRESS") or f"{host}:15013"
+    mtls = values.get("cp_mtls_address") or env.get("XDS_ADDR") or f"{host}:15013"
     split_host_port(str(mtls), "--cp-mtls-address")
     pod_ip = pick("pod_ip", "INSTANCE_IP")
     try:
@@ -100,7 +102,7 @@ def settings_from(values: dict[str, Any], env: dict[str, str] | None = None) -> 
     return PodSettings(
         cp_address=cp,
         cp_mtls_address=str(mtls),
-        trust_domain=pick("trust_domain", "VMAGENT_TRUST_DOMAIN", "cluster.local"),
+        trust_domain=pick("trust_domain", "TRUST_DOMAIN", "cluster.local"),
         namespace=pick("pod_namespace", "POD_NAMESPACE"),
         pod_name=pick("pod_name", "POD_NAME"),
         service_account=pick("service_account", "SERVICE_ACCOUNT", "default"),
@@ -196,13 +198,15 @@ class PodIdentityError(VmagentError):
         )
 
 
-def prepare(settings: PodSettings, paths: AgentPaths, wait: float = 300.0) -> IdentityStore:
+def prepare(
+    settings: PodSettings, paths: AgentPaths, wait: float = 300.0, base_config: Path | None = None
+) -> IdentityStore:
     """Write the pod's agent config and make sure a valid certificate for it is in the state dir.
 
     A still valid certificate for the same identity (a restarted sidecar) is kept; else one is fetched
     with the token, retrying while the control plane is unreachable (up to ``wait`` seconds). A refusal
     is not retried: the error says why (the kubelet restarts the container)."""
-    write_config(settings, paths)
+    write_config(settings, paths, base_config)
     store = IdentityStore(paths)
     if store.exists():
         try:
@@ -230,12 +234,13 @@ def prepare(settings: PodSettings, paths: AgentPaths, wait: float = 300.0) -> Id
     return store
 
 
-def write_config(settings: PodSettings, paths: AgentPaths) -> AgentConfig:
-    """The agent config of a pod: the operator's envoy/status/identity/mesh sections of an existing
-    config file are kept; registration, capture and DNS are turned off (see the module doc)."""
+def write_config(settings: PodSettings, paths: AgentPaths, base: Path | None = None) -> AgentConfig:
+    """The agent config of a pod: the sections of ``base`` (else of an existing config file) are kept
+    (envoy, status, identity, mesh); registration, capture and DNS are turned off (see the module doc)."""
     sections: dict[str, Any] = {}
-    if paths.config_file.exists():
-        sections = dict(AgentConfig.load(paths.config_file).sections)
+    source = base if base is not None and base.exists() else paths.config_file
+    if source.exists():
+        sections = dict(_sections(source))
     sections["registration"] = {"enabled": False}
     sections["capture"] = {**(sections.get("capture") or {}), "enabled": False}
     sections.setdefault("dns", {"enabled": False})
@@ -256,3 +261,23 @@ def write_config(settings: PodSettings, paths: AgentPaths) -> AgentConfig:
     paths.config_dir.mkdir(parents=True, exist_ok=True)
     config.save(paths.config_file)
     return config
+
+
+def _sections(path: Path) -> dict[str, Any]:
+    """The sections of an agent config file, which may lack what a join writes (an image's base file)."""
+    import yaml
+
+    from vmagent.common.yamllimits import YamlLimitError, check_size, check_yaml_limits
+
+    try:
+        check_size(path.stat().st_size)
+        text = path.read_text()
+        check_yaml_limits(text)
+        raw = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError, YamlLimitError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: config: expected a mapping at the top level")
+    return {k: v for k, v in raw.items() if k not in ("control_plane", "workload", "trust_domain")}

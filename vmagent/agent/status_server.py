@@ -4,7 +4,10 @@
 * ``GET /stats/prometheus`` — every metrics source's text (the agent's registry, then Envoy's own
   ``/stats/prometheus`` fetched from its admin API, a Unix socket only root and the proxy user reach), concatenated; a source that fails is skipped and
   counted in ``vmagent_metrics_source_errors_total``;
-* ``GET /healthz/ready`` — 200 ``ready`` when ``readiness_check()`` passes, else 503 with the reason.
+* ``GET /healthz/ready`` — 200 ``ready`` when ``readiness_check()`` passes, else 503 with the reason;
+* ``GET /app-health/CONTAINER/livez|readyz|startupz`` — in a pod, the application's own probe, rewritten
+  by the injection webhook to come here (``app_probes.py``): 200 when it passes, else 503 with the reason;
+  404 for a path the table does not hold.
 
 Port 15021 is Envoy's: a static listener in the bootstrap forwards its ``/healthz/ready`` here, as
 Istio's sidecar does, so 15021 answers only when Envoy itself is up and reachable.
@@ -16,12 +19,14 @@ import datetime
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from vmagent.agent.app_probes import app_probers_from_env
 from vmagent.agent.envoy_admin import AdminEndpoint, admin_request
 from vmagent.common.metrics import Registry
+from vmagent.common.wire import APP_HEALTH_PREFIX
 
 ReadinessCheck = Callable[[], tuple[bool, str]]
 MetricsSource = Callable[[], str]
@@ -78,8 +83,11 @@ class StatusServer:
         *,
         status_fn: Callable[[], dict[str, Any]] | None = None,
         metrics: Registry | None = None,
+        app_probers: Mapping[str, Callable[[], tuple[bool, str]]] | None = None,
     ) -> None:
         self._readiness = readiness_check
+        # None: from ISTIO_KUBE_APP_PROBERS, which only the injection webhook sets (so empty on a VM).
+        self._app_probers = dict(app_probers_from_env() if app_probers is None else app_probers)
         self._sources = list(metrics_sources)
         self._status_fn = status_fn or (lambda: {})
         reg = metrics or Registry()
@@ -116,6 +124,16 @@ class StatusServer:
             ok, reason = False, f"readiness check failed: {exc}"
         return (200, b"ready\n") if ok else (503, reason.encode() + b"\n")
 
+    def app_health(self, path: str) -> tuple[int, bytes]:
+        check = self._app_probers.get(path)
+        if check is None:
+            return 404, f"no application probe at {path}\n".encode()
+        try:
+            ok, message = check()
+        except Exception as exc:
+            ok, message = False, f"probe failed: {type(exc).__name__}: {exc}"
+        return (200 if ok else 503), message.encode() + b"\n"
+
     def prometheus(self) -> bytes:
         parts: list[str] = []
         for source in self._sources:
@@ -146,6 +164,9 @@ class StatusServer:
                     self._reply(200, PROMETHEUS_CONTENT_TYPE, server.prometheus())
                 elif path == "/status":
                     self._reply(200, "application/json", server.status())
+                elif path.startswith(APP_HEALTH_PREFIX):
+                    code, body = server.app_health(path)
+                    self._reply(code, "text/plain; charset=utf-8", body)
                 else:
                     self._reply(404, "text/plain; charset=utf-8", b"not found\n")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from vmagent.agent.capture import CaptureManager, format_plan
 from vmagent.agent.capture_config import load_capture_config
 from vmagent.agent.paths import DEFAULT_CONFIG_DIR, AgentPaths
+from vmagent.common.wire import POD_INFO_DIR
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +35,11 @@ def add_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         help=f"directory holding config.yaml (default {DEFAULT_CONFIG_DIR})",
     )
     parser.add_argument(
+        "--pod",
+        action="store_true",
+        help=f"a pod's init step: --pod-annotations {POD_INFO_DIR}/annotations (the injected downward API file)",
+    )
+    parser.add_argument(
         "--pod-annotations",
         type=Path,
         metavar="FILE",
@@ -47,6 +53,8 @@ def handler(args: argparse.Namespace) -> int:
     """Run one capture action; VmagentError (exit 1) on failures the user can act on."""
     config_file = AgentPaths(config_dir=args.config_dir).config_file
     config = load_capture_config(config_file)
+    if args.pod and args.pod_annotations is None:
+        args.pod_annotations = Path(POD_INFO_DIR) / "annotations"
     if args.pod_annotations is not None:
         from vmagent.agent.pod_capture import pod_capture_config
 

@@ -41,6 +41,13 @@ def add_subcommand(sub: Any) -> None:
         help="also report what would behave differently from Istio: Istio kinds and fields vmagent does "
         "not support (ignored or refused) and semantics it implements differently",
     )
+    v.add_argument(
+        "--mesh-config",
+        type=Path,
+        metavar="FILE",
+        help="the MeshConfig YAML given to `serve --mesh-config`: check it too, and check the tracing "
+        "provider names Telemetry objects use against its extensionProviders",
+    )
     v.set_defaults(func=validate)
 
     a: argparse.ArgumentParser = sub.add_parser(
@@ -95,8 +102,32 @@ def _issue_json(issue: Issue) -> dict[str, str]:
     return out
 
 
+def _mesh_issues(path: Path, objects: list[ConfigObject]) -> list[Issue]:
+    """Errors in the MeshConfig file itself, or in the Telemetry provider names it does not define."""
+    import yaml
+
+    from vmagent.common.constants import DEFAULT_TRUST_DOMAIN
+    from vmagent.common.errors import ConfigError
+    from vmagent.controlplane.snapshots import mesh_options
+    from vmagent.controlplane.translate.tracing import provider_ref_issues
+
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        return [Issue(str(path), "MeshConfig", "", f"cannot read: {exc}")]
+    if not isinstance(loaded, dict):
+        return [Issue(str(path), "MeshConfig", "", "expected a mapping of MeshConfig fields")]
+    try:
+        mesh = mesh_options(DEFAULT_TRUST_DOMAIN, loaded, source=str(path))
+    except ConfigError as exc:
+        return [Issue("", "", "", str(exc))]
+    return provider_ref_issues(objects, mesh.tracing)
+
+
 def validate(args: argparse.Namespace) -> int:
     result = load_paths(args.files)
+    if args.mesh_config is not None:
+        result.errors.extend(_mesh_issues(args.mesh_config, result.objects))
     extra = analyze(result.objects) if result.ok else []
     compat = compat_report(result) if args.istio_compat else []
     if args.output == "json":

@@ -7,9 +7,17 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, CP_MTLS_PORT, DEFAULT_TRUST_DOMAIN
+from vmagent.common.constants import (
+    CP_GRPC_PORT,
+    CP_HTTP_PORT,
+    CP_MTLS_PORT,
+    DEFAULT_TRUST_DOMAIN,
+    INJECT_PORT,
+)
 from vmagent.common.durations import duration_arg
 from vmagent.controlplane.app import ControlPlane
+from vmagent.controlplane.inject.cabundle import WEBHOOK_CONFIG_NAME
+from vmagent.controlplane.inject.template import DEFAULT_SIDECAR_IMAGE, SidecarSettings
 from vmagent.controlplane.options import ServeOptions
 from vmagent.controlplane.paths import DEFAULT_STATE_DIR
 from vmagent.controlplane.registry.workload_store import LifecycleSettings
@@ -72,7 +80,8 @@ def add_subcommand(sub: Any) -> None:
         "--mesh-config",
         type=Path,
         help="YAML with Istio MeshConfig fields: outboundTrafficPolicy.mode, rootNamespace, "
-        "accessLogFile, accessLogEncoding (TEXT|JSON), accessLogFormat",
+        "accessLogFile, accessLogEncoding (TEXT|JSON), accessLogFormat, defaultProviders, "
+        "extensionProviders (zipkin, opentelemetry), defaultConfig.tracing, enableTracing",
     )
     p.add_argument(
         "--ca-workers",
@@ -99,6 +108,33 @@ def add_subcommand(sub: Any) -> None:
         "--cluster-domain",
         default="cluster.local",
         help="DNS domain of the cluster's Services (NAME.NS.svc.DOMAIN); default: %(default)s",
+    )
+    inject = p.add_argument_group("sidecar injection (with --kubeconfig or --in-cluster; docs/kubernetes.md)")
+    inject.add_argument(
+        "--inject-listen",
+        default=f"0.0.0.0:{INJECT_PORT}",
+        help="HTTPS address of the sidecar injection webhook (path /inject), served only with a cluster; "
+        "'' turns it off; default: %(default)s",
+    )
+    inject.add_argument(
+        "--sidecar-image",
+        default=DEFAULT_SIDECAR_IMAGE,
+        help="image of the injected init and sidecar containers (`make image`); default: %(default)s",
+    )
+    inject.add_argument(
+        "--sidecar-ca-address",
+        default=SidecarSettings.ca_address,
+        help="where injected sidecars get certificates (the TLS port); default: %(default)s",
+    )
+    inject.add_argument(
+        "--sidecar-xds-address",
+        default=SidecarSettings.xds_address,
+        help="where injected sidecars get xDS (the mutual-TLS port); default: %(default)s",
+    )
+    inject.add_argument(
+        "--webhook-config",
+        default=WEBHOOK_CONFIG_NAME,
+        help="MutatingWebhookConfiguration whose caBundle the Lease holder keeps; default: %(default)s",
     )
     p.set_defaults(func=run)
 
@@ -136,6 +172,15 @@ def run(args: argparse.Namespace) -> int:
         in_cluster=args.in_cluster,
         cluster_domain=args.cluster_domain,
         lease_namespace=args.lease_namespace,
+        inject_listen=args.inject_listen,
+        sidecar=SidecarSettings(
+            image=args.sidecar_image,
+            ca_address=args.sidecar_ca_address,
+            xds_address=args.sidecar_xds_address,
+            trust_domain=args.trust_domain,
+            cluster_domain=args.cluster_domain,
+        ),
+        webhook_config=args.webhook_config,
         lifecycle=LifecycleSettings(
             heartbeat_interval=min(5.0, args.heartbeat_timeout.total_seconds() / 3),
             heartbeat_timeout=args.heartbeat_timeout.total_seconds(),

@@ -8,7 +8,9 @@ Both sides import these names; neither spells the strings itself. The well-known
   bootstrap and parsed by the control plane, and the node metadata keys the control plane reads;
 * the SDS secret names the control plane's TLS contexts ask for and the agent's SDS server serves, and
   the name of the static cluster through which Envoy reaches the agent's SDS socket;
-* the ADS service, and the gRPC metadata header that carries a join token.
+* the ADS service, and the gRPC metadata header that carries a join token;
+* what the injection webhook puts into a Kubernetes pod and the agent in pod mode reads back (the
+  ServiceAccount token's audience and path, the mesh root's path, the rewritten probes' paths and table).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ LISTENER = _TYPE_PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = _TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
 SECRET = _TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 RUNTIME = _TYPE_PREFIX + "envoy.service.runtime.v3.Runtime"
+EXTENSION_CONFIG = _TYPE_PREFIX + "envoy.config.core.v3.TypedExtensionConfig"  # ECDS (Wasm filters)
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
@@ -40,6 +43,25 @@ BEARER_SCHEME = "Bearer"
 CREDENTIAL_KIND_HEADER = "x-vmagent-credential"
 CREDENTIAL_JOIN = "join"
 CREDENTIAL_KUBERNETES = "kubernetes"
+
+# -- Kubernetes pods: written by the injection webhook, read by the agent in pod mode and the CA -----------
+# The audience of the projected ServiceAccount token the sidecar presents to the CA (Istio's).
+POD_TOKEN_AUDIENCE = "istio-ca"  # noqa: S105 - an audience name, not a secret
+POD_TOKEN_DIR = "/var/run/secrets/tokens"  # noqa: S105 - the projected token volume's mount path
+POD_TOKEN_PATH = POD_TOKEN_DIR + "/istio-token"
+POD_ROOT_CERT_DIR = "/var/run/secrets/istio"  # the mesh root's mount path (ConfigMap ROOT_CERT_CONFIGMAP)
+POD_ROOT_CERT_PATH = POD_ROOT_CERT_DIR + "/root-cert.pem"
+POD_INFO_DIR = "/etc/istio/pod"  # downward API files "labels" and "annotations" (Istio's podinfo)
+ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"  # per namespace, key root-cert.pem (Istio's name)
+SIDECAR_CONTAINER = "istio-proxy"  # `vmagent run --pod` (Istio's container names, so habits carry over)
+INIT_CONTAINER = "istio-init"  # `vmagent capture apply` with the pod's settings
+INJECT_STATUS_ANNOTATION = "sidecar.istio.io/status"  # set on an injected pod: what was added
+INJECT_LABEL = "sidecar.istio.io/inject"  # pod label (or annotation) "true" / "false"
+NAMESPACE_INJECTION_LABEL = "istio-injection"  # namespace label "enabled" / "disabled"
+# Kubelet probes rewritten to the agent's status port: GET /app-health/CONTAINER/livez|readyz|startupz.
+APP_HEALTH_PREFIX = "/app-health/"
+# The sidecar's environment variable holding the original probes, JSON {path: probe} (Istio's name).
+APP_PROBERS_ENV = "ISTIO_KUBE_APP_PROBERS"
 
 # -- Envoy node ----------------------------------------------------------------------------------------
 SIDECAR = "sidecar"

@@ -11,6 +11,9 @@ from typing import Any
 import grpc
 
 from vmagent.api import bootstrap_pb2_grpc, istio_ca_pb2_grpc
+from vmagent.common.constants import CP_SERVER_NAME
+from vmagent.common.errors import VmagentError
+from vmagent.common.x509util import chain_pem, key_pem
 from vmagent.controlplane.ca.authority import CaSettings
 from vmagent.controlplane.ca.certservice import (
     AsyncIstioCertificateServicer,
@@ -23,7 +26,18 @@ from vmagent.controlplane.ca.sa_tokens import ServiceAccountTokens
 from vmagent.controlplane.ca.workers import CaWorkers, WorkerSpec
 from vmagent.controlplane.config import ConfigSet
 from vmagent.controlplane.grpc_limits import join_port_options, mtls_port_options
-from vmagent.controlplane.grpc_server import ThreadedServer, join_address, server_credentials
+from vmagent.controlplane.grpc_server import (
+    SERVER_CERT_TTL,
+    ThreadedServer,
+    is_ip,
+    join_address,
+    server_credentials,
+)
+from vmagent.controlplane.inject.cabundle import CaBundlePatcher
+from vmagent.controlplane.inject.namespaces import NamespaceLabels
+from vmagent.controlplane.inject.review import Injector
+from vmagent.controlplane.inject.rootcert import RootCertPublisher
+from vmagent.controlplane.inject.server import WebhookServer
 from vmagent.controlplane.kube.client import KubeClient
 from vmagent.controlplane.kube.informer import Informer
 from vmagent.controlplane.kube.istio_source import IstioKubeSource
@@ -45,6 +59,7 @@ from vmagent.controlplane.registry.workload_store import Reaper, WorkloadStore
 from vmagent.controlplane.revocation_watch import RevocationWatcher
 from vmagent.controlplane.snapshots import Translator, mesh_options
 from vmagent.controlplane.state import StateStore, config_sources
+from vmagent.controlplane.translate.tracing import provider_ref_issues
 from vmagent.controlplane.web import HttpApi
 from vmagent.controlplane.xds.cache import SnapshotCache
 from vmagent.controlplane.xds.push import PushScheduler
@@ -122,7 +137,7 @@ class ControlPlane:
         self.metrics = ControlPlaneMetrics(
             lambda: self.ads.status(),
             self.workloads.workloads_json,
-            self.configs.errors,
+            self.config_errors,
             lambda: len(self.configs.snapshot()),
             join_failures=lambda: (
                 self.issuer.join_limiter.failed_total,
@@ -177,14 +192,50 @@ class ControlPlane:
         self.http.add_json("/api/v1/proxies", self.ads.status)
         self.http.add_json("/api/v1/workloads", self.workloads.workloads_json)
         self.http.add_text("/metrics", PROMETHEUS_CONTENT_TYPE, self.metrics.render)
-        self.http.add_json("/api/v1/config/errors", self.configs.errors)
+        self.http.add_json("/api/v1/config/errors", self.config_errors)
         self.http.add_json("/api/v1/config/warnings", self.configs.warnings)
         self.http.add_json("/api/v1/kubernetes", self.kube_status)
         self.http.add_json("/api/v1/certificates", lambda: [c.as_json() for c in self.store.records.issued()])
         self.http.add_json("/api/v1/revocations", self.store.records.revocations)
         self.http.add_json("/api/v1/server", self.server_json)
         self.ca_workers: CaWorkers | None = None
+        self.webhook: WebhookServer | None = None
+        self.ca_bundle: CaBundlePatcher | None = None
+        self.root_cert: RootCertPublisher | None = None
+        if self.kube is not None and opts.inject_listen:
+            self._make_webhook(self.kube)
         self._stopped = threading.Event()
+
+    def webhook_names(self) -> list[str]:
+        """The DNS names the API server may use for the control plane's Service (the webhook certificate)."""
+        o = self.opts
+        ns = os.environ.get("POD_NAMESPACE") or o.lease_namespace or "vmagent-system"
+        svc = f"{o.service_name}.{ns}"
+        return [
+            f"{svc}.svc",
+            f"{svc}.svc.{o.cluster_domain}",
+            svc,
+            o.service_name,
+            CP_SERVER_NAME,
+            "localhost",
+        ]
+
+    def _make_webhook(self, kube: KubeClient) -> None:
+        injector = Injector(self.opts.sidecar, NamespaceLabels(kube), observer=self.metrics)
+        dns = self.webhook_names() + [n for n in self.opts.server_names if not is_ip(n)]
+        ips = ["127.0.0.1", "::1"] + [n for n in self.opts.server_names if is_ip(n)]
+        key, chain = self.store.ca.issue_server_cert(dns, ips, SERVER_CERT_TTL)
+        try:
+            self.webhook = WebhookServer(
+                self.opts.inject_listen, injector, chain_pem(chain), key_pem(key), self.opts.state_dir
+            )
+        except (ValueError, OSError) as exc:
+            raise VmagentError(f"--inject-listen {self.opts.inject_listen}: {exc}") from exc
+        if self.elector is not None:
+            self.ca_bundle = CaBundlePatcher(
+                kube, self.store.ca.root_pem, self.elector.is_leader, self.opts.webhook_config
+            )
+            self.root_cert = RootCertPublisher(kube, self.store.ca.root_pem, self.elector.is_leader)
 
     def _remove_entries(self, callers: set[tuple[str, str]], reason: str) -> int:
         return len(self.workloads.remove_where(lambda r: (r.spiffe_id, r.cert_serial) in callers, reason))
@@ -251,18 +302,33 @@ class ControlPlane:
                 WorkerSpec.for_options(self.opts, tls_port, mtls_port), self.opts.ca_workers
             )
             self.ca_workers.start()
+        if self.webhook is not None:
+            self.webhook.start()
+        for writer in (self.ca_bundle, self.root_cert):
+            if writer is not None:
+                writer.start()
         self.http.start()
-        for err in self.configs.errors():
+        for err in self.config_errors():
             log.error("config: %s", err)
         log.info(
             "control plane ready: join (TLS) on %s, mutual TLS on %s, HTTP on %s; mesh root %s",
             self.opts.listen, self.opts.mtls_listen, self.opts.http_listen, self.ca_hash,
         )  # fmt: skip
 
+    def config_errors(self) -> list[str]:
+        """The config sources' problems, and Telemetry tracing providers MeshConfig does not define."""
+        refs = provider_ref_issues(self.configs.list("Telemetry"), self.translator.mesh.tracing)
+        return [*self.configs.errors(), *(str(i) for i in refs)]
+
     def stop(self) -> None:
         if self._stopped.is_set():
             return
         self.http.stop()
+        if self.webhook is not None:
+            self.webhook.stop()
+        for writer in (self.ca_bundle, self.root_cert):
+            if writer is not None:
+                writer.stop()
         if self.ca_workers is not None:
             self.ca_workers.stop()
         self.tls_server.stop()
@@ -285,6 +351,9 @@ class ControlPlane:
         self._stopped.set()
 
     def _leading_changed(self, leading: bool) -> None:
+        for writer in (self.ca_bundle, self.root_cert):
+            if leading and writer is not None:
+                writer.trigger()
         if leading and self.kube_config is not None:
             kube_config = self.kube_config
             threading.Thread(target=kube_config.resync_status, name="status-resync", daemon=True).start()
@@ -317,6 +386,15 @@ class ControlPlane:
                 for i in informers
             ],
             "published_writes": self.publisher.writes if self.publisher is not None else 0,
+            "injection": {
+                "listen": self.opts.inject_listen if self.webhook is not None else "",
+                "port": self.webhook.port if self.webhook is not None else 0,
+                "webhook_config": self.opts.webhook_config,
+                "ca_bundle_writes": self.ca_bundle.writes if self.ca_bundle is not None else 0,
+                "ca_bundle_error": self.ca_bundle.last_error if self.ca_bundle is not None else "",
+                "root_cert_writes": self.root_cert.writes if self.root_cert is not None else 0,
+                "root_cert_error": self.root_cert.last_error if self.root_cert is not None else "",
+            },
             "pushes": self.mesh.pushes,
         }
 

@@ -53,7 +53,7 @@ def server_credentials(
     dns = [CP_SERVER_NAME, "localhost", socket.gethostname()]
     ips: list[str] = []
     for name in extra_names:
-        (ips if _is_ip(name) else dns).append(name)
+        (ips if is_ip(name) else dns).append(name)
     ips += local_addresses()
     key, chain = ca.issue_server_cert(dns, ips, SERVER_CERT_TTL)
     pair = [(key_pem(key), chain_pem(chain))]
@@ -62,7 +62,7 @@ def server_credentials(
     return tls, mtls
 
 
-def _is_ip(value: str) -> bool:
+def is_ip(value: str) -> bool:
     import ipaddress
 
     try:

@@ -212,6 +212,27 @@ class ControlPlaneMetrics:
             registry=reg,
         )
 
+        self._inject_requests = Counter(
+            "sidecar_injection_requests", "Requests to the sidecar injection webhook.", registry=reg
+        )
+        self._inject_success = Counter(
+            "sidecar_injection_success", "Pods the webhook patched with a sidecar.", registry=reg
+        )
+        self._inject_skip = Counter(
+            "sidecar_injection_skip",
+            "Requests answered without a patch by policy, by reason (namespace_not_enabled, pod_opt_out, "
+            "host_network, already_injected, ...).",
+            ("reason",),
+            registry=reg,
+        )
+        self._inject_failure = Counter(
+            "sidecar_injection_failure",
+            "Requests the webhook could not serve as asked, by type: bad_request (refused with a 4xx), "
+            "unpatchable, namespace_lookup, malformed_pod, internal_error (these pods are admitted unchanged).",
+            ("type",),
+            registry=reg,
+        )
+
     # --- XdsObserver ---------------------------------------------------------------------------------
     def pushed(self, type_url: str) -> None:
         self._pushes.labels(type=short_name(type_url)).inc()
@@ -234,6 +255,16 @@ class ControlPlaneMetrics:
 
     def token_refused(self, reason: str) -> None:
         self._token_refusals.labels(reason=reason).inc()
+
+    # --- the injection webhook (inject.review.InjectionObserver) -----------------------------------------
+    def injection(self, result: str, reason: str) -> None:
+        self._inject_requests.inc()
+        if result == "injected":
+            self._inject_success.inc()
+        elif result == "skipped":
+            self._inject_skip.labels(reason=reason).inc()
+        else:
+            self._inject_failure.labels(type=reason).inc()
 
     # --- registration --------------------------------------------------------------------------------
     def registration(self, result: str) -> None:

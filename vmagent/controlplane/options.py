@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from vmagent.common.constants import CP_GRPC_PORT, CP_HTTP_PORT, CP_MTLS_PORT, DEFAULT_TRUST_DOMAIN
+from vmagent.controlplane.inject.cabundle import WEBHOOK_CONFIG_NAME
+from vmagent.controlplane.inject.template import SidecarSettings
 from vmagent.controlplane.paths import DEFAULT_STATE_DIR
 from vmagent.controlplane.registry.workload_store import LifecycleSettings
 
@@ -34,3 +36,10 @@ class ServeOptions:
     kube_sync_timeout: float = 10.0  # how long start() waits for the first list of every kind
     controller_id: str = ""  # names this control plane on the WorkloadEntries it writes (default: host name)
     lease_namespace: str = ""  # where the replicas' Lease lives (default: $POD_NAMESPACE, else istio-system)
+    # The sidecar injection webhook (HTTPS, /inject), served only with a cluster; "" turns it off.
+    inject_listen: str = ""
+    sidecar: SidecarSettings = field(default_factory=SidecarSettings)
+    webhook_config: str = WEBHOOK_CONFIG_NAME  # the MutatingWebhookConfiguration whose caBundle it keeps
+    service_name: str = (
+        "vmagent-cp"  # the Service in front of the control plane (the webhook certificate's name)
+    )

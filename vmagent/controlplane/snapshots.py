@@ -33,11 +33,14 @@ from vmagent.controlplane.translate.build import (
     with_labels_read,
 )
 from vmagent.controlplane.translate.requestmetrics import parse_metrics_enabled
+from vmagent.controlplane.translate.tracing_config import parse_mesh_tracing
 from vmagent.controlplane.xds.snapshot import Packer, Snapshot
 
 
 def mesh_options(trust_domain: str, mesh_config: dict[str, Any], source: str = "mesh config") -> MeshOptions:
-    """Istio MeshConfig fields we honour: ``outboundTrafficPolicy.mode``, ``rootNamespace``."""
+    """Istio MeshConfig fields we honour: ``outboundTrafficPolicy.mode``, ``rootNamespace``, the access-log
+    fields, ``defaultProviders``, and for tracing ``extensionProviders``, ``defaultConfig.tracing`` and
+    ``enableTracing``."""
     policy = (mesh_config.get("outboundTrafficPolicy") or {}).get("mode", "ALLOW_ANY")
     if policy not in ("ALLOW_ANY", "REGISTRY_ONLY"):
         raise ConfigError(
@@ -46,7 +49,10 @@ def mesh_options(trust_domain: str, mesh_config: dict[str, Any], source: str = "
     root_ns = mesh_config.get("rootNamespace", "istio-system")
     if not isinstance(root_ns, str) or not root_ns:
         raise ConfigError(f"{source}: rootNamespace: expected a namespace name")
-    known = {"outboundTrafficPolicy", "rootNamespace", "defaultProviders", *MESH_FIELDS}
+    known = {
+        "outboundTrafficPolicy", "rootNamespace", "defaultProviders", "extensionProviders", "defaultConfig",
+        "enableTracing", *MESH_FIELDS,
+    }  # fmt: skip
     unknown = set(mesh_config) - known
     if unknown:
         raise ConfigError(
@@ -58,6 +64,7 @@ def mesh_options(trust_domain: str, mesh_config: dict[str, Any], source: str = "
         outbound_traffic_policy=policy,
         access_log=parse_access_log(mesh_config, source),
         request_metrics=parse_metrics_enabled(mesh_config, source),
+        tracing=parse_mesh_tracing(mesh_config, source),
     )
 
 

@@ -17,11 +17,13 @@ from vmagent.controlplane.config.sidecar import SIDECAR
 from vmagent.controlplane.config.telemetry import TELEMETRY
 from vmagent.controlplane.config.types import Msg
 from vmagent.controlplane.config.virtualservice import VIRTUAL_SERVICE
+from vmagent.controlplane.config.wasmplugin import WASM_PLUGIN
 from vmagent.controlplane.config.workload import WORKLOAD_ENTRY, WORKLOAD_GROUP
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"
 TELEMETRY_GROUP = "telemetry.istio.io"
+EXTENSIONS = "extensions.istio.io"
 
 
 @dataclass(frozen=True)
@@ -54,5 +56,6 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("RequestAuthentication", SECURITY, _SEC, REQUEST_AUTHENTICATION),
         KindInfo("AuthorizationPolicy", SECURITY, _SEC, AUTHORIZATION_POLICY),
         KindInfo("Telemetry", TELEMETRY_GROUP, ("v1alpha1", "v1"), TELEMETRY),
+        KindInfo("WasmPlugin", EXTENSIONS, ("v1alpha1",), WASM_PLUGIN),
     )
 }

@@ -1,8 +1,10 @@
 """Schema and checks of telemetry.istio.io Telemetry: validated, not applied.
 
-vmagent's proxies report their own metrics and access logs (see docs/dataplane.md); a Telemetry object
-is checked field by field like Istio does, and each of its sections is accepted with the warning that
-vmagent ignores it, so a migrating user sees the difference (also in ``validate --istio-compat``).
+A Telemetry object is checked field by field like Istio does. Its ``tracing`` section configures the
+proxies' tracer (``controlplane/translate/tracing.py``; provider names are checked against MeshConfig by
+``vmagent-cp validate --mesh-config`` and by the control plane); the other sections are accepted with the
+warning that vmagent ignores them, so a migrating user sees the difference (also in
+``validate --istio-compat``).
 """
 
 from __future__ import annotations
@@ -97,12 +99,14 @@ TELEMETRY = Msg(
                         "randomSamplingPercentage": PERCENT_VALUE,
                         "disableSpanReporting": Bool(),
                         "customTags": MapOf(CUSTOM_TAG),
-                        "useRequestIdForTraceSampling": Bool(),
+                        "useRequestIdForTraceSampling": F(
+                            Bool(),
+                            unsupported=IGNORED,
+                            note="Envoy's default (sampling by x-request-id) applies",
+                        ),
                     },
                 )
             ),
-            unsupported=IGNORED,
-            note=_NOTE,
         ),
         "metrics": F(
             ListOf(

@@ -43,8 +43,6 @@ _STRING_MAP = MapOf(Str())
 ISTIO_KINDS = frozenset(("Sidecar", "EnvoyFilter", "WasmPlugin", "Telemetry", "ProxyConfig")) - set(KINDS)
 # Why an Istio kind is refused, appended to the "unsupported kind" error.
 _KIND_REASONS = {
-    "WasmPlugin": "vmagent does not load Wasm modules (no WasmPlugin support yet; Wasm filters are not "
-    "proven with the bundled Envoy)",
     "ProxyConfig": "proxy settings come from the agent's configuration file",
 }
 

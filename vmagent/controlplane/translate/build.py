@@ -32,6 +32,15 @@ from vmagent.controlplane.translate.security import inbound_security
 from vmagent.controlplane.translate.services import visible_services
 from vmagent.controlplane.translate.sidecar import apply_sidecar
 from vmagent.controlplane.translate.telemetry import access_logging_enabled
+from vmagent.controlplane.translate.tracing import (
+    HcmTracing,
+    collector_cluster,
+    dedicated_cluster,
+    hcm_tracing,
+    side_tracing,
+    with_tracing,
+)
+from vmagent.controlplane.translate.wasm import apply_wasm_plugins
 
 Resources = dict[str, dict[str, Any]]
 OutboundKey = tuple[str, tuple[tuple[str, str], ...], str]
@@ -48,6 +57,7 @@ _SELECTOR_PATHS: Mapping[str, tuple[str, ...]] = {
     "Sidecar": ("workloadSelector", "labels"),
     "EnvoyFilter": ("workloadSelector", "labels"),
     "Telemetry": ("selector", "matchLabels"),
+    "WasmPlugin": ("selector", "matchLabels"),
 }
 
 
@@ -168,6 +178,8 @@ def build_inbound_resources(
     if proxy.mode == "gateway":
         out = _with_access_logs(out, proxy, configs, mesh)
         out = _with_request_metrics(out, proxy, configs, mesh)
+        out = _with_tracing(out, proxy, configs, mesh)
+        apply_wasm_plugins(out, proxy, configs, mesh)
         apply_envoy_filters(out, proxy, configs, mesh)
         return _sorted(out)
     for c in clusters.inbound_passthrough_clusters(proxy, mesh):
@@ -182,6 +194,8 @@ def build_inbound_resources(
     _put(out, LISTENER, names.VIRTUAL_INBOUND, inbound.virtual_inbound(proxy, security, mesh))
     out = _with_access_logs(out, proxy, configs, mesh)
     out = _with_request_metrics(out, proxy, configs, mesh)
+    out = _with_tracing(out, proxy, configs, mesh)
+    apply_wasm_plugins(out, proxy, configs, mesh)
     apply_envoy_filters(out, proxy, configs, mesh)
     return _sorted(out)
 
@@ -195,6 +209,39 @@ def _with_request_metrics(
         return resources
     peers = peer_table(configs, mesh.trust_domain)
     return {**resources, LISTENER: with_request_metrics(resources[LISTENER], peers)}
+
+
+def _with_tracing(
+    resources: Resources, proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions
+) -> Resources:
+    """Envoy's tracer on the HTTP connection managers (``tracing``): the client side on outbound and
+    gateway listeners, the server side on inbound ones; plus the collector's cluster when the proxy has
+    no outbound cluster for it."""
+    client = side_tracing(proxy, configs, mesh, "client")
+    server = side_tracing(proxy, configs, mesh, "server")
+    if client.provider is None and server.provider is None:
+        return resources
+    clusters_out = dict(resources[CLUSTER])
+    service = _service_name(proxy, configs, mesh)
+    blocks: list[HcmTracing | None] = []
+    for side in (client, server):
+        if side.provider is None:
+            blocks.append(None)
+            continue
+        cluster = collector_cluster(side.provider, clusters_out)
+        if cluster not in clusters_out:
+            clusters_out[cluster] = dedicated_cluster(side.provider, mesh)
+        blocks.append(hcm_tracing(side, cluster, service))
+    listeners_out = with_tracing(resources[LISTENER], blocks[0], blocks[1])
+    return {**resources, CLUSTER: clusters_out, LISTENER: listeners_out}
+
+
+def _service_name(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -> str:
+    """The OpenTelemetry service name, ``APP.NAMESPACE`` as Istio's canonical service: the workload's
+    ``app`` label, else its WorkloadGroup's name, else the service account of its identity."""
+    workload, app, _version = peer_table(configs, mesh.trust_domain).get(proxy.identity, ["", "", ""])
+    name = app or workload or proxy.identity.rpartition("/sa/")[2] or "unknown"
+    return f"{name}.{proxy.namespace}"
 
 
 def _with_access_logs(

@@ -8,6 +8,7 @@ from typing import Literal
 from vmagent.common import constants, wire
 from vmagent.controlplane.model import Port
 from vmagent.controlplane.translate.accesslog import AccessLogSettings
+from vmagent.controlplane.translate.tracing_config import MeshTracing
 
 ProxyMode = Literal["sidecar", "gateway"]
 OutboundPolicy = Literal["ALLOW_ANY", "REGISTRY_ONLY"]
@@ -61,3 +62,6 @@ class MeshOptions:
     # Istio's request metrics (istio_requests_total, ...): gRPC access logs to the agent, which aggregates;
     # MeshConfig defaultProviders.metrics: [] turns them off.
     request_metrics: bool = True
+    # MeshConfig extensionProviders / defaultProviders.tracing / defaultConfig.tracing; None: no tracing
+    # fields (no proxy gets a tracer unless a Telemetry names a provider, which then cannot be found).
+    tracing: MeshTracing | None = None

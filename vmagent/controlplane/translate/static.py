@@ -1,7 +1,8 @@
 """A proxy's resources as one static Envoy bootstrap, for checking them with ``envoy --mode validate``.
 
 EDS clusters become STATIC clusters carrying their ClusterLoadAssignment, RDS references are replaced
-by the route configuration inline, and a static ``sds-grpc`` cluster (gRPC over a Unix socket) lets the
+by the route configuration inline, HTTP filters discovered over ECDS (WasmPlugins) get their extension
+configuration inline, and a static ``sds-grpc`` cluster (gRPC over a Unix socket) lets the
 SDS references resolve (and ``vmagent-als`` the request-metrics access loggers'). Secrets themselves are
 not needed to validate. The admin address is a Unix socket like the agent's (``envoy/admin.sock`` next to
 the SDS socket): validate mode never opens it, but the bootstrap stays what a proxy would run, with no TCP
@@ -22,7 +23,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from vmagent.common import constants
-from vmagent.common.wire import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from vmagent.common.wire import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE
 from vmagent.controlplane.translate.build import Resources
 from vmagent.controlplane.translate.clusters import HTTP_OPTIONS
 from vmagent.controlplane.translate.protos import duration, typed
@@ -33,7 +34,9 @@ _HCM_URL = (
 )
 
 
-def _inline_routes(listener: listener_pb2.Listener, routes: dict[str, Any]) -> listener_pb2.Listener:
+def _inline_routes(
+    listener: listener_pb2.Listener, routes: dict[str, Any], extensions: dict[str, Any]
+) -> listener_pb2.Listener:
     out = listener_pb2.Listener()
     out.CopyFrom(listener)
     for chain in [*out.filter_chains, out.default_filter_chain]:
@@ -50,7 +53,15 @@ def _inline_routes(listener: listener_pb2.Listener, routes: dict[str, Any]) -> l
                         f"listener {listener.name} uses route {name!r}, which is not in the resources"
                     )
                 cfg.route_config.CopyFrom(rc)
-                f.typed_config.CopyFrom(typed(cfg))
+            for hf in cfg.http_filters:
+                if hf.HasField("config_discovery"):
+                    ext = extensions.get(hf.name)
+                    if ext is None:
+                        raise ValueError(
+                            f"listener {listener.name} uses extension config {hf.name!r}, which is not in the resources"
+                        )
+                    hf.typed_config.CopyFrom(ext.typed_config)
+            f.typed_config.CopyFrom(typed(cfg))
     return out
 
 
@@ -113,6 +124,7 @@ def static_bootstrap(
     if admin_socket is None:
         admin_socket = sds_socket.rsplit("/", 1)[0] + "/envoy/admin.sock"
     routes = resources.get(ROUTE, {})
+    extensions = resources.get(EXTENSION_CONFIG, {})
     endpoints = resources.get(ENDPOINT, {})
     clusters = [_static_cluster(c, endpoints) for _, c in sorted(resources.get(CLUSTER, {}).items())]
     clusters.append(_sds_cluster(mesh.sds_cluster, sds_socket))
@@ -124,7 +136,10 @@ def static_bootstrap(
             address=address_pb2.Address(pipe=address_pb2.Pipe(path=admin_socket, mode=0o600))
         ),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
-            listeners=[_inline_routes(lst, routes) for _, lst in sorted(resources.get(LISTENER, {}).items())],
+            listeners=[
+                _inline_routes(lst, routes, extensions)
+                for _, lst in sorted(resources.get(LISTENER, {}).items())
+            ],
             clusters=clusters,
         ),
     )

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 # The type URLs are the wire contract's (vmagent.common.wire); re-exported for the xDS code.
 from vmagent.common.wire import CLUSTER as CLUSTER
 from vmagent.common.wire import ENDPOINT as ENDPOINT
+from vmagent.common.wire import EXTENSION_CONFIG as EXTENSION_CONFIG
 from vmagent.common.wire import LISTENER as LISTENER
 from vmagent.common.wire import ROUTE as ROUTE
 from vmagent.common.wire import RUNTIME as RUNTIME
@@ -25,18 +26,26 @@ from vmagent.common.wire import SECRET as SECRET
 
 # Envoy's ordering expectations for state-of-the-world ADS: clusters before their endpoints, secrets
 # before the listeners that use them, listeners before their routes. Types not listed go last.
-PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE, RUNTIME)
+PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE, EXTENSION_CONFIG, RUNTIME)
 
 # Types whose subscriptions are wildcard ("everything for this proxy"); the others are by resource name.
 WILDCARD_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER})
 
 SHORT_NAMES: Mapping[str, str] = MappingProxyType(
-    {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS", RUNTIME: "RTDS"}
+    {
+        CLUSTER: "CDS",
+        ENDPOINT: "EDS",
+        LISTENER: "LDS",
+        ROUTE: "RDS",
+        SECRET: "SDS",
+        RUNTIME: "RTDS",
+        EXTENSION_CONFIG: "ECDS",
+    }
 )
 
 
 def short_name(type_url: str) -> str:
-    """``CDS``/``EDS``/``LDS``/``RDS``/``SDS``/``RTDS`` for the well-known types, else the type URL."""
+    """``CDS``/``EDS``/``LDS``/``RDS``/``SDS``/``RTDS``/``ECDS`` for the well-known types, else the type URL."""
     return SHORT_NAMES.get(type_url, type_url)
 
 

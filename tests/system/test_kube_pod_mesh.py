@@ -106,12 +106,12 @@ def _start_pod(lab: MeshLab, api: KubeApiServer, name: str, sa: str) -> Pod:
         "POD_NAME": name, "POD_NAMESPACE": "default", "INSTANCE_IP": ns.address, "SERVICE_ACCOUNT": sa,
         "CA_ADDR": f"{cp}:15012", "XDS_ADDR": f"{cp}:15013", "TRUST_DOMAIN": "cluster.local",
     }  # fmt: skip
+    # (through env(1): running as another user resets the environment)
     agent = ns.popen(
-        [exe("vmagent"), "run", "--pod", "--config-dir", str(root / "etc"), "--state-dir", str(root / "state"),
+        ["env", *(f"{k}={v}" for k, v in env.items()), exe("vmagent"), "run", "--pod", "--config-dir", str(root / "etc"), "--state-dir", str(root / "state"),
          "--runtime-dir", str(root / "run"), "--token-file", str(root / "secrets" / "istio-token"),
          "--ca-file", str(root / "secrets" / "root-cert.pem")],
         user=PROXY_USER,
-        env=env,
     )  # fmt: skip
     LineLog(agent).wait_line("agent ready", timeout=60)
     return Pod(name, ns, root, agent)

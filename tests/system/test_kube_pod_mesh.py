@@ -83,7 +83,7 @@ def _start_pod(lab: MeshLab, api: KubeApiServer, name: str, sa: str) -> Pod:
     api.create(obj)
     root = Path("/run/vmagent-lab") / f"{ns.name}-pod"
     shutil.rmtree(root, ignore_errors=True)
-    for sub in ("etc", "state", "run", "secrets"):
+    for sub in ("state", "run", "secrets"):
         (root / sub).mkdir(parents=True, mode=0o700)
     # What the kubelet mounts: the projected token (audience istio-ca), the mesh root, the annotations.
     (root / "secrets" / "istio-token").write_text(api.token("default", sa, ["istio-ca"], pod=name))
@@ -96,7 +96,7 @@ def _start_pod(lab: MeshLab, api: KubeApiServer, name: str, sa: str) -> Pod:
     # The init container: capture from the pod's annotations (needs NET_ADMIN, runs before the sidecar).
     ns.run(
         [exe("vmagent"), "capture", "apply", "--pod-annotations", str(root / "secrets" / "annotations"),
-         "--config-dir", str(root / "etc")]
+         "--config-dir", str(root / "state" / "config")]
     )  # fmt: skip
     ns.popen([sys.executable, "-m", "vmagent.lab.echo", "--port", "8080", "--name", name])  # ends with ns
     ns.wait_listening(8080, timeout=20)
@@ -108,7 +108,7 @@ def _start_pod(lab: MeshLab, api: KubeApiServer, name: str, sa: str) -> Pod:
     }  # fmt: skip
     # (through env(1): running as another user resets the environment)
     agent = ns.popen(
-        ["env", *(f"{k}={v}" for k, v in env.items()), exe("vmagent"), "run", "--pod", "--config-dir", str(root / "etc"), "--state-dir", str(root / "state"),
+        ["env", *(f"{k}={v}" for k, v in env.items()), exe("vmagent"), "run", "--pod", "--state-dir", str(root / "state"),
          "--runtime-dir", str(root / "run"), "--token-file", str(root / "secrets" / "istio-token"),
          "--ca-file", str(root / "secrets" / "root-cert.pem")],
         user=PROXY_USER,
@@ -197,6 +197,13 @@ def test_pod_and_vm_call_each_other_by_name_over_mutual_tls(mesh: tuple[MeshLab,
     assert [(c["identity"], c["hostname"]) for c in certs if c["via"] == "kubernetes"] == [
         (WEB_ID, "default/web-1")
     ]
+    # `vmagent status` in the pod: pod mode, ready, the pod's identity (config found under the state dir).
+    r = web.ns.run(
+        [exe("vmagent"), "status", "--state-dir", str(web.root / "state"), "-o", "json"], check=False
+    )
+    doc = json.loads(r.stdout)
+    assert (doc["mode"], doc["ready"], doc["identity"]["spiffe_id"]) == ("pod", True, WEB_ID), r.stdout
+    assert doc["registration"] == {"enabled": False}
     # No registration: the control plane has only the VMs' workloads; the pod is known from the cluster.
     workloads = lab.cp.api("/api/v1/workloads")
     assert sorted(w["name"].split("-")[0] for w in workloads) == ["intruder", "ratings"]

@@ -514,6 +514,7 @@ class Agent:
             state = "ready" if self.ready else "starting"
         doc: dict[str, Any] = {
             "state": state,
+            "mode": "pod" if self.pod_mode else "vm",
             "pid": os.getpid(),
             "ready": ok,
             "ready_reason": reason,

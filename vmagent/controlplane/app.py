@@ -22,6 +22,7 @@ from vmagent.controlplane.ca.certservice import (
     IstioCertificateServicer,
     MeshInfo,
 )
+from vmagent.controlplane.ca.sa_tokens import ServiceAccountTokens
 from vmagent.controlplane.ca.workers import CaWorkers, WorkerSpec
 from vmagent.controlplane.config import ConfigSet
 from vmagent.controlplane.dashboard import UI_FILES, Dashboard, ui_file
@@ -126,12 +127,15 @@ class ControlPlane:
         self.translator = Translator(self.configs, mesh_options(opts.trust_domain, opts.mesh_config))
         records = self.store.records
         self.binder = ProxyBinder(
-            opts.trust_domain, self.workloads.at_address, self.configs.snapshot, records.descends_from
-        )
+            opts.trust_domain, self.workloads.at_address, self.configs.snapshot, records.descends_from,
+            pods_at=self.kube_services.pods_at if self.kube_services is not None else None,
+        )  # fmt: skip
         self.mesh = MeshController(
             self.cache, self.services.services, translate or self.translator, binder=self.binder
         )
         self.services.subscribe(lambda: self.mesh.changed(None))
+        if self.kube_services is not None:  # a pod's proxy bound again (an empty scope: pushed if it changed)
+            self.kube_services.subscribe_pods(lambda: self.mesh.changed(set()))
         self.metrics = ControlPlaneMetrics(
             lambda: self.ads.status(),
             self.workloads.workloads_json,
@@ -168,6 +172,7 @@ class ControlPlane:
         self.issuer = CertificateIssuer(
             self.store.ca, self.store.tokens, self.store.records, self.group_lookup,
             MeshInfo(opts.trust_domain, 0, opts.mesh_config), observer=self.metrics,
+            sa_tokens=ServiceAccountTokens(self.kube, opts.trust_domain) if self.kube is not None else None,
         )  # fmt: skip
         self.tls_server = ThreadedServer(
             opts.listen, tls_creds, self._configure_tls, options=join_port_options(DEFAULT_OPTIONS)

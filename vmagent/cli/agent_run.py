@@ -29,5 +29,9 @@ def add_subcommand(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vmagent.agent.daemon import run_agent
+    from vmagent.agent.state_commit import recover
 
-    return run_agent(AgentPaths(args.config_dir, args.state_dir, args.runtime_dir))
+    paths = AgentPaths(args.config_dir, args.state_dir, args.runtime_dir)
+    # Before the config is read: finish or undo a join or rotation that a crash interrupted.
+    recover(paths)
+    return run_agent(paths)

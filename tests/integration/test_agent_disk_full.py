@@ -38,14 +38,15 @@ class FullableDir:
         self.filler = path / "filler"
 
     def fill(self) -> None:
-        with self.filler.open("ab") as fh:
-            block = b"\0" * 65536
-            try:
-                while True:
-                    fh.write(block)
-                    fh.flush()
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        block = b"\0" * 65536
+        try:
+            while True:
+                os.write(fd, block)  # unbuffered: no data is left to fail again on close
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+        finally:
+            os.close(fd)
         # Not one more byte fits:
         with pytest.raises(OSError) as info:
             (self.path / "probe").write_bytes(b"x" * 4096)

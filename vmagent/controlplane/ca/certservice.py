@@ -14,6 +14,7 @@ import asyncio
 import datetime
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -200,6 +201,15 @@ class CertificateIssuer:
         except TokenError as exc:
             self._token_refused(exc.reason)
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from exc
+        except sqlite3.Error as exc:
+            # e.g. the state dir's filesystem is full: SQLite rolled the use back, nothing is issued.
+            msg = (
+                f"the control plane cannot write its state store {self.tokens.store_path}: {exc}; "
+                "the join was not recorded and the token not used, retry later"
+            )
+            log.error("join refused: %s", msg)
+            # RESOURCE_EXHAUSTED is gRPC's code for "the file system is out of space".
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, msg) from exc
 
     def renew(self, context: grpc.ServicerContext, csr: str, validity: int) -> list[x509.Certificate]:
         """Issue for the identity of the caller's mesh certificate (mTLS), unless it is revoked."""

@@ -146,8 +146,10 @@ def _discard(paths: AgentPaths) -> bool:
     for final in [*_managed(paths), journal_path(paths)]:
         candidates = [] if final == journal_path(paths) else [pending(final)]
         if final.parent.is_dir():
-            # atomic_write's temp files: ".NAME.XXXX" and ".NAME.next.XXXX"
-            candidates += list(final.parent.glob(f".{final.name}.*"))
+            # temp files of atomic_write for our own writes (".NAME.next.XXXX", ".identity.commit.XXXX");
+            # other writers' temp files (e.g. an edit of config.yaml) are not ours to remove
+            tmp_of = final.name if final == journal_path(paths) else pending(final).name
+            candidates += list(final.parent.glob(f".{tmp_of}.*"))
         for c in candidates:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(c)

@@ -34,12 +34,15 @@ unit: deps
 	@v=$(VENV); PATH=$$v/bin:$$PATH $$v/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # The fuzz tier with a longer budget: examples per target (`make test` runs 200; FUZZ_EXAMPLES=N), and
-# the control-plane crash test with the issue's 50 SIGKILLs (`make test` runs 5; CRASH_ROUNDS=N).
+# the control-plane crash test with the issue's 50 SIGKILLs (`make test` runs 5; CRASH_ROUNDS=N), and the
+# agent's (50 kills during join and 50 during rotation; `make test` runs 6 of each).
 FUZZ_EXAMPLES ?= 5000
 CRASH_ROUNDS ?= 50
 fuzz: deps
-	@v=$(VENV); VMAGENT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) VMAGENT_CRASH_ROUNDS=$(CRASH_ROUNDS) PATH=$$v/bin:$$PATH \
-	  $$v/bin/python -m pytest tests/fuzz tests/integration/test_cp_crash_consistency.py $(PYTEST_ARGS)
+	@v=$(VENV); VMAGENT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) VMAGENT_CRASH_ROUNDS=$(CRASH_ROUNDS) \
+	  VMAGENT_AGENT_CRASH_ROUNDS=$(CRASH_ROUNDS) VMAGENT_AGENT_CRASH_SECONDS=900 PATH=$$v/bin:$$PATH \
+	  $$v/bin/python -m pytest tests/fuzz tests/integration/test_cp_crash_consistency.py \
+	  tests/integration/test_agent_crash_consistency.py $(PYTEST_ARGS)
 
 # The fault tests at the issue's lengths (`make test` runs shorter ones, docs/reliability.md): the control
 # plane down for 60 s (CP_DOWN=N) and a VM cut from it for 300 s (PARTITION=N), about 8 minutes in all.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from vmagent.agent.identity import Identity, IdentityStore
 from vmagent.agent.join import make_csr
 from vmagent.agent.paths import AgentPaths
+from vmagent.agent.state_commit import JOURNAL_NAME, LOCK_NAME, recover
 from vmagent.common.errors import VmagentError
 from vmagent.common.x509util import SpiffeId, chain_pem, generate_key, key_pem
 from vmagent.controlplane.ca.authority import CaSettings, CertificateAuthority
@@ -35,7 +37,10 @@ def paths(tmp_path: Path) -> AgentPaths:
 
 
 def _files(paths: AgentPaths) -> set[str]:
-    return {p.name for p in paths.state_dir.iterdir()} if paths.state_dir.exists() else set()
+    """The state dir's files, less the commit lock (``state_commit.LOCK_NAME``)."""
+    if not paths.state_dir.exists():
+        return set()
+    return {p.name for p in paths.state_dir.iterdir()} - {LOCK_NAME}
 
 
 def _mode(path: Path) -> int:
@@ -118,23 +123,33 @@ def test_a_missing_identity_says_to_join_first(paths: AgentPaths) -> None:
 
 
 # -- a crash in the middle of save -------------------------------------------------------------------
-# save() writes key.pem.next and cert-chain.pem.next, then renames the key, then the chain. load()
-# must end with a matching pair whichever step the crash interrupted.
+# save() writes key.pem.next, cert-chain.pem.next and root-cert.pem.next, then the journal (the commit
+# point), then renames each and removes the journal. load() ends with the old identity when the crash came
+# before the journal and with the new one after it, whichever renames were done.
 
 
-def _stage(paths: AgentPaths, ident: Identity, key: bool = True, chain: bool = True) -> None:
-    if key:
-        paths.key_file.with_name("key.pem.next").write_bytes(ident.key_pem)
-        os.chmod(paths.key_file.with_name("key.pem.next"), 0o600)
-    if chain:
-        paths.chain_file.with_name("cert-chain.pem.next").write_bytes(ident.chain_pem)
+def _stage(paths: AgentPaths, ident: Identity) -> list[tuple[str, str]]:
+    renames = []
+    for final, data in ((paths.key_file, ident.key_pem), (paths.chain_file, ident.chain_pem)):
+        nxt = final.with_name(final.name + ".next")
+        nxt.write_bytes(data)
+        os.chmod(nxt, 0o600)
+        renames.append((str(nxt), str(final)))
+    return renames
 
 
-def test_crash_after_the_key_rename_is_completed_on_load(ca: CertificateAuthority, paths: AgentPaths) -> None:
+def _journal(paths: AgentPaths, renames: list[tuple[str, str]]) -> None:
+    (paths.state_dir / JOURNAL_NAME).write_text(json.dumps({"renames": renames}))
+
+
+def test_crash_after_the_commit_point_and_one_rename_is_rolled_forward(
+    ca: CertificateAuthority, paths: AgentPaths
+) -> None:
     old, new = _identity(ca), _identity(ca)
     IdentityStore(paths).save(old)
-    _stage(paths, new)
-    os.replace(paths.key_file.with_name("key.pem.next"), paths.key_file)  # then the crash
+    renames = _stage(paths, new)
+    _journal(paths, renames)
+    os.replace(*renames[0])  # the key renamed, then the crash
     assert paths.key_file.read_bytes() == new.key_pem and paths.chain_file.read_bytes() == old.chain_pem
 
     loaded = IdentityStore(paths).load()
@@ -143,21 +158,31 @@ def test_crash_after_the_key_rename_is_completed_on_load(ca: CertificateAuthorit
     assert _mode(paths.key_file) == 0o600
 
 
-def test_crash_before_any_rename_installs_the_staged_pair(
+def test_crash_after_the_commit_point_before_any_rename_installs_the_new_identity(
     ca: CertificateAuthority, paths: AgentPaths
 ) -> None:
     old, new = _identity(ca), _identity(ca)
     IdentityStore(paths).save(old)
-    _stage(paths, new)
+    _journal(paths, _stage(paths, new))
     assert IdentityStore(paths).load() == new
     assert _files(paths) == {"key.pem", "cert-chain.pem", "root-cert.pem"}
 
 
-def test_crash_before_the_chain_was_staged_keeps_the_old_pair(
+def test_crash_before_the_commit_point_keeps_the_old_identity(
     ca: CertificateAuthority, paths: AgentPaths
 ) -> None:
     old, new = _identity(ca), _identity(ca)
     IdentityStore(paths).save(old)
-    _stage(paths, new, chain=False)
+    _stage(paths, new)  # both staged, but no journal: not committed
+    (paths.state_dir / ".key.pem.next.abc123").write_bytes(b"half a key")  # an interrupted temp file
     assert IdentityStore(paths).load() == old
     assert _files(paths) == {"key.pem", "cert-chain.pem", "root-cert.pem"}
+
+
+def test_recovery_is_idempotent_and_reports_what_it_did(ca: CertificateAuthority, paths: AgentPaths) -> None:
+    old, new = _identity(ca), _identity(ca)
+    IdentityStore(paths).save(old)
+    _journal(paths, _stage(paths, new))
+    assert recover(paths) == "rolled forward"
+    assert recover(paths) == ""
+    assert IdentityStore(paths).load() == new

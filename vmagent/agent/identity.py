@@ -6,9 +6,7 @@ One ``IdentityStore`` is shared by rotation, the SDS server and the control-plan
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from vmagent.agent.paths import AgentPaths
+from vmagent.agent.state_commit import commit, recover
 from vmagent.common.errors import VmagentError
-from vmagent.common.fsutil import atomic_write, ensure_dir
 from vmagent.common.x509util import SpiffeId, load_chain, load_key, spiffe_ids
 
 _PUB = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -86,12 +84,19 @@ class IdentityStore:
 
     def exists(self) -> bool:
         p = self._paths
+        try:
+            recover(p)
+        except PermissionError:
+            pass
         return p.key_file.exists() and p.chain_file.exists() and p.root_file.exists()
 
     def load(self) -> Identity:
         """Read the identity from disk, finishing a replacement that a crash interrupted."""
         p = self._paths
-        self._finish_pending()
+        try:
+            recover(p)  # finish or undo a replacement a crash interrupted
+        except PermissionError:
+            pass  # a reader without write access (e.g. `vmagent status` as a user) reads what is there
         try:
             ident = Identity(p.key_file.read_bytes(), p.chain_file.read_bytes(), p.root_file.read_bytes())
         except FileNotFoundError as exc:
@@ -115,35 +120,25 @@ class IdentityStore:
             self._subscribers.append(callback)
 
     def save(self, ident: Identity) -> None:
-        """Replace the identity on disk. The key is written 0600 before anything points at it."""
+        """Replace key, chain and root on disk as one step (``state_commit``); the key is written 0600.
+
+        A write that fails (e.g. the disk is full) raises ``VmagentError`` naming the file and leaves the
+        current identity in force, on disk and in memory.
+        """
         if not ident.key_matches():
             raise VmagentError("refusing to store a certificate that does not match its key")
-        p = self._paths
-        ensure_dir(p.state_dir, 0o700)
-        # Stage both halves, then rename: a crash between the renames is repaired by _finish_pending.
-        atomic_write(self._pending(p.key_file), ident.key_pem, 0o600)
-        atomic_write(self._pending(p.chain_file), ident.chain_pem, 0o644)
-        atomic_write(p.root_file, ident.root_pem, 0o644)
-        os.replace(self._pending(p.key_file), p.key_file)
-        os.replace(self._pending(p.chain_file), p.chain_file)
+        commit(self._paths, identity_files(self._paths, ident))
         with self._lock:
             self._current = ident
             subscribers = list(self._subscribers)
         for cb in subscribers:
             cb(ident)
 
-    @staticmethod
-    def _pending(path: Path) -> Path:
-        return path.with_name(path.name + ".next")
 
-    def _finish_pending(self) -> None:
-        p = self._paths
-        key_next, chain_next = self._pending(p.key_file), self._pending(p.chain_file)
-        if os.path.exists(chain_next):
-            if os.path.exists(key_next):
-                os.replace(key_next, p.key_file)
-            os.replace(chain_next, p.chain_file)
-        elif os.path.exists(key_next):
-            # The chain was never staged: the old pair is still consistent, drop the orphan key.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(key_next)
+def identity_files(paths: AgentPaths, ident: Identity) -> list[tuple[Path, bytes | str, int]]:
+    """The files of an identity, for ``state_commit.commit``."""
+    return [
+        (paths.key_file, ident.key_pem, 0o600),
+        (paths.chain_file, ident.chain_pem, 0o644),
+        (paths.root_file, ident.root_pem, 0o644),
+    ]

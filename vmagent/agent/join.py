@@ -13,14 +13,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from vmagent.agent.config import AgentConfig, join_host_port, split_host_port
-from vmagent.agent.identity import Identity, IdentityStore
+from vmagent.agent.identity import Identity, IdentityStore, identity_files
 from vmagent.agent.paths import AgentPaths
+from vmagent.agent.state_commit import commit
 from vmagent.agent.trust import fetch_server_chain, pin_root
 from vmagent.api import bootstrap_pb2, bootstrap_pb2_grpc
 from vmagent.common import wire
 from vmagent.common.constants import CP_SERVER_NAME
 from vmagent.common.errors import VmagentError
-from vmagent.common.fsutil import atomic_write, staged_dir
+from vmagent.common.fsutil import ensure_dir
 from vmagent.common.x509util import (
     PrivateKey,
     SpiffeId,
@@ -173,9 +174,13 @@ def _keep_operator_sections(paths: AgentPaths, mesh: dict[str, object]) -> dict[
 
 
 def _write_all(paths: AgentPaths, config: AgentConfig, group_json: str, ident: Identity) -> None:
-    """Stage every file, then move them in: a failure leaves the previous state untouched."""
-    with staged_dir(paths.config_dir, 0o755) as cfg_stage, staged_dir(paths.state_dir, 0o700) as st_stage:
-        config.save(cfg_stage / paths.config_file.name)
-        atomic_write(cfg_stage / paths.workload_group_file.name, group_json, 0o644)
-        staged = IdentityStore(AgentPaths(cfg_stage, st_stage, paths.runtime_dir))
-        staged.save(ident)
+    """Config, WorkloadGroup and identity replaced as one step (``state_commit``): a failure or a crash
+    at any point leaves the previous state (or none) in force, never a mix of the two."""
+    ensure_dir(paths.config_dir, 0o755)
+    ensure_dir(paths.state_dir, 0o700)
+    files: list[tuple[Path, bytes | str, int]] = [
+        (paths.config_file, config.to_yaml(), 0o644),
+        (paths.workload_group_file, group_json, 0o644),
+        *identity_files(paths, ident),
+    ]
+    commit(paths, files)

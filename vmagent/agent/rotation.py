@@ -91,7 +91,7 @@ class Rotator:
                 continue
             try:
                 new = self.renew_once()
-            except (VmagentError, grpc.RpcError) as exc:
+            except (VmagentError, grpc.RpcError, OSError) as exc:  # OSError: e.g. the state dir is full
                 self.failures += 1
                 self.last_error = _describe(exc)
                 current = self._identities.current()

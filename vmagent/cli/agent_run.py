@@ -61,14 +61,18 @@ def add_subcommand(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vmagent.agent.daemon import run_agent
+    from vmagent.agent.state_commit import recover
 
+    # Before the config is read: finish or undo a join or rotation that a crash interrupted.
     if not args.pod:
-        return run_agent(AgentPaths(args.config_dir or DEFAULT_CONFIG_DIR, args.state_dir, args.runtime_dir))
+        paths = AgentPaths(args.config_dir or DEFAULT_CONFIG_DIR, args.state_dir, args.runtime_dir)
+        recover(paths)
+        return run_agent(paths)
     from vmagent.agent.pod import settings_from
 
     # The sidecar's root file system is read only: the generated config lives in the state volume.
     config_dir = args.config_dir or args.state_dir / "config"
     base = None if args.config_dir else DEFAULT_CONFIG_DIR / "config.yaml"
-    return run_agent(
-        AgentPaths(config_dir, args.state_dir, args.runtime_dir), settings_from(vars(args)), base
-    )
+    paths = AgentPaths(config_dir, args.state_dir, args.runtime_dir)
+    recover(paths)
+    return run_agent(paths, settings_from(vars(args)), base)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -37,23 +35,3 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-@contextlib.contextmanager
-def staged_dir(final: Path, mode: int = 0o755) -> Iterator[Path]:
-    """Yield a temporary sibling of ``final``; on success its files are moved into ``final``.
-
-    On any exception the staging directory is removed and ``final`` is left exactly as it was, which
-    is how callers keep "nothing half-written" promises.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.stage.", dir=final.parent))
-    try:
-        os.chmod(stage, mode)
-        yield stage
-        final.mkdir(parents=True, exist_ok=True)
-        os.chmod(final, mode)
-        for item in stage.iterdir():
-            os.replace(item, final / item.name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)

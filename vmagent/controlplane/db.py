@@ -32,6 +32,8 @@ class StateDb:
 
         self._conn = conn
         self._lock = threading.Lock()
+        rows = conn.execute("PRAGMA database_list").fetchall()
+        self.path = str(rows[0][2]) if rows else "?"  # the database file, for error messages
 
     @classmethod
     def open(cls, state_dir: Path) -> StateDb:

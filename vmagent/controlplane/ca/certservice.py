@@ -18,6 +18,7 @@ import asyncio
 import datetime
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -209,6 +210,15 @@ class CertificateIssuer:
         except TokenError as exc:
             self._token_refused(exc.reason)
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from exc
+        except sqlite3.Error as exc:
+            # e.g. the state dir's filesystem is full: SQLite rolled the use back, nothing is issued.
+            msg = (
+                f"the control plane cannot write its state store {self.tokens.store_path}: {exc}; "
+                "the join was not recorded and the token not used, retry later"
+            )
+            log.error("join refused: %s", msg)
+            # RESOURCE_EXHAUSTED is gRPC's code for "the file system is out of space".
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, msg) from exc
 
     def issue_with_sa_token(
         self, token: str, csr: str, validity: int, source: str = ""

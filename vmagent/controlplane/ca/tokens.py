@@ -107,6 +107,11 @@ class TokenAuthority:
         self._public = self._key.public_key()
         db.execute(_SCHEMA)
 
+    @property
+    def store_path(self) -> str:
+        """The state database's file (for error messages)."""
+        return self._db.path
+
     @classmethod
     def open(cls, state_dir: Path, db: StateDb) -> TokenAuthority:
         """Load the signing key from ``state_dir``, creating it (0600) on first use."""

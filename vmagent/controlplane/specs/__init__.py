@@ -13,10 +13,12 @@ from typing import Any
 
 from vmagent.controlplane.specs.build import from_spec
 from vmagent.controlplane.specs.serviceentry import ServiceEntry
+from vmagent.controlplane.specs.virtualservice import VirtualService
 from vmagent.controlplane.specs.workload import WorkloadEntry, WorkloadGroup
 
 VIEWS: dict[str, type[Any]] = {
     "ServiceEntry": ServiceEntry,
+    "VirtualService": VirtualService,
     "WorkloadEntry": WorkloadEntry,
     "WorkloadGroup": WorkloadGroup,
 }
@@ -28,4 +30,12 @@ def view_of(kind: str, spec: Mapping[str, Any]) -> object:
     return from_spec(cls, spec) if cls is not None else spec
 
 
-__all__ = ["VIEWS", "ServiceEntry", "WorkloadEntry", "WorkloadGroup", "from_spec", "view_of"]
+__all__ = [
+    "VIEWS",
+    "ServiceEntry",
+    "VirtualService",
+    "WorkloadEntry",
+    "WorkloadGroup",
+    "from_spec",
+    "view_of",
+]

@@ -24,6 +24,7 @@ from typing import Any
 
 from vmagent.controlplane.config.hosts import config_visible, host_intersection, labels_match, qualify_host
 from vmagent.controlplane.model import ConfigObject
+from vmagent.controlplane.specs.virtualservice import VirtualService
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
@@ -153,8 +154,8 @@ def proxy_servers(proxy: ProxyInfo, configs: ConfigLookup) -> list[Server]:
 
 def binds_to(vs: ConfigObject, server: Server) -> bool:
     """Whether ``vs`` names the server's Gateway in ``gateways``."""
-    for ref in _list(vs.spec.get("gateways")):
-        ns, sep, name = str(ref).rpartition("/")
+    for ref in vs.spec_as(VirtualService).gateways:
+        ns, sep, name = ref.rpartition("/")
         if (ns if sep else vs.namespace) == server.gateway_namespace and name == server.gateway_name:
             return True
     return False
@@ -176,8 +177,8 @@ def bindings(server: Server, proxy: ProxyInfo, configs: ConfigLookup, mesh: Mesh
             continue
         admitted = [h for h in server.hosts if h.admits(vs.namespace)]
         domains: list[str] = []
-        for raw in _list(vs.spec.get("hosts")):
-            host = qualify_host(str(raw), vs.namespace, mesh.dns_domain)
+        for raw in vs.spec_as(VirtualService).hosts:
+            host = qualify_host(raw, vs.namespace, mesh.dns_domain)
             for sh in admitted:
                 d = host_intersection(host, sh.host)
                 if d is not None and d not in domains:

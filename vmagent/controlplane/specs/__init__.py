@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from vmagent.controlplane.specs.build import from_spec
+from vmagent.controlplane.specs.destinationrule import DestinationRule
 from vmagent.controlplane.specs.serviceentry import ServiceEntry
 from vmagent.controlplane.specs.virtualservice import VirtualService
 from vmagent.controlplane.specs.workload import WorkloadEntry, WorkloadGroup
 
 VIEWS: dict[str, type[Any]] = {
+    "DestinationRule": DestinationRule,
     "ServiceEntry": ServiceEntry,
     "VirtualService": VirtualService,
     "WorkloadEntry": WorkloadEntry,
@@ -32,6 +34,7 @@ def view_of(kind: str, spec: Mapping[str, Any]) -> object:
 
 __all__ = [
     "VIEWS",
+    "DestinationRule",
     "ServiceEntry",
     "VirtualService",
     "WorkloadEntry",

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from vmagent.controlplane.config.hosts import config_visible, host_covers, qualify_host
 from vmagent.controlplane.model import ConfigObject, Service
 from vmagent.controlplane.specs import virtualservice as vsspec
+from vmagent.controlplane.specs.destinationrule import TrafficPolicy
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.destination import find_destination_rule
@@ -108,11 +109,11 @@ class RouteContext:
                 out.append(self.destination(vs, r.destination, max(w, 1), headers))
         return out
 
-    def policy(self, dest: Destination) -> dict[str, Any]:
+    def policy(self, dest: Destination) -> TrafficPolicy:
         """The DestinationRule policy in force for ``dest`` (empty when its host is unknown)."""
         svc = self.services.get(dest.host)
         if svc is None:
-            return {}
+            return TrafficPolicy()
         rule = find_destination_rule(svc, self.proxy.namespace, self.configs, self.mesh)
         return rule.traffic_policy(dest.port, dest.subset)
 

@@ -14,6 +14,7 @@ from vmagent.controlplane.config.types import STR, F, ListOf, MapOf, Msg, Type
 from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.specs import VIEWS, ServiceEntry, WorkloadEntry, WorkloadGroup
 from vmagent.controlplane.specs.build import view_fields
+from vmagent.controlplane.specs.security import MutualTLS, PeerAuthentication
 
 
 def _unwrap_hint(hint: Any) -> Any:
@@ -112,3 +113,13 @@ def test_view_is_built_once_and_kind_checked() -> None:
     assert group.template.service_account == "vm" and group.metadata.labels == {"app": "a"}
     with pytest.raises(TypeError, match="WorkloadGroup demo/x has no ServiceEntry view"):
         obj.spec_as(ServiceEntry)
+
+
+def test_port_keyed_maps_have_int_keys() -> None:
+    pa = _obj(
+        "PeerAuthentication", {"portLevelMtls": {"8080": {"mode": "STRICT"}, 9090: {"mode": "DISABLE"}}}
+    )
+    assert pa.spec_as(PeerAuthentication).port_level_mtls == {
+        8080: MutualTLS("STRICT"),
+        9090: MutualTLS("DISABLE"),
+    }

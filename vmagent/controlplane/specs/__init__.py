@@ -13,12 +13,14 @@ from typing import Any
 
 from vmagent.controlplane.specs.build import from_spec
 from vmagent.controlplane.specs.destinationrule import DestinationRule
+from vmagent.controlplane.specs.security import PeerAuthentication
 from vmagent.controlplane.specs.serviceentry import ServiceEntry
 from vmagent.controlplane.specs.virtualservice import VirtualService
 from vmagent.controlplane.specs.workload import WorkloadEntry, WorkloadGroup
 
 VIEWS: dict[str, type[Any]] = {
     "DestinationRule": DestinationRule,
+    "PeerAuthentication": PeerAuthentication,
     "ServiceEntry": ServiceEntry,
     "VirtualService": VirtualService,
     "WorkloadEntry": WorkloadEntry,
@@ -35,6 +37,7 @@ def view_of(kind: str, spec: Mapping[str, Any]) -> object:
 __all__ = [
     "VIEWS",
     "DestinationRule",
+    "PeerAuthentication",
     "ServiceEntry",
     "VirtualService",
     "WorkloadEntry",

@@ -3,7 +3,7 @@
 Each dataclass field reads the key of the same name in camelCase (``service_account`` <- ``serviceAccount``;
 a trailing ``_`` of a Python keyword is dropped: ``from_`` <- ``from``), or ``metadata["key"]`` when given.
 Absent or null keys take the field's default. Values convert by annotation: a nested view class is built
-recursively, ``tuple[X, ...]`` from a list, ``Mapping[str, X]`` from a mapping, ``int``/``float``/``str``
+recursively, ``tuple[X, ...]`` from a list, ``Mapping[str, X]`` (or ``Mapping[int, X]``, port keys) from a mapping, ``int``/``float``/``str``
 as written (YAML integers written as ``80.0`` become ``80``). Input is validated first: unknown keys are
 ignored here because the schema rejects them.
 """
@@ -76,7 +76,8 @@ def _convert(hint: Any, value: Any) -> Any:
     if origin is tuple:
         return tuple(_convert(get_args(hint)[0], v) for v in value)
     if origin is Mapping or origin is dict:
-        return {str(k): _convert(get_args(hint)[1], v) for k, v in value.items()}
+        key_type, value_type = get_args(hint)
+        return {(int(k) if key_type is int else str(k)): _convert(value_type, v) for k, v in value.items()}
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return from_spec(hint, value)
     if hint is int:

@@ -1,8 +1,9 @@
-"""Views of messages shared by several kinds (StringMatch, Percent, PortSelector)."""
+"""Views of messages shared by several kinds (StringMatch, Percent, PortSelector, WorkloadSelector)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -22,3 +23,10 @@ class Percent:
 @dataclass(frozen=True)
 class PortSelector:
     number: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkloadSelector:
+    """networking/security v1 ``selector``/``workloadSelector`` (``matchLabels``)."""
+
+    match_labels: Mapping[str, str] = field(default_factory=dict)

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from vmagent.controlplane.specs.common import PortSelector
+from vmagent.controlplane.specs.common import PortSelector, WorkloadSelector
 
 
 @dataclass(frozen=True)
@@ -193,11 +193,6 @@ class Subset:
     name: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     traffic_policy: TrafficPolicy | None = None
-
-
-@dataclass(frozen=True)
-class WorkloadSelector:
-    match_labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

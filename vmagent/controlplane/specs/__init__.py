@@ -13,7 +13,7 @@ from typing import Any
 
 from vmagent.controlplane.specs.build import from_spec
 from vmagent.controlplane.specs.destinationrule import DestinationRule
-from vmagent.controlplane.specs.security import PeerAuthentication
+from vmagent.controlplane.specs.security import PeerAuthentication, RequestAuthentication
 from vmagent.controlplane.specs.serviceentry import ServiceEntry
 from vmagent.controlplane.specs.virtualservice import VirtualService
 from vmagent.controlplane.specs.workload import WorkloadEntry, WorkloadGroup
@@ -21,6 +21,7 @@ from vmagent.controlplane.specs.workload import WorkloadEntry, WorkloadGroup
 VIEWS: dict[str, type[Any]] = {
     "DestinationRule": DestinationRule,
     "PeerAuthentication": PeerAuthentication,
+    "RequestAuthentication": RequestAuthentication,
     "ServiceEntry": ServiceEntry,
     "VirtualService": VirtualService,
     "WorkloadEntry": WorkloadEntry,
@@ -38,6 +39,7 @@ __all__ = [
     "VIEWS",
     "DestinationRule",
     "PeerAuthentication",
+    "RequestAuthentication",
     "ServiceEntry",
     "VirtualService",
     "WorkloadEntry",

@@ -18,3 +18,48 @@ class PeerAuthentication:
     selector: WorkloadSelector | None = None
     mtls: MutualTLS | None = None
     port_level_mtls: Mapping[int, MutualTLS] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyTargetReference:
+    group: str = ""
+    kind: str = ""
+    name: str = ""
+    namespace: str = ""
+
+
+@dataclass(frozen=True)
+class JWTHeader:
+    name: str = ""
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimToHeader:
+    header: str = ""
+    claim: str = ""
+
+
+@dataclass(frozen=True)
+class JWTRule:
+    issuer: str = ""
+    audiences: tuple[str, ...] = ()
+    jwks_uri: str = ""
+    jwks: str = ""
+    from_headers: tuple[JWTHeader, ...] = ()
+    from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
+    output_payload_to_header: str = ""
+    forward_original_token: bool = False
+    output_claim_to_headers: tuple[ClaimToHeader, ...] = ()
+    timeout: str | None = None
+    legacy_jwks_uri: str = field(default="", metadata={"key": "jwks_uri"})  # refused by the schema
+    space_delimited_claims: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RequestAuthentication:
+    selector: WorkloadSelector | None = None
+    target_ref: PolicyTargetReference | None = None
+    target_refs: tuple[PolicyTargetReference, ...] = ()
+    jwt_rules: tuple[JWTRule, ...] = ()

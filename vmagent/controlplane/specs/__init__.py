@@ -13,12 +13,13 @@ from typing import Any
 
 from vmagent.controlplane.specs.build import from_spec
 from vmagent.controlplane.specs.destinationrule import DestinationRule
-from vmagent.controlplane.specs.security import PeerAuthentication, RequestAuthentication
+from vmagent.controlplane.specs.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 from vmagent.controlplane.specs.serviceentry import ServiceEntry
 from vmagent.controlplane.specs.virtualservice import VirtualService
 from vmagent.controlplane.specs.workload import WorkloadEntry, WorkloadGroup
 
 VIEWS: dict[str, type[Any]] = {
+    "AuthorizationPolicy": AuthorizationPolicy,
     "DestinationRule": DestinationRule,
     "PeerAuthentication": PeerAuthentication,
     "RequestAuthentication": RequestAuthentication,
@@ -37,6 +38,7 @@ def view_of(kind: str, spec: Mapping[str, Any]) -> object:
 
 __all__ = [
     "VIEWS",
+    "AuthorizationPolicy",
     "DestinationRule",
     "PeerAuthentication",
     "RequestAuthentication",

@@ -58,6 +58,12 @@ def view_fields(cls: type[Any]) -> dict[str, Any]:
     return {f.key: f.hint for f in _fields(cls)}
 
 
+def items_by_key(view: object) -> list[tuple[str, Any]]:
+    """``(camelCase key, value)`` of every field of the view instance ``view``, for readers that treat a
+    message's fields alike (AuthorizationPolicy sources and operations)."""
+    return [(f.key, getattr(view, f.name)) for f in _fields(type(view))]
+
+
 def from_spec(cls: type[T], data: Mapping[str, Any]) -> T:
     """The view ``cls`` of the validated mapping ``data``."""
     kwargs: dict[str, Any] = {}

@@ -63,3 +63,72 @@ class RequestAuthentication:
     target_ref: PolicyTargetReference | None = None
     target_refs: tuple[PolicyTargetReference, ...] = ()
     jwt_rules: tuple[JWTRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Source:
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    request_principals: tuple[str, ...] = ()
+    not_request_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+    service_accounts: tuple[str, ...] = ()
+    not_service_accounts: tuple[str, ...] = ()
+    trust_domains: tuple[str, ...] = ()
+    not_trust_domains: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()
+    not_ip_blocks: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()
+    not_remote_ip_blocks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Operation:
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
+    ports: tuple[str, ...] = ()
+    not_ports: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Condition:
+    key: str = ""
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RuleFrom:
+    source: Source = field(default_factory=Source)
+
+
+@dataclass(frozen=True)
+class RuleTo:
+    operation: Operation = field(default_factory=Operation)
+
+
+@dataclass(frozen=True)
+class Rule:
+    from_: tuple[RuleFrom, ...] = ()
+    to: tuple[RuleTo, ...] = ()
+    when: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExtensionProvider:
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class AuthorizationPolicy:
+    selector: WorkloadSelector | None = None
+    target_ref: PolicyTargetReference | None = None
+    target_refs: tuple[PolicyTargetReference, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    action: str = "ALLOW"
+    provider: ExtensionProvider | None = None

@@ -13,6 +13,7 @@ from typing import Any
 
 from vmagent.controlplane.specs.build import from_spec
 from vmagent.controlplane.specs.destinationrule import DestinationRule
+from vmagent.controlplane.specs.gateway import Gateway
 from vmagent.controlplane.specs.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 from vmagent.controlplane.specs.serviceentry import ServiceEntry
 from vmagent.controlplane.specs.virtualservice import VirtualService
@@ -21,6 +22,7 @@ from vmagent.controlplane.specs.workload import WorkloadEntry, WorkloadGroup
 VIEWS: dict[str, type[Any]] = {
     "AuthorizationPolicy": AuthorizationPolicy,
     "DestinationRule": DestinationRule,
+    "Gateway": Gateway,
     "PeerAuthentication": PeerAuthentication,
     "RequestAuthentication": RequestAuthentication,
     "ServiceEntry": ServiceEntry,
@@ -40,6 +42,7 @@ __all__ = [
     "VIEWS",
     "AuthorizationPolicy",
     "DestinationRule",
+    "Gateway",
     "PeerAuthentication",
     "RequestAuthentication",
     "ServiceEntry",

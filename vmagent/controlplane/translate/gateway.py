@@ -19,11 +19,11 @@ Istio's semantics:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from vmagent.controlplane.config.hosts import config_visible, host_intersection, labels_match, qualify_host
 from vmagent.controlplane.model import ConfigObject
+from vmagent.controlplane.specs.gateway import Gateway, ServerTLSSettings
 from vmagent.controlplane.specs.virtualservice import VirtualService
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
@@ -31,14 +31,6 @@ from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 
 # Server TLS modes that terminate TLS at the gateway (the rest pass it through or do not apply).
 TERMINATING_MODES = frozenset({"SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL"})
-
-
-def _dict(value: object) -> dict[str, Any]:
-    return dict(value) if isinstance(value, Mapping) else {}
-
-
-def _list(value: object) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else []
 
 
 @dataclass(frozen=True)
@@ -63,7 +55,7 @@ class Server:
     port_name: str
     protocol: str  # upper case: HTTP, HTTPS, HTTP2, GRPC, TLS, TCP, ...
     hosts: tuple[ServerHost, ...]
-    tls: Mapping[str, Any] = field(default_factory=dict)
+    tls: ServerTLSSettings | None = None  # None also for an empty ``tls: {}``
     bind: str = ""
 
     @property
@@ -72,7 +64,7 @@ class Server:
 
     @property
     def tls_mode(self) -> str:
-        return str(self.tls.get("mode") or "SIMPLE") if self.tls else ""
+        return (self.tls.mode or "SIMPLE") if self.tls is not None else ""
 
     @property
     def terminates_tls(self) -> bool:
@@ -88,7 +80,7 @@ class Server:
 
     @property
     def https_redirect(self) -> bool:
-        return bool(self.tls.get("httpsRedirect")) if self.tls else False
+        return self.tls.https_redirect if self.tls is not None else False
 
     @property
     def sni_hosts(self) -> list[str]:
@@ -106,8 +98,7 @@ class Server:
 
 def selects(gateway: ConfigObject, labels: Mapping[str, str]) -> bool:
     """Whether ``gateway``'s selector matches a proxy with ``labels``."""
-    selector = {str(k): str(v) for k, v in _dict(gateway.spec.get("selector")).items()}
-    return labels_match(selector, labels)
+    return labels_match(dict(gateway.spec_as(Gateway).selector), labels)
 
 
 def gateways_for(proxy: ProxyInfo, configs: ConfigLookup) -> list[ConfigObject]:
@@ -125,23 +116,22 @@ def _server_host(text: str, gateway_ns: str) -> ServerHost:
 
 def servers_of(gateway: ConfigObject) -> list[Server]:
     out = []
-    for i, raw in enumerate(_list(gateway.spec.get("servers"))):
-        s = _dict(raw)
-        port = _dict(s.get("port"))
-        if port.get("number") is None:
+    for i, s in enumerate(gateway.spec_as(Gateway).servers):
+        port = s.port
+        if port is None or not port.number:
             continue
-        hosts = tuple(_server_host(str(h), gateway.namespace) for h in _list(s.get("hosts")))
+        hosts = tuple(_server_host(h, gateway.namespace) for h in s.hosts)
         out.append(
             Server(
                 gateway_namespace=gateway.namespace,
                 gateway_name=gateway.name,
                 index=i,
-                port=int(port["number"]),
-                port_name=str(port.get("name") or f"port-{port['number']}"),
-                protocol=str(port.get("protocol") or "TCP").upper(),
+                port=port.number,
+                port_name=port.name or f"port-{port.number}",
+                protocol=(port.protocol or "TCP").upper(),
                 hosts=hosts,
-                tls=_dict(s.get("tls")),
-                bind=str(s.get("bind") or ""),
+                tls=s.tls if s.tls != ServerTLSSettings() else None,
+                bind=s.bind,
             )
         )
     return out

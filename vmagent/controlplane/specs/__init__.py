@@ -16,6 +16,7 @@ from vmagent.controlplane.specs.destinationrule import DestinationRule
 from vmagent.controlplane.specs.gateway import Gateway
 from vmagent.controlplane.specs.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 from vmagent.controlplane.specs.serviceentry import ServiceEntry
+from vmagent.controlplane.specs.sidecar import Sidecar
 from vmagent.controlplane.specs.virtualservice import VirtualService
 from vmagent.controlplane.specs.workload import WorkloadEntry, WorkloadGroup
 
@@ -26,6 +27,7 @@ VIEWS: dict[str, type[Any]] = {
     "PeerAuthentication": PeerAuthentication,
     "RequestAuthentication": RequestAuthentication,
     "ServiceEntry": ServiceEntry,
+    "Sidecar": Sidecar,
     "VirtualService": VirtualService,
     "WorkloadEntry": WorkloadEntry,
     "WorkloadGroup": WorkloadGroup,
@@ -46,6 +48,7 @@ __all__ = [
     "PeerAuthentication",
     "RequestAuthentication",
     "ServiceEntry",
+    "Sidecar",
     "VirtualService",
     "WorkloadEntry",
     "WorkloadGroup",

@@ -6,7 +6,7 @@ set -euo pipefail
 # nftables: only the tests' inspector (`nft list ruleset`); vmagent itself never runs nft.
 pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev iptables nftables iproute2 procps
       passwd mawk systemd debootstrap systemd-container rpm rpmlint lintian curl ca-certificates make git
-      bind9-dnsutils prometheus faketime wabt
+      bind9-dnsutils prometheus faketime wabt chromium chromium-driver
       openssh-client)
 missing=()
 for p in "${pkgs[@]}"; do

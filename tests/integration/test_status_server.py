@@ -152,3 +152,12 @@ def test_a_broken_probe_table_is_logged_and_serves_nothing(
     assert (
         "ISTIO_KUBE_APP_PROBERS['/app-health/web/livez'].httpGet.port: expected a port number" in caplog.text
     )
+
+
+def test_source_agent_leaves_out_envoys_families(server: tuple[StatusServer, Flags, Registry]) -> None:
+    """``?source=agent`` (the control plane's dashboard scrape) is the agent's own registry only."""
+    srv, _, _ = server
+    code, _, body = _get(srv.port, "/stats/prometheus?source=agent")
+    assert code == 200 and 'vmagent_test_events_total{kind="a"} 3.0' in body
+    assert "envoy_fake_metric" not in body
+    assert "envoy_fake_metric 1" in _get(srv.port, "/stats/prometheus")[2]

@@ -58,6 +58,8 @@ class Operations:
         self.registry = registry
         self.tokens = issuer_factory(self._lookup)
         self._next_ip = 10
+        # Test hook: (HTTP status, message) every TokenReview is answered with instead of a review.
+        self.token_review_fault: tuple[int, str] | None = None
 
     # -- helpers --------------------------------------------------------------------------------
     def _lookup(self, resource: str, ns: str, name: str) -> Obj | None:
@@ -579,6 +581,9 @@ class Operations:
             raise ApiError(
                 422, 'TokenReview.authentication.k8s.io "" is invalid: spec.token: Required value', "Invalid"
             )
+        if self.token_review_fault is not None:
+            code, message = self.token_review_fault
+            raise ApiError(code, message)
         result = self.tokens.review(spec["token"], spec.get("audiences") or None)
         return {
             "kind": "TokenReview",

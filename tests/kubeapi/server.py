@@ -161,6 +161,10 @@ class KubeApiServer:
         """Cut every open watch connection (clients see the stream break, as on an API server restart)."""
         self.store.end_watches()
 
+    def fail_token_reviews(self, code: int | None, message: str = "etcdserver: request timed out") -> None:
+        """Answer every TokenReview with HTTP ``code`` and ``message`` (None: review tokens again)."""
+        self.ops.token_review_fault = (code, message) if code is not None else None
+
     def compact(self, revision: int | None = None) -> int:
         """Compact the event log at ``revision`` (default: now): older resourceVersions get 410 Gone."""
         return self.store.compact(revision)

@@ -77,6 +77,11 @@ def test_cp_deb_contents(packages: Packages) -> None:
     for path in ("/usr/bin/vmagent-cp", "/lib/systemd/system/vmagent-cp.service", "/etc/vmagent-cp/config.d"):
         assert path in listing, f"{path} not in {packages.cp_deb.name}"
     assert listing["/var/lib/vmagent-cp"] == "drwx------"
+    # The dashboard's page is package data (pyproject), served from the installed package.
+    for asset in ("index.html", "app.js", "app.css"):
+        assert any(p.endswith(f"/lib/vmagent/controlplane/ui/{asset}") for p in listing), (
+            f"ui/{asset} not shipped"
+        )
     # The control plane runs no Envoy; the agent's files do not collide with it.
     assert not any(p.startswith("/opt/vmagent/") or p.endswith("/_bin/envoy") for p in listing)
 

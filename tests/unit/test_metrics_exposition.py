@@ -11,6 +11,7 @@ import datetime
 from typing import Any
 
 from tests.promtool import promtool_check, sample
+from vmagent.agent.request_metrics import LocalWorkload, RequestMetrics
 from vmagent.common.metrics import Registry, register_process_metrics
 from vmagent.controlplane.metrics import ControlPlaneMetrics
 from vmagent.controlplane.xds.snapshot import CLUSTER, LISTENER
@@ -132,8 +133,8 @@ def test_grafana_dashboard_queries_only_series_that_exist() -> None:
 
     dash = json.loads((Path(__file__).parents[2] / "docs/grafana/vmagent-mesh.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
-    used = {m for e in exprs for m in re.findall(r"\b((?:vmagent|pilot|citadel)_[a-z0-9_]+)", e)}
-    assert used
+    used = {m for e in exprs for m in re.findall(r"\b((?:vmagent|pilot|citadel|istio)_[a-z0-9_]+)", e)}
+    assert used and any(m.startswith("istio_") for m in used)
     one_proxy: list[dict[str, Any]] = [{"types": {"CDS": {"state": "synced"}}}]
     cp = ControlPlaneMetrics(lambda: one_proxy, _workloads, list, lambda: 0, clock=lambda: NOW)
     for event in (cp.pushed, cp.nacked):
@@ -150,7 +151,16 @@ def test_grafana_dashboard_queries_only_series_that_exist() -> None:
     agent.counter("vmagent_xds_nacks_total", "x", ("type",)).inc(type="CDS")
     agent.gauge("vmagent_envoy_live", "x").set(1)
     agent.counter("vmagent_envoy_restarts_total", "x").inc()
+    agent.counter("vmagent_metrics_source_errors_total", "x").inc()  # as the status server registers it
     exposed = {s.name for text in (cp.render(), agent.render()) for f in _families(text) for s in f.samples}
+    # The agent's istio_* families (their samples appear with traffic): counters end in _total,
+    # histograms' samples in _bucket/_sum/_count.
+    requests = RequestMetrics(
+        lambda: LocalWorkload("api", "demo", "spiffe://cluster.local/ns/demo/sa/api", "", "")
+    )
+    for family in requests.collect():
+        suffixes = ("_total",) if family.type == "counter" else ("_bucket", "_sum", "_count")
+        exposed |= {family.name + sfx for sfx in suffixes}
     assert sorted(used - exposed) == []
 
 

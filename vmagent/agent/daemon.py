@@ -23,7 +23,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from vmagent.agent import privileges
@@ -51,7 +51,7 @@ from vmagent.agent.envoy_bootstrap import (
 from vmagent.agent.envoy_process import EnvoySupervisor
 from vmagent.agent.envoy_runtime import lookup_proxy_user, prepare_runtime_dir
 from vmagent.agent.gateway import FileCertificates, gateway_capture, parse_gateway
-from vmagent.agent.identity import IdentityStore
+from vmagent.agent.identity import Identity, IdentityStore
 from vmagent.agent.paths import AgentPaths
 from vmagent.agent.probes import Prober
 from vmagent.agent.registration import RegisterInfo, RegistrationClient
@@ -68,7 +68,10 @@ from vmagent.common.metrics import Registry, register_process_metrics
 from vmagent.common.sdnotify import Notifier
 
 if TYPE_CHECKING:  # imported by DnsConfig.build only when the DNS proxy is on (dnslib costs RSS)
+    from pathlib import Path
+
     from vmagent.agent.dns import DnsProxy
+    from vmagent.agent.pod import PodSettings
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +136,15 @@ class LinkTimes:
 
 
 class Agent:
-    def __init__(self, paths: AgentPaths, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        paths: AgentPaths,
+        notifier: Notifier | None = None,
+        reissue: Callable[[], Identity] | None = None,
+    ) -> None:
+        """``reissue``: pod mode's certificate from the ServiceAccount token (vmagent/agent/pod.py)."""
         self.paths = paths
+        self.pod_mode = reissue is not None
         self.config = cfg = AgentConfig.load(paths.config_file)
         src = cfg.source
         self.gateway_cfg = parse_gateway(cfg.sections.get("gateway"), src, paths.config_dir)
@@ -170,6 +180,7 @@ class Agent:
             self.channel.get,
             key_algorithm=ident_cfg.key_algorithm,
             ttl_seconds=ident_cfg.cert_ttl_seconds,
+            reissue=reissue,
         )
         self.names = NameTable(namespace=cfg.namespace)
         self.group = _read_group(paths)
@@ -503,6 +514,7 @@ class Agent:
             state = "ready" if self.ready else "starting"
         doc: dict[str, Any] = {
             "state": state,
+            "mode": "pod" if self.pod_mode else "vm",
             "pid": os.getpid(),
             "ready": ok,
             "ready_reason": reason,
@@ -611,13 +623,22 @@ def _read_group(paths: AgentPaths) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def run_agent(paths: AgentPaths) -> int:
-    agent = Agent(paths)
+def run_agent(paths: AgentPaths, pod: PodSettings | None = None, pod_base_config: Path | None = None) -> int:
+    """Run the agent until stopped; ``pod``: pod mode (``pod_base_config``: the image's config file)."""
+    reissue = None
+    if pod is not None:
+        from vmagent.agent import pod as pod_mode
+
+        pod_mode.prepare(pod, paths, base_config=pod_base_config)
+        reissue = pod_mode.TokenIssuer(pod).issue
+    agent = Agent(paths, reissue=reissue)
     e = agent.envoy_cfg
     # Before any thread starts (capabilities are per thread): keep only what this configuration needs.
     keep = privileges.needed(
         envoy_as_other_user=e.enabled and e.run_as is not None, gateway=agent.gateway_cfg.enabled
     )
+    if pod is not None:  # capture was applied by the init step: no NET_ADMIN in the sidecar
+        keep -= {"CAP_NET_ADMIN", "CAP_NET_RAW"}
     dropped = privileges.drop_all_but(keep)
     log.info(
         "capabilities kept: %s; %d dropped from the bounding set",

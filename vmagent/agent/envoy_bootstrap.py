@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmagent import __version__
 from vmagent.agent.envoy_admin import PRIVATE_SOCKET_MODE, SOCKET_MODE, AdminEndpoint, admin_socket
 from vmagent.common import constants, wire
 from vmagent.common.errors import VmagentError
@@ -101,6 +102,7 @@ def render_bootstrap(p: BootstrapParams) -> dict[str, Any]:
         "ISTIO_VERSION": PROXY_VERSION,
         "PROXY_TYPE": p.proxy_type,
         "AGENT": "vmagent",
+        "VMAGENT_VERSION": __version__,  # shown by the control plane's dashboard (informational)
     }
     if p.service_account:
         metadata["SERVICE_ACCOUNT"] = p.service_account

@@ -45,7 +45,11 @@ class Rotator:
         ttl_seconds: int = 0,
         max_backoff: float = 60.0,
         rng: random.Random | None = None,
+        reissue: Callable[[], Identity] | None = None,
     ) -> None:
+        """``reissue``: gets a certificate without the current one, used once it has expired (pod mode:
+        the ServiceAccount token); None (a VM): an expired certificate needs a new join."""
+        self._reissue = reissue
         self._identities = identities
         self._channel = channel
         self._key_algorithm = key_algorithm
@@ -118,6 +122,12 @@ class Rotator:
     def renew_once(self) -> Identity:
         """One renewal over mTLS; the new identity is saved only after it is fully verified."""
         current = self._identities.current()
+        if self._reissue is not None and current.expired():
+            new = self._reissue()
+            if new.spiffe_id != current.spiffe_id:
+                raise VmagentError(f"reissued identity {new.spiffe_id}, expected {current.spiffe_id}")
+            self._identities.save(new)
+            return new
         key = generate_key(self._key_algorithm)
         stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(self._channel())
         resp = stub.CreateCertificate(

@@ -3,7 +3,9 @@
 * ``GET /status`` — the JSON document returned by ``status_fn()``;
 * ``GET /stats/prometheus`` — every metrics source's text (the agent's registry, then Envoy's own
   ``/stats/prometheus`` fetched from its admin API, a Unix socket only root and the proxy user reach), concatenated; a source that fails is skipped and
-  counted in ``vmagent_metrics_source_errors_total``;
+  counted in ``vmagent_metrics_source_errors_total``; ``?source=agent`` gives the first source only (the
+  agent's own ``vmagent_*`` and ``istio_*`` families, without Envoy's: what the control plane's dashboard
+  scrapes);
 * ``GET /healthz/ready`` — 200 ``ready`` when ``readiness_check()`` passes, else 503 with the reason;
 * ``GET /app-health/CONTAINER/livez|readyz|startupz`` — in a pod, the application's own probe, rewritten
   by the injection webhook to come here (``app_probes.py``): 200 when it passes, else 503 with the reason;
@@ -22,6 +24,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 from vmagent.agent.app_probes import app_probers_from_env
 from vmagent.agent.envoy_admin import AdminEndpoint, admin_request
@@ -134,9 +137,9 @@ class StatusServer:
             ok, message = False, f"probe failed: {type(exc).__name__}: {exc}"
         return (200 if ok else 503), message.encode() + b"\n"
 
-    def prometheus(self) -> bytes:
+    def prometheus(self, agent_only: bool = False) -> bytes:
         parts: list[str] = []
-        for source in self._sources:
+        for source in self._sources[:1] if agent_only else self._sources:
             try:
                 text = source()
             except Exception as exc:
@@ -156,12 +159,13 @@ class StatusServer:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
+                path, _, query = self.path.partition("?")
                 if path == "/healthz/ready":
                     code, body = server.ready()
                     self._reply(code, "text/plain; charset=utf-8", body)
                 elif path == "/stats/prometheus":
-                    self._reply(200, PROMETHEUS_CONTENT_TYPE, server.prometheus())
+                    agent_only = "agent" in parse_qs(query).get("source", [])
+                    self._reply(200, PROMETHEUS_CONTENT_TYPE, server.prometheus(agent_only))
                 elif path == "/status":
                     self._reply(200, "application/json", server.status())
                 elif path.startswith(APP_HEALTH_PREFIX):

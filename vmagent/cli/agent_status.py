@@ -22,10 +22,25 @@ def add_subcommand(sub: Any) -> None:
         description="Ask the running agent (its status port, 15020) for its state; when it is not running, "
         "show what is on disk. Exit 0 when the agent is ready, 1 otherwise.",
     )
-    p.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR, help="default: %(default)s")
+    p.add_argument(
+        "--config-dir",
+        type=Path,
+        default=None,
+        help=f"default: {DEFAULT_CONFIG_DIR}, else STATE_DIR/config (where `vmagent run --pod` writes it)",
+    )
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="default: %(default)s")
     add_output_flag(p)
     p.set_defaults(func=run)
+
+
+def config_dir(args: argparse.Namespace) -> Path:
+    """``--config-dir``, else /etc/vmagent, else the pod mode's STATE_DIR/config when only that exists."""
+    if args.config_dir is not None:
+        return Path(args.config_dir)
+    pod = Path(args.state_dir) / "config"
+    if not (DEFAULT_CONFIG_DIR / "config.yaml").exists() and (pod / "config.yaml").exists():
+        return pod
+    return DEFAULT_CONFIG_DIR
 
 
 def collect(paths: AgentPaths) -> dict[str, Any]:
@@ -86,7 +101,7 @@ def local_status(port: int, timeout: float) -> dict[str, Any] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    doc = collect(AgentPaths(args.config_dir, args.state_dir, DEFAULT_RUNTIME_DIR))
+    doc = collect(AgentPaths(config_dir(args), args.state_dir, DEFAULT_RUNTIME_DIR))
     if args.output == "json":
         print_json(doc)
     else:

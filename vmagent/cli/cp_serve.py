@@ -46,7 +46,14 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument(
         "--http-listen",
         default=f"127.0.0.1:{CP_HTTP_PORT}",
-        help="metrics, health and the JSON API; default: %(default)s",
+        help="metrics, health, the JSON API and the web dashboard (/ui); default: %(default)s",
+    )
+    p.add_argument(
+        "--graph-scrape-interval",
+        type=duration_arg,
+        default="5s",
+        help="how often the dashboard's service graph scrapes each connected VM's :15020/stats/prometheus "
+        "(2 s timeout, 8 at a time); 0 turns scraping off; default: 5s",
     )
     p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN, help="default: %(default)s")
     p.add_argument(
@@ -160,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         listen=args.listen,
         mtls_listen=args.mtls_listen,
         http_listen=args.http_listen,
+        graph_scrape_interval=args.graph_scrape_interval.total_seconds(),
         trust_domain=args.trust_domain,
         ca_cert=args.ca_cert,
         ca_key=args.ca_key,

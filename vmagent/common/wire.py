@@ -37,6 +37,12 @@ SECRET_ROOTCA = "ROOTCA"  # noqa: S105 - an SDS resource name: the mesh root as 
 # -- gRPC metadata -------------------------------------------------------------------------------------
 AUTHORIZATION_HEADER = "authorization"  # a join token travels as "authorization: Bearer TOKEN"
 BEARER_SCHEME = "Bearer"
+# Optional: what kind of bearer credential the caller means to present ("join" or "kubernetes"). vmagent's
+# agents send it; Istio's agent does not (its token is then classified by its issuer, see
+# vmagent/controlplane/ca/credentials.py). A token of the other kind is refused, never reinterpreted.
+CREDENTIAL_KIND_HEADER = "x-vmagent-credential"
+CREDENTIAL_JOIN = "join"
+CREDENTIAL_KUBERNETES = "kubernetes"
 
 # -- Kubernetes pods: written by the injection webhook, read by the agent in pod mode and the CA -----------
 # The audience of the projected ServiceAccount token the sidecar presents to the CA (Istio's).

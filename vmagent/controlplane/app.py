@@ -22,8 +22,10 @@ from vmagent.controlplane.ca.certservice import (
     IstioCertificateServicer,
     MeshInfo,
 )
+from vmagent.controlplane.ca.sa_tokens import ServiceAccountTokens
 from vmagent.controlplane.ca.workers import CaWorkers, WorkerSpec
 from vmagent.controlplane.config import ConfigSet
+from vmagent.controlplane.dashboard import UI_FILES, Dashboard, ui_file
 from vmagent.controlplane.grpc_limits import join_port_options, mtls_port_options
 from vmagent.controlplane.grpc_server import (
     SERVER_CERT_TTL,
@@ -56,6 +58,7 @@ from vmagent.controlplane.registry.services import (
 )
 from vmagent.controlplane.registry.workload_store import Reaper, WorkloadStore
 from vmagent.controlplane.revocation_watch import RevocationWatcher
+from vmagent.controlplane.service_graph import ServiceGraph
 from vmagent.controlplane.snapshots import Translator, mesh_options
 from vmagent.controlplane.state import StateStore, config_sources
 from vmagent.controlplane.translate.tracing import provider_ref_issues
@@ -124,12 +127,15 @@ class ControlPlane:
         self.translator = Translator(self.configs, mesh_options(opts.trust_domain, opts.mesh_config))
         records = self.store.records
         self.binder = ProxyBinder(
-            opts.trust_domain, self.workloads.at_address, self.configs.snapshot, records.descends_from
-        )
+            opts.trust_domain, self.workloads.at_address, self.configs.snapshot, records.descends_from,
+            pods_at=self.kube_services.pods_at if self.kube_services is not None else None,
+        )  # fmt: skip
         self.mesh = MeshController(
             self.cache, self.services.services, translate or self.translator, binder=self.binder
         )
         self.services.subscribe(lambda: self.mesh.changed(None))
+        if self.kube_services is not None:  # a pod's proxy bound again (an empty scope: pushed if it changed)
+            self.kube_services.subscribe_pods(lambda: self.mesh.changed(set()))
         self.metrics = ControlPlaneMetrics(
             lambda: self.ads.status(),
             self.workloads.workloads_json,
@@ -166,6 +172,7 @@ class ControlPlane:
         self.issuer = CertificateIssuer(
             self.store.ca, self.store.tokens, self.store.records, self.group_lookup,
             MeshInfo(opts.trust_domain, 0, opts.mesh_config), observer=self.metrics,
+            sa_tokens=ServiceAccountTokens(self.kube, opts.trust_domain) if self.kube is not None else None,
         )  # fmt: skip
         self.tls_server = ThreadedServer(
             opts.listen, tls_creds, self._configure_tls, options=join_port_options(DEFAULT_OPTIONS)
@@ -193,6 +200,19 @@ class ControlPlane:
         self.http.add_json("/api/v1/certificates", lambda: [c.as_json() for c in self.store.records.issued()])
         self.http.add_json("/api/v1/revocations", self.store.records.revocations)
         self.http.add_json("/api/v1/server", self.server_json)
+        self.graph = ServiceGraph(self._scrape_targets, interval=opts.graph_scrape_interval or 5.0)
+        self.dashboard = Dashboard(
+            self.workloads.workloads_json, self.ads.status, self.mesh.proxies.all,
+            lambda: self.configs.snapshot().all(), self.config_errors, self.configs.warnings,
+            self.graph.graph_json,
+        )  # fmt: skip
+        self.http.add_json("/api/v1/dashboard/workloads", self.dashboard.workloads_json)
+        self.http.add_json("/api/v1/dashboard/config", self.dashboard.config_json)
+        self.http.add_json("/api/v1/dashboard/graph", self.dashboard.graph_json)
+        for name, ctype in UI_FILES.items():
+            self.http.add_text(f"/ui/{name}", ctype, lambda n=name: ui_file(n))  # type: ignore[misc]
+        self.http.add_text("/ui", UI_FILES["index.html"], lambda: ui_file("index.html"))
+        self.http.add_text("/", UI_FILES["index.html"], lambda: ui_file("index.html"))
         self.ca_workers: CaWorkers | None = None
         self.webhook: WebhookServer | None = None
         self.ca_bundle: CaBundlePatcher | None = None
@@ -234,6 +254,14 @@ class ControlPlane:
 
     def _remove_entries(self, callers: set[tuple[str, str]], reason: str) -> int:
         return len(self.workloads.remove_where(lambda r: (r.spiffe_id, r.cert_serial) in callers, reason))
+
+    def _scrape_targets(self) -> list[tuple[str, str]]:
+        """The connected VMs whose :15020 the service graph scrapes."""
+        return [
+            (f"{w['namespace']}/{w['name']}", str(w["address"]))
+            for w in self.workloads.workloads_json()
+            if w.get("connected") and w.get("address")
+        ]
 
     def server_json(self) -> dict[str, Any]:
         """What `vmagent-cp token create` needs from the running server (``/api/v1/server``): its state
@@ -303,6 +331,8 @@ class ControlPlane:
             if writer is not None:
                 writer.start()
         self.http.start()
+        if self.opts.graph_scrape_interval > 0:
+            self.graph.start()
         for err in self.config_errors():
             log.error("config: %s", err)
         log.info(
@@ -319,6 +349,7 @@ class ControlPlane:
         if self._stopped.is_set():
             return
         self.http.stop()
+        self.graph.stop()
         if self.webhook is not None:
             self.webhook.stop()
         for writer in (self.ca_bundle, self.root_cert):

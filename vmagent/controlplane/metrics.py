@@ -181,11 +181,14 @@ class ControlPlaneMetrics:
             registry=reg,
         )
         self._csrs = Counter(
-            "citadel_server_csr_count", "CSRs received, by path (join, renew).", ("via",), registry=reg
+            "citadel_server_csr_count",
+            "CSRs received, by path (join, renew, kubernetes).",
+            ("via",),
+            registry=reg,
         )
         self._issued = Counter(
             "citadel_server_success_cert_issuance_count",
-            "Certificates issued, by path (join, renew).",
+            "Certificates issued, by path (join, renew, kubernetes).",
             ("via",),
             registry=reg,
         )
@@ -198,7 +201,7 @@ class ControlPlaneMetrics:
         self._token_refusals = Counter(
             "vmagent_cp_join_token_refusals",
             "Join tokens refused, by reason (expired, bad_signature, malformed, unknown, mismatch, "
-            "revoked, used_up, missing).",
+            "revoked, used_up, missing, wrong_kind).",
             ("reason",),
             registry=reg,
         )

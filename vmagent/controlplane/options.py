@@ -21,6 +21,7 @@ class ServeOptions:
     listen: str = f"0.0.0.0:{CP_GRPC_PORT}"
     mtls_listen: str = f"0.0.0.0:{CP_MTLS_PORT}"
     http_listen: str = f"127.0.0.1:{CP_HTTP_PORT}"
+    graph_scrape_interval: float = 5.0  # the dashboard's scrapes of the agents' :15020 (0: none)
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     ca_cert: Path | None = None
     ca_key: Path | None = None

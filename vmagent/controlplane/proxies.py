@@ -9,7 +9,11 @@ just because the client said so (docs/security.md, "Authorization model"):
   at that address must belong to the caller's identity, and while it is connected only the
   certificate that registered it (or one of the same renewal lineage) may act for it; an operator-written
   WorkloadEntry at that address must name the caller's service account;
-* labels and group come from that entry (else from the WorkloadGroup named in the metadata, when its
+* a pod's sidecar (pod mode: no registration, no WorkloadEntry) is known from the cluster: a running
+  Pod of the node id's namespace with that IP must run as the caller's service account, and the proxy
+  gets the Pod's labels (its inbound ports come, as for any workload, from the Services whose endpoints
+  are that address);
+* labels and group come from that entry or pod (else from the WorkloadGroup named in the metadata, when its
   service account is the caller's; else none). The metadata's ``LABELS`` are never used: they would let
   a proxy pick the security policies (PeerAuthentication, AuthorizationPolicy) that apply to it;
 * one live owner per proxy record: while a node id has open streams of one certificate, a stream of
@@ -42,6 +46,8 @@ from vmagent.controlplane.xds.server import Refused
 # (certificate serial, ancestor serial in hex) -> True when the certificate is the ancestor or a renewal of it
 Lineage = Callable[[int, str], bool]
 AtAddress = Callable[[str, str], list[WorkloadRecord]]
+# (namespace, ip) -> the running pods there: objects with name, labels and service_account
+PodsAt = Callable[[str, str], list[Any]]
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class ProxyBinder:
         at_address: AtAddress,
         configs: Callable[[], ConfigView],
         lineage: Lineage | None = None,
+        pods_at: PodsAt | None = None,
     ) -> None:
         """``at_address(namespace, ip)``: the auto-registered entries there; ``configs()``: the current
         config; ``lineage(serial, ancestor_hex)``: renewal lineage (None: only equal serials match)."""
@@ -105,6 +112,7 @@ class ProxyBinder:
         self._at_address = at_address
         self._configs = configs
         self._lineage = lineage
+        self._pods_at = pods_at  # None: no cluster
         self._lock = threading.Lock()
         self._known: dict[tuple[int, str], bool] = {}  # lineage answers (a lineage never changes)
         self._entries_of: tuple[object, dict[tuple[str, str], list[ConfigObject]]] | None = None
@@ -200,6 +208,15 @@ class ProxyBinder:
         if entries:
             we = entries[0]
             return dict(we.spec_as(WorkloadEntry).labels), n.workload if group_ok else "", we.name
+        pods = self._pods_at(n.namespace, n.ip) if self._pods_at is not None else []
+        for pod in pods:
+            if pod.service_account != identity.service_account:
+                raise Refused(
+                    f"address {n.ip} in namespace {n.namespace} is pod {pod.namespace}/{pod.name} of "
+                    f"service account {pod.service_account!r}, not {identity}"
+                )
+        if pods:
+            return dict(pods[0].labels), "", ""
         if group_spec is not None and group_ok:
             labels = dict(group_spec.template.labels)
             labels.update(group_spec.metadata.labels)

@@ -2,7 +2,11 @@
 
 Authentication decides the identity; the CSR never does:
 * on the mutual-TLS port the caller's current mesh certificate (renewal),
-* on either port a join token (``authorization: Bearer``), whose WorkloadGroup's service account is used.
+* on either port a join token (``authorization: Bearer``), whose WorkloadGroup's service account is used;
+* on either port, for ``CreateCertificate`` only, a Kubernetes ServiceAccount token (a pod's first
+  certificate, when the control plane has a cluster): the identity is the one the API server's TokenReview
+  names (vmagent/controlplane/ca/sa_tokens.py). Which of the two bearer kinds a token is is decided by
+  vmagent/controlplane/ca/credentials.py, never by trying both.
 
 A join (a token use: a new VM) is logged at INFO; a renewal, the bulk of the traffic, at DEBUG, with a
 per-minute INFO summary of both; the ``issued_certs`` table has every certificate.
@@ -28,7 +32,9 @@ from vmagent.common.x509util import SpiffeId, cert_pem
 from vmagent.controlplane.ca.authn import bearer_token, peer_identity
 from vmagent.controlplane.ca.authority import CertificateAuthority, CsrError, parse_csr
 from vmagent.controlplane.ca.certrecords import CertRecords
+from vmagent.controlplane.ca.credentials import KUBERNETES, CredentialError, declared_kind, resolve_kind
 from vmagent.controlplane.ca.join_limiter import FailedJoinLimiter, peer_host
+from vmagent.controlplane.ca.sa_tokens import ReviewRefused, ServiceAccountTokens
 from vmagent.controlplane.ca.tokens import TokenAuthority, TokenClaims, TokenError
 
 log = logging.getLogger(__name__)
@@ -65,7 +71,7 @@ class _IssueLog:
     def __init__(self, interval: float = 60.0) -> None:
         self._interval = interval
         self._lock = threading.Lock()
-        self._counts = {"join": 0, "renew": 0}
+        self._counts = {"join": 0, "renew": 0, "kubernetes": 0}
         self._since = time.monotonic()
 
     def count(self, via: str) -> None:
@@ -78,8 +84,8 @@ class _IssueLog:
             self._counts = dict.fromkeys(self._counts, 0)
             self._since = now
         log.info(
-            "issued %d certificates in the last %.0f s (%d joins, %d renewals)",
-            sum(counts.values()), elapsed, counts["join"], counts["renew"],
+            "issued %d certificates in the last %.0f s (%d joins, %d renewals, %d to pods)",
+            sum(counts.values()), elapsed, counts["join"], counts["renew"], counts["kubernetes"],
         )  # fmt: skip
 
 
@@ -113,8 +119,11 @@ class CertificateIssuer:
         groups: GroupLookup,
         mesh: MeshInfo,
         observer: IssuerObserver | None = None,
+        sa_tokens: ServiceAccountTokens | None = None,
     ) -> None:
+        """``sa_tokens``: the cluster's TokenReview (None: no cluster, ServiceAccount tokens refused)."""
         self.ca = ca
+        self.sa_tokens = sa_tokens
         self.observer = observer
         self.tokens = tokens
         self.records = records
@@ -201,6 +210,61 @@ class CertificateIssuer:
             self._token_refused(exc.reason)
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from exc
 
+    def issue_with_sa_token(
+        self, token: str, csr: str, validity: int, source: str = ""
+    ) -> tuple[list[x509.Certificate], SpiffeId]:
+        """Review the ServiceAccount token with the cluster, then issue for the identity it names."""
+        obs = self.observer
+        if obs is not None:
+            obs.csr_received(KUBERNETES)
+        try:
+            result = self._issue_with_sa_token(token, csr, validity, source)
+        except _Refused as exc:
+            if obs is not None:
+                obs.refused(KUBERNETES, exc.code.name.lower())
+            raise
+        if obs is not None:
+            obs.issued(KUBERNETES)
+        return result
+
+    def _issue_with_sa_token(
+        self, token: str, csr: str, validity: int, source: str
+    ) -> tuple[list[x509.Certificate], SpiffeId]:
+        wait = self.join_limiter.retry_after(source)
+        if wait is not None:
+            raise _Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many failed token requests from {source or 'this address'}; retry in {wait:.0f} s",
+            )
+        if self.sa_tokens is None:
+            self.join_limiter.failed(source)
+            raise _Refused(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a Kubernetes ServiceAccount token was sent, but this control plane has no cluster "
+                "(start it with --kubeconfig or --in-cluster to accept pods' tokens)",
+            )
+        parsed = _parse(csr)  # a bad CSR costs no TokenReview
+        try:
+            reviewed = self.sa_tokens.review(token)
+        except ReviewRefused as exc:
+            if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+                self.join_limiter.failed(source)
+                log.warning("ServiceAccount token refused from %s: %s", source or "?", exc.message)
+            raise _Refused(exc.code, exc.message) from exc
+        identity = reviewed.identity
+        if identity.trust_domain != self.mesh.trust_domain:  # pragma: no cover - built from our own
+            raise _Refused(grpc.StatusCode.PERMISSION_DENIED, f"{identity} is not in this trust domain")
+        chain = self.ca.sign_csr(parsed, identity, _ttl(validity))
+        self.records.record(chain[0], identity, via=KUBERNETES, hostname=reviewed.pod)
+        if not self.records.flush():
+            raise _Refused(grpc.StatusCode.UNAVAILABLE, "the certificate record could not be stored; retry")
+        self._issued.count(KUBERNETES)
+        log.info(
+            "pod %s: issued %s serial %x (ServiceAccount token)",
+            reviewed.pod or "?", identity, chain[0].serial_number,
+        )  # fmt: skip
+        return chain, identity
+
     def renew(self, context: grpc.ServicerContext, csr: str, validity: int) -> list[x509.Certificate]:
         """Issue for the identity of the caller's mesh certificate (mTLS), unless it is revoked."""
         obs = self.observer
@@ -237,15 +301,29 @@ class CertificateIssuer:
     def create_certificate(
         self, request: istio_ca_pb2.IstioCertificateRequest, context: grpc.ServicerContext
     ) -> istio_ca_pb2.IstioCertificateResponse:
-        """``CreateCertificate``: a join token if one was sent, else the caller's mesh certificate."""
+        """``CreateCertificate``: a join token or a ServiceAccount token if one was sent, else the
+        caller's mesh certificate."""
         token = bearer_token(context)
-        if token is not None:
-            chain, *_ = self.issue_with_token(
-                token, request.csr, request.validity_duration, "", peer_host(context.peer())
-            )
-        else:
+        if token is None:
             chain = self.renew(context, request.csr, request.validity_duration)
+            return istio_ca_pb2.IstioCertificateResponse(cert_chain=self.chain_pem(chain))
+        source = peer_host(context.peer())
+        kind = self.credential_kind(token, context)
+        if kind == KUBERNETES:
+            chain, _ = self.issue_with_sa_token(token, request.csr, request.validity_duration, source)
+        else:
+            chain, *_ = self.issue_with_token(token, request.csr, request.validity_duration, "", source)
         return istio_ca_pb2.IstioCertificateResponse(cert_chain=self.chain_pem(chain))
+
+    def credential_kind(self, token: str, context: grpc.ServicerContext) -> str:
+        """The bearer token's kind (join or kubernetes), refused when the caller declared the other one."""
+        try:
+            return resolve_kind(token, declared_kind(context))
+        except CredentialError as exc:
+            self.join_limiter.failed(peer_host(context.peer()))
+            self._token_refused("wrong_kind")
+            log.warning("certificate request refused from %s: %s", peer_host(context.peer()), exc.message)
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, exc.message) from exc
 
     def chain_pem(self, chain: list[x509.Certificate]) -> list[str]:
         """PEM strings of an issued chain (the CA's part is encoded once, not per certificate)."""
@@ -328,8 +406,15 @@ class BootstrapServicer(bootstrap_pb2_grpc.BootstrapServicer):  # type: ignore[m
         self, request: bootstrap_pb2.JoinRequest, context: grpc.ServicerContext
     ) -> bootstrap_pb2.JoinResponse:
         try:
+            token = bearer_token(context)
+            if token is not None and self._issuer.credential_kind(token, context) == KUBERNETES:
+                raise _Refused(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "a Kubernetes ServiceAccount token is not a join token: Join is for VMs "
+                    "(`vmagent-cp token create`); a pod gets its certificate from CreateCertificate",
+                )
             chain, identity, claims, group = self._issuer.issue_with_token(
-                bearer_token(context),
+                token,
                 request.csr,
                 request.validity_duration,
                 request.hostname,

@@ -63,6 +63,9 @@ class WorkerSpec:
     server_names: list[str] = field(default_factory=list)
     mesh_config: dict[str, Any] = field(default_factory=dict)
     log_level: str = "INFO"
+    # The cluster whose TokenReview checks pods' ServiceAccount tokens (a path, no secret), if any.
+    kubeconfig: str | None = None
+    in_cluster: bool = False
 
     @classmethod
     def for_options(cls, opts: ServeOptions, tls_port: int, mtls_port: int) -> WorkerSpec:
@@ -81,6 +84,8 @@ class WorkerSpec:
             server_names=list(opts.server_names),
             mesh_config=dict(opts.mesh_config),
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            kubeconfig=str(opts.kubeconfig) if opts.kubeconfig is not None else None,
+            in_cluster=opts.in_cluster,
         )
 
     def to_json(self) -> str:
@@ -235,12 +240,19 @@ def serve_worker(spec: WorkerSpec, stop: threading.Event, ready: IO[str]) -> Non
     def group_lookup(namespace: str, name: str) -> dict[str, Any] | None:
         return workload_group_document(configs, namespace, name)
 
+    kube = None
+    if spec.kubeconfig is not None or spec.in_cluster:
+        from vmagent.controlplane.ca.sa_tokens import ServiceAccountTokens
+        from vmagent.controlplane.kube.client import KubeClient
+
+        kube = KubeClient.from_config(Path(spec.kubeconfig) if spec.kubeconfig else None, spec.in_cluster)
     issuer = CertificateIssuer(
         store.ca,
         store.tokens,
         store.records,
         group_lookup,
         MeshInfo(spec.trust_domain, spec.mtls_port, spec.mesh_config),
+        sa_tokens=ServiceAccountTokens(kube, spec.trust_domain) if kube is not None else None,
     )
     tls_creds, _ = server_credentials(store.ca, spec.server_names)
 
@@ -261,6 +273,8 @@ def serve_worker(spec: WorkerSpec, stop: threading.Event, ready: IO[str]) -> Non
         server.stop()
         configs.stop()
         store.close()
+        if kube is not None:
+            kube.close()
 
 
 def main() -> int:

@@ -48,6 +48,12 @@ def permissions() -> list[Permission]:
             "VMs published as WorkloadEntry objects (resourceVersion-checked writes)",
         ),
         Permission(
+            "authentication.k8s.io",
+            "tokenreviews",
+            ("create",),
+            "pods' ServiceAccount tokens checked before their certificates are issued",
+        ),
+        Permission(
             "", "namespaces", ("get", "list"), "namespace labels for sidecar injection (istio-injection)"
         ),
         Permission(

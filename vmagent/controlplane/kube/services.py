@@ -22,9 +22,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from vmagent.controlplane.config.hosts import labels_match, qualify_host
@@ -90,6 +92,10 @@ class KubeServiceRegistry:
         self._cache: list[Service] | None = None
         self._subscribers: list[Callable[[], None]] = []
         self._pod_views: dict[tuple[str, str], tuple[dict[str, str], str]] = {}
+        # Running pods by (namespace, IP): how the xDS server knows a pod's sidecar (pods_at).
+        self._pod_ip: dict[tuple[str, str], str] = {}
+        self._pods_by_ip: dict[tuple[str, str], set[str]] = {}
+        self._pod_subscribers: list[Callable[[], None]] = []
         # Incremental rebuilds: the Service built per (ns, name), the keys to build again, and which
         # Services a slice or a pod feeds. ``_all_dirty``: everything (the first build, VMs changed).
         self._built: dict[tuple[str, str], Service] = {}
@@ -171,9 +177,14 @@ class KubeServiceRegistry:
     def _pods_changed(self, changes: list[Change]) -> None:
         """Pods matter only through their labels and service account: status churn is ignored."""
         keys: set[tuple[str, str]] = set()
+        proxies_changed = False
         with self._lock:
             for c in changes:
                 view = None if c.type == "DELETED" else _pod_routing_view(c.obj)
+                ip = "" if view is None else _running_pod_ip(c.obj)
+                if self._pod_ip.get(c.key, "") != ip or (ip and self._pod_views.get(c.key) != view):
+                    proxies_changed = True  # a sidecar at that address speaks for another pod, or labels
+                    self._index_pod_ip(c.key, ip)
                 if self._pod_views.get(c.key) != view:
                     fed = (
                         self._pod_services.pop(c.key, set())
@@ -187,6 +198,38 @@ class KubeServiceRegistry:
                         self._pod_views[c.key] = view
         if keys:
             self._invalidate(keys)
+        if proxies_changed:  # not a change of Services: only the binding of pods' proxies may change
+            with self._lock:
+                callbacks = list(self._pod_subscribers)
+            for cb in callbacks:
+                cb()
+
+    def subscribe_pods(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when a running pod's address, labels or service account changed."""
+        with self._lock:
+            self._pod_subscribers.append(callback)
+
+    def _index_pod_ip(self, key: tuple[str, str], ip: str) -> None:
+        old = self._pod_ip.pop(key, "")
+        if old:
+            names = self._pods_by_ip.get((key[0], old), set())
+            names.discard(key[1])
+            if not names:
+                self._pods_by_ip.pop((key[0], old), None)
+        if ip:
+            self._pod_ip[key] = ip
+            self._pods_by_ip.setdefault((key[0], ip), set()).add(key[1])
+
+    def pods_at(self, namespace: str, ip: str) -> list[PodView]:
+        """The running pods of ``namespace`` with address ``ip`` (one, unless the cluster is mid-change)."""
+        with self._lock:
+            names = sorted(self._pods_by_ip.get((namespace, ip), ()))
+            out = []
+            for name in names:
+                view = self._pod_views.get((namespace, name))
+                if view is not None:
+                    out.append(PodView(namespace, name, dict(view[0]), view[1]))
+        return out
 
     # -- building -----------------------------------------------------------------------------------
 
@@ -377,6 +420,26 @@ def pod_routing_fields(pod: JsonObj) -> JsonObj:
         "spec": {k: spec[k] for k in ("serviceAccountName", "nodeName") if k in spec},
         "status": {k: status[k] for k in ("podIP", "phase") if k in status},
     }
+
+
+@dataclass(frozen=True)
+class PodView:
+    namespace: str
+    name: str
+    labels: dict[str, str]
+    service_account: str
+
+
+def _running_pod_ip(pod: JsonObj) -> str:
+    """The pod's IP while it can run a sidecar ("" once it has finished: its IP may be reused)."""
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return ""
+    ip = str(status.get("podIP") or "")
+    try:
+        return str(ipaddress.ip_address(ip)) if ip else ""
+    except ValueError:
+        return ""
 
 
 def _target_pod(ep: JsonObj, ns: str, pods: Mapping[tuple[str, str], JsonObj]) -> JsonObj | None:

@@ -1,14 +1,20 @@
 """The shapes that flow from config sources and the registry into translation.
 
-Config objects keep Istio's YAML structure for ``spec`` (validated, defaults not filled in), so that the
-translator reads fields under the names users write. The registry flattens ServiceEntry, WorkloadEntry and
+Config objects keep Istio's YAML structure for ``spec`` (validated, defaults not filled in); readers use
+its typed view (``view``/``spec_as``, built once per object from :mod:`vmagent.controlplane.specs`) where
+the kind has one. The registry flattens ServiceEntry, WorkloadEntry and
 (later) Kubernetes Services into ``Service`` and ``Endpoint``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, TypeVar
+
+from vmagent.controlplane.specs import view_of
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,18 @@ class ConfigObject:
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.kind, self.namespace, self.name)
+
+    @cached_property
+    def view(self) -> object:
+        """The typed view of ``spec`` (:mod:`vmagent.controlplane.specs`), built once per object."""
+        return view_of(self.kind, self.spec)
+
+    def spec_as(self, cls: type[V]) -> V:
+        """``view`` as ``cls`` (e.g. ``ServiceEntry``); TypeError when this object is another kind."""
+        view = self.view
+        if not isinstance(view, cls):
+            raise TypeError(f"{self.kind} {self.namespace}/{self.name} has no {cls.__name__} view")
+        return view
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from vmagent.controlplane.config.snapshot import ConfigView
 from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.registry.workload_entry import RegistrationRefused, normalize_address
 from vmagent.controlplane.registry.workload_store import WorkloadRecord
+from vmagent.controlplane.specs import WorkloadEntry, WorkloadGroup
 from vmagent.controlplane.xds.server import Refused
 
 # (certificate serial, ancestor serial in hex) -> True when the certificate is the ancestor or a renewal of it
@@ -90,12 +91,8 @@ def _parse_id(identity: SpiffeId, node_id: str, meta: Mapping[str, Any]) -> _Nod
     return _Node(kind, ip, namespace, str(workload) if isinstance(workload, str) and workload else name)
 
 
-def _str_map(value: Any) -> dict[str, str]:
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
-
-
-def _service_account(spec: Mapping[str, Any]) -> str:
-    return str(spec.get("serviceAccount") or "default")
+def _service_account(spec: WorkloadEntry) -> str:
+    return spec.service_account or "default"
 
 
 class ProxyBinder:
@@ -195,20 +192,22 @@ class ProxyBinder:
             return dict(rec.labels), rec.group, rec.name
         view = self._configs()
         for we in self._config_entries(view).get((n.namespace, n.ip), []):
-            if _service_account(we.spec) != identity.service_account:
+            if _service_account(we.spec_as(WorkloadEntry)) != identity.service_account:
                 raise Refused(
                     f"address {n.ip} in namespace {n.namespace} belongs to WorkloadEntry "
-                    f"{we.namespace}/{we.name} of service account {_service_account(we.spec)!r}, "
+                    f"{we.namespace}/{we.name} of service account "
+                    f"{_service_account(we.spec_as(WorkloadEntry))!r}, "
                     f"not to {identity}"
                 )
         entries = self._config_entries(view).get((n.namespace, n.ip), [])
         group = view.get("WorkloadGroup", n.namespace, n.workload)
-        group_ok = group is not None and _service_account(group.spec.get("template") or {}) == (
+        group_spec = group.spec_as(WorkloadGroup) if group is not None else None
+        group_ok = group_spec is not None and _service_account(group_spec.template) == (
             identity.service_account
         )
         if entries:
             we = entries[0]
-            return _str_map(we.spec.get("labels")), n.workload if group_ok else "", we.name
+            return dict(we.spec_as(WorkloadEntry).labels), n.workload if group_ok else "", we.name
         pods = self._pods_at(n.namespace, n.ip) if self._pods_at is not None else []
         for pod in pods:
             if pod.service_account != identity.service_account:
@@ -218,9 +217,9 @@ class ProxyBinder:
                 )
         if pods:
             return dict(pods[0].labels), "", ""
-        if group is not None and group_ok:
-            labels = _str_map((group.spec.get("template") or {}).get("labels"))
-            labels.update(_str_map((group.spec.get("metadata") or {}).get("labels")))
+        if group_spec is not None and group_ok:
+            labels = dict(group_spec.template.labels)
+            labels.update(group_spec.metadata.labels)
             return labels, n.workload, ""
         return {}, "", ""
 
@@ -233,7 +232,7 @@ class ProxyBinder:
         index: dict[tuple[str, str], list[ConfigObject]] = {}
         for we in view.list("WorkloadEntry"):
             try:
-                ip = normalize_address(str(we.spec.get("address") or ""))
+                ip = normalize_address(we.spec_as(WorkloadEntry).address)
             except RegistrationRefused:
                 continue  # a hostname address: not something a node id names
             index.setdefault((we.namespace, ip), []).append(we)

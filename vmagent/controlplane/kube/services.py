@@ -34,6 +34,7 @@ from vmagent.controlplane.kube.client import JsonObj, KubeClient, Resource
 from vmagent.controlplane.kube.informer import Change, Informer
 from vmagent.controlplane.model import ConfigObject, Endpoint, Port, Service
 from vmagent.controlplane.registry.services import spiffe_id, workload_healthy
+from vmagent.controlplane.specs import WorkloadEntry
 
 log = logging.getLogger(__name__)
 
@@ -373,27 +374,28 @@ class KubeServiceRegistry:
     ) -> list[Endpoint]:
         out = []
         for we in entries:
-            labels = {str(k): str(v) for k, v in (we.spec.get("labels") or {}).items()}
+            spec = we.spec_as(WorkloadEntry)
+            labels = dict(spec.labels)
             labels.update(we.labels)
             if we.namespace != ns or not labels_match(selector, labels):
                 continue
-            named = we.spec.get("ports") or {}
+            named = spec.ports
             mapped = {}
             for p, raw in zip(ports, raw_ports, strict=True):
                 target = raw.get("targetPort")
                 mapped[p.name] = int(
                     named.get(p.name) or (target if isinstance(target, int) else None) or p.number
                 )
-            sa = we.spec.get("serviceAccount")
+            sa = spec.service_account
             out.append(
                 Endpoint(
-                    address=str(we.spec.get("address", "")),
+                    address=spec.address,
                     labels=labels,
                     ports=mapped,
-                    weight=int(we.spec.get("weight") or 1),
-                    locality=str(we.spec.get("locality", "")),
-                    network=str(we.spec.get("network", "")),
-                    service_account=spiffe_id(self._trust_domain, ns, str(sa)) if sa else "",
+                    weight=spec.weight or 1,
+                    locality=spec.locality,
+                    network=spec.network,
+                    service_account=spiffe_id(self._trust_domain, ns, sa) if sa else "",
                     healthy=workload_healthy(we),
                     workload_name=we.name,
                     namespace=ns,

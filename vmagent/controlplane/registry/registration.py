@@ -48,6 +48,7 @@ from vmagent.controlplane.registry.workload_entry import (
     entry_name,
 )
 from vmagent.controlplane.registry.workload_store import AddressTaken, SameHolder, WorkloadStore
+from vmagent.controlplane.specs import WorkloadGroup, from_spec
 
 log = logging.getLogger(__name__)
 
@@ -363,8 +364,7 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         )
 
     def _authorize(self, identity: SpiffeId, reg: Registration, group: dict[str, Any]) -> None:
-        template = (group.get("spec") or {}).get("template") or {}
-        sa = str(template.get("serviceAccount") or "default")
+        sa = from_spec(WorkloadGroup, group.get("spec") or {}).template.service_account or "default"
         want = SpiffeId(self._trust_domain, reg.namespace, sa)
         if identity != want:
             raise _Denied(

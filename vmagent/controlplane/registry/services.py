@@ -28,6 +28,7 @@ from vmagent.controlplane.config.common import as_dict, as_list
 from vmagent.controlplane.config.hosts import labels_match
 from vmagent.controlplane.config.snapshot import ConfigView
 from vmagent.controlplane.model import ConfigObject, Endpoint, Port, Service
+from vmagent.controlplane.specs import ServiceEntry, WorkloadEntry
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +81,11 @@ def workload_healthy(entry: ConfigObject) -> bool:
     return True
 
 
-def _ports(spec: dict[str, Any]) -> tuple[Port, ...]:
-    out = []
-    for p in as_list(spec.get("ports")):
-        d = as_dict(p)
-        target = d.get("targetPort")
-        out.append(
-            Port(
-                number=int(d["number"]),
-                protocol=str(d.get("protocol", "")).upper(),
-                name=str(d.get("name", "")),
-                target_port=int(target) if target else None,
-            )
-        )
-    return tuple(out)
+def _ports(spec: ServiceEntry) -> tuple[Port, ...]:
+    return tuple(
+        Port(number=p.number, protocol=p.protocol.upper(), name=p.name, target_port=p.target_port or None)
+        for p in spec.ports
+    )
 
 
 class ConfigRegistry:
@@ -155,35 +147,33 @@ class ConfigRegistry:
         return sorted(services, key=lambda s: (s.hostname, s.namespace, s.source))
 
     def _from_service_entry(self, se: ConfigObject, entries: Sequence[ConfigObject]) -> list[Service]:
-        spec = se.spec
+        spec = se.spec_as(ServiceEntry)
         ports = _ports(spec)
-        resolution = str(spec.get("resolution", "NONE"))
-        hosts = [str(h) for h in as_list(spec.get("hosts"))]
         endpoints: list[Endpoint] = []
-        selector = as_dict(as_dict(spec.get("workloadSelector")).get("labels"))
-        if spec.get("workloadSelector") is not None:
+        if spec.workload_selector is not None:
+            selector = dict(spec.workload_selector.labels)
             for we in entries:
                 if we.namespace == se.namespace and labels_match(selector, _entry_labels(we)):
-                    endpoints.append(self._endpoint(we.spec, ports, we.namespace, we, _entry_labels(we)))
+                    endpoint = we.spec_as(WorkloadEntry)
+                    endpoints.append(self._endpoint(endpoint, ports, we.namespace, we, _entry_labels(we)))
         else:
-            for ep in as_list(spec.get("endpoints")):
-                d = as_dict(ep)
-                endpoints.append(self._endpoint(d, ports, se.namespace, None, dict(as_dict(d.get("labels")))))
+            for ep in spec.endpoints:
+                endpoints.append(self._endpoint(ep, ports, se.namespace, None, dict(ep.labels)))
         out = []
-        for host in hosts:
+        for host in spec.hosts:
             eps = endpoints
-            if not eps and resolution in ("DNS", "DNS_ROUND_ROBIN") and not host.startswith("*"):
+            if not eps and spec.resolution in ("DNS", "DNS_ROUND_ROBIN") and not host.startswith("*"):
                 eps = [Endpoint(address=host, ports={p.name: p.target_port or p.number for p in ports})]
             out.append(
                 Service(
                     hostname=host,
                     namespace=se.namespace,
                     ports=ports,
-                    addresses=tuple(str(a) for a in as_list(spec.get("addresses"))),
-                    resolution=resolution,
-                    location=str(spec.get("location", "MESH_EXTERNAL")),
+                    addresses=spec.addresses,
+                    resolution=spec.resolution,
+                    location=spec.location,
                     endpoints=tuple(eps),
-                    export_to=tuple(str(x) for x in as_list(spec.get("exportTo"))) or ("*",),
+                    export_to=spec.export_to or ("*",),
                     source=f"ServiceEntry {se.namespace}/{se.name}",
                 )
             )
@@ -191,24 +181,22 @@ class ConfigRegistry:
 
     def _endpoint(
         self,
-        spec: dict[str, Any],
+        spec: WorkloadEntry,
         ports: Sequence[Port],
         namespace: str,
         entry: ConfigObject | None,
         labels: dict[str, str],
     ) -> Endpoint:
-        named = as_dict(spec.get("ports"))
-        mapped = {p.name: int(named.get(p.name) or p.target_port or p.number) for p in ports}
-        sa = spec.get("serviceAccount")
-        weight = spec.get("weight")
+        mapped = {p.name: int(spec.ports.get(p.name) or p.target_port or p.number) for p in ports}
+        sa = spec.service_account
         return Endpoint(
-            address=str(spec.get("address", "")),
+            address=spec.address,
             labels={str(k): str(v) for k, v in labels.items()},
             ports=mapped,
-            weight=int(weight) if weight else 1,
-            locality=str(spec.get("locality", "")),
-            network=str(spec.get("network", "")),
-            service_account=spiffe_id(self._trust_domain, namespace, str(sa)) if sa else "",
+            weight=spec.weight or 1,
+            locality=spec.locality,
+            network=spec.network,
+            service_account=spiffe_id(self._trust_domain, namespace, sa) if sa else "",
             healthy=workload_healthy(entry) if entry is not None else True,
             workload_name=entry.name if entry is not None else "",
             namespace=namespace,
@@ -217,7 +205,7 @@ class ConfigRegistry:
 
 def _entry_labels(entry: ConfigObject) -> dict[str, str]:
     """A WorkloadEntry's labels as Istio merges them: spec.labels, overridden by metadata.labels."""
-    labels = {str(k): str(v) for k, v in as_dict(entry.spec.get("labels")).items()}
+    labels = dict(entry.spec_as(WorkloadEntry).labels)
     labels.update(entry.labels)
     return labels
 

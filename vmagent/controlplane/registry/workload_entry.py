@@ -24,6 +24,7 @@ from typing import Any
 
 from vmagent.common.errors import VmagentError
 from vmagent.controlplane.model import ConfigObject
+from vmagent.controlplane.specs import WorkloadGroup, from_spec
 
 AUTO_REGISTRATION_ANNOTATION = "istio.io/autoRegistrationGroup"
 HEALTH_CHECKS_ANNOTATION = "proxy.istio.io/health-checks-enabled"
@@ -106,10 +107,6 @@ def entry_name(group: str, address: str) -> str:
     return name
 
 
-def _str_map(value: Any) -> dict[str, str]:
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
-
-
 def _validate(reg: Registration) -> None:
     for k, v in reg.labels.items():
         if not _LABEL_NAME.match(k):
@@ -143,11 +140,10 @@ def build_entry(group: Mapping[str, Any], reg: Registration) -> EntryParts:
     """The WorkloadEntry for ``reg`` from ``group`` (a WorkloadGroup object: metadata, spec)."""
     _validate(reg)
     address = normalize_address(reg.address)
-    spec_in = group.get("spec") or {}
-    template = dict(spec_in.get("template") or {})
-    meta = spec_in.get("metadata") or {}
-    labels = _str_map(template.get("labels"))
-    labels.update(_str_map(meta.get("labels")))
+    spec_in = from_spec(WorkloadGroup, group.get("spec") or {})
+    template, meta = spec_in.template, spec_in.metadata
+    labels = dict(template.labels)
+    labels.update(meta.labels)
     for k, v in sorted(reg.labels.items()):
         if k in labels and labels[k] != v:
             raise LabelConflict(
@@ -156,27 +152,26 @@ def build_entry(group: Mapping[str, Any], reg: Registration) -> EntryParts:
                 "policies select the workload)"
             )
     labels.update(reg.labels)
-    ports = {str(k): int(v) for k, v in (template.get("ports") or {}).items()}
+    ports = dict(template.ports)
     ports.update(reg.ports)
     spec: dict[str, Any] = {"address": address}
     if ports:
         spec["ports"] = ports
     if labels:
         spec["labels"] = dict(labels)
-    sa = template.get("serviceAccount")
-    if sa:
-        spec["serviceAccount"] = str(sa)
-    network = reg.network or str(template.get("network") or "")
+    if template.service_account:
+        spec["serviceAccount"] = template.service_account
+    network = reg.network or template.network
     if network:
         spec["network"] = network
-    locality = reg.locality or str(template.get("locality") or "")
+    locality = reg.locality or template.locality
     if locality:
         spec["locality"] = locality
-    weight = reg.weight or int(template.get("weight") or 0)
+    weight = reg.weight or template.weight
     if weight:
         spec["weight"] = weight
-    has_probe = bool(spec_in.get("probe"))
-    annotations = _str_map(meta.get("annotations"))
+    has_probe = spec_in.probe is not None
+    annotations = dict(meta.annotations)
     annotations[AUTO_REGISTRATION_ANNOTATION] = reg.group
     if has_probe:
         annotations[HEALTH_CHECKS_ANNOTATION] = "true"

@@ -16,8 +16,7 @@ made by ``jwks_clusters`` (STRICT_DNS, TLS with the system's CAs for https).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +33,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import empty_pb2
 
 from vmagent.controlplane.model import ConfigObject
+from vmagent.controlplane.specs.security import JWTRule, RequestAuthentication
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.protos import duration, socket_address, typed
 from vmagent.controlplane.translate.proxy import MeshOptions
@@ -57,15 +57,11 @@ class JwksSource:
     inline: str = ""
 
 
-def _strings(value: Any) -> list[str]:
-    return [str(v) for v in value] if isinstance(value, list) else []
-
-
-def jwks_source(rule: Mapping[str, Any]) -> JwksSource:
+def jwks_source(rule: JWTRule) -> JwksSource:
     """The key source of one ``jwtRule``."""
-    uri = str(rule.get("jwksUri") or "")
+    uri = rule.jwks_uri
     if not uri:
-        return JwksSource(inline=str(rule.get("jwks") or ""))
+        return JwksSource(inline=rule.jwks)
     parts = urlsplit(uri)
     tls = parts.scheme == "https"
     port = parts.port or (443 if tls else 80)
@@ -73,42 +69,37 @@ def jwks_source(rule: Mapping[str, Any]) -> JwksSource:
     return JwksSource(uri=uri, cluster=names.outbound_cluster(port, host), host=host, port=port, tls=tls)
 
 
-def _rules(policies: Iterable[ConfigObject]) -> list[dict[str, Any]]:
+def _rules(policies: Iterable[ConfigObject]) -> list[JWTRule]:
     """Every jwtRule once (equal rules from several policies are merged), in policy order."""
-    seen: set[str] = set()
+    seen: set[JWTRule] = set()
     out = []
     for policy in policies:
-        for rule in policy.spec.get("jwtRules") or []:
-            if not isinstance(rule, Mapping) or not rule.get("issuer"):
+        for rule in policy.spec_as(RequestAuthentication).jwt_rules:
+            if not rule.issuer:
                 continue
-            key = json.dumps(rule, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                out.append(dict(rule))
+            if rule not in seen:
+                seen.add(rule)
+                out.append(rule)
     return out
 
 
-def _provider(rule: Mapping[str, Any]) -> jwt.JwtProvider:
+def _provider(rule: JWTRule) -> jwt.JwtProvider:
     p = jwt.JwtProvider(
-        issuer=str(rule["issuer"]),
-        audiences=_strings(rule.get("audiences")),
-        forward=bool(rule.get("forwardOriginalToken", False)),
-        from_params=_strings(rule.get("fromParams")),
-        from_cookies=_strings(rule.get("fromCookies")),
-        forward_payload_header=str(rule.get("outputPayloadToHeader") or ""),
+        issuer=rule.issuer,
+        audiences=rule.audiences,
+        forward=rule.forward_original_token,
+        from_params=rule.from_params,
+        from_cookies=rule.from_cookies,
+        forward_payload_header=rule.output_payload_to_header,
         payload_in_metadata=PAYLOAD_KEY,
     )
-    for header in rule.get("fromHeaders") or []:
-        p.from_headers.append(
-            jwt.JwtHeader(name=str(header["name"]), value_prefix=str(header.get("prefix") or ""))
-        )
-    for claim in rule.get("outputClaimToHeaders") or []:
-        p.claim_to_headers.append(
-            jwt.JwtClaimToHeader(header_name=str(claim["header"]), claim_name=str(claim["claim"]))
-        )
+    for header in rule.from_headers:
+        p.from_headers.append(jwt.JwtHeader(name=header.name, value_prefix=header.prefix))
+    for claim in rule.output_claim_to_headers:
+        p.claim_to_headers.append(jwt.JwtClaimToHeader(header_name=claim.header, claim_name=claim.claim))
     source = jwks_source(rule)
     if source.uri:
-        timeout = _seconds(rule.get("timeout"), JWKS_TIMEOUT_S)
+        timeout = _seconds(rule.timeout, JWKS_TIMEOUT_S)
         p.remote_jwks.CopyFrom(
             jwt.RemoteJwks(
                 http_uri=http_uri_pb2.HttpUri(

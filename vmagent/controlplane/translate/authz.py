@@ -24,7 +24,7 @@ enforced as DENY (fail closed).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,8 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac
 from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
 
 from vmagent.controlplane.model import ConfigObject
+from vmagent.controlplane.specs.build import items_by_key
+from vmagent.controlplane.specs.security import AuthorizationPolicy, Condition, Operation, Rule, Source
 from vmagent.controlplane.translate import authn, names
 from vmagent.controlplane.translate.protos import cidr, typed
 
@@ -249,10 +251,10 @@ def _field_ids(
     return rbac_pb2.Principal(not_id=ids) if negate else ids
 
 
-def _source(source: Mapping[str, Any], ctx: _Ctx) -> rbac_pb2.Principal:
+def _source(source: Source, ctx: _Ctx) -> rbac_pb2.Principal:
     ids = []
-    for key in sorted(source):
-        values = [str(v) for v in source[key] or []]
+    for key, field_values in sorted(items_by_key(source)):
+        values = list(field_values)
         if not values:
             continue
         negate = key.startswith("not")
@@ -310,10 +312,10 @@ def _operation_field(key: str, value: str) -> rbac_pb2.Permission:
     raise _Unsupported(key)
 
 
-def _operation(op: Mapping[str, Any], ctx: _Ctx) -> rbac_pb2.Permission:
+def _operation(op: Operation, ctx: _Ctx) -> rbac_pb2.Permission:
     rules = []
-    for key in sorted(op):
-        values = [str(v) for v in op[key] or []]
+    for key, field_values in sorted(items_by_key(op)):
+        values = list(field_values)
         if not values:
             continue
         negate = key.startswith("not")
@@ -357,19 +359,17 @@ def _condition_value(key: str, value: str, ctx: _Ctx) -> rbac_pb2.Principal | rb
     return simple[key](value)
 
 
-def _condition(
-    cond: Mapping[str, Any], ctx: _Ctx
-) -> tuple[list[rbac_pb2.Permission], list[rbac_pb2.Principal]]:
-    key = str(cond.get("key", ""))
+def _condition(cond: Condition, ctx: _Ctx) -> tuple[list[rbac_pb2.Permission], list[rbac_pb2.Principal]]:
+    key = cond.key
     if key.startswith("request.") and not ctx.http:
         _skip_http_only(ctx)
         return [], []
     perms: list[rbac_pb2.Permission] = []
     ids: list[rbac_pb2.Principal] = []
-    for values, negate in ((cond.get("values") or [], False), (cond.get("notValues") or [], True)):
+    for values, negate in ((cond.values, False), (cond.not_values, True)):
         if not values:
             continue
-        built = [_condition_value(key, str(v), ctx) for v in values]
+        built = [_condition_value(key, v, ctx) for v in values]
         if isinstance(built[0], rbac_pb2.Permission):
             p = _or_rules(built)  # type: ignore[arg-type]
             perms.append(rbac_pb2.Permission(not_rule=p) if negate else p)
@@ -382,18 +382,18 @@ def _condition(
 # -- rules and policies ----------------------------------------------------------------------------------
 
 
-def _rule(rule: Mapping[str, Any], ctx: _Ctx) -> rbac_pb2.Policy | None:
+def _rule(rule: Rule, ctx: _Ctx) -> rbac_pb2.Policy | None:
     """One Istio rule as one Envoy policy; None when it can never match here (see the module doc)."""
     perms: list[rbac_pb2.Permission] = []
     ids: list[rbac_pb2.Principal] = []
     try:
-        sources = [f.get("source") or {} for f in rule.get("from") or []]
+        sources = [f.source for f in rule.from_]
         if sources:
             ids.append(_or_ids([_source(s, ctx) for s in sources]))
-        ops = [t.get("operation") or {} for t in rule.get("to") or []]
+        ops = [t.operation for t in rule.to]
         if ops:
             perms.append(_or_rules([_operation(o, ctx) for o in ops]))
-        for cond in rule.get("when") or []:
+        for cond in rule.when:
             p, i = _condition(cond, ctx)
             perms += p
             ids += i
@@ -406,7 +406,7 @@ def _rule(rule: Mapping[str, Any], ctx: _Ctx) -> rbac_pb2.Policy | None:
 
 
 def _action(policy: ConfigObject) -> str:
-    action = str(policy.spec.get("action") or "ALLOW").upper()
+    action = (policy.spec_as(AuthorizationPolicy).action or "ALLOW").upper()
     return "DENY" if action == "CUSTOM" else action
 
 
@@ -426,8 +426,8 @@ def rbac_rules(
         ctx = _Ctx(http=http, trust_domain=trust_domain, action=action)
         rbac = rbac_pb2.RBAC(action=_ACTIONS[action])
         for policy in selected:
-            for i, rule in enumerate(policy.spec.get("rules") or []):
-                built = _rule(rule if isinstance(rule, Mapping) else {}, ctx)
+            for i, rule in enumerate(policy.spec_as(AuthorizationPolicy).rules):
+                built = _rule(rule, ctx)
                 if built is not None:
                     rbac.policies[f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{i}]"].CopyFrom(built)
         if action == "ALLOW" or rbac.policies:

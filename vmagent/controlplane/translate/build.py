@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from vmagent.common.wire import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from vmagent.controlplane.model import Service
+from vmagent.controlplane.specs.virtualservice import VirtualService
 from vmagent.controlplane.translate import authn, clusters, inbound, listeners, names, routes
 from vmagent.controlplane.translate.accesslog import AccessLogSettings, with_access_logs
 from vmagent.controlplane.translate.configindex import ConfigLookup
@@ -73,22 +74,17 @@ def label_keys_read(configs: ConfigLookup) -> frozenset[str]:
             if isinstance(node, Mapping):
                 keys.update(str(k) for k in node)
     for vs in configs.list("VirtualService"):
-        keys.update(_source_label_keys(vs.spec))
+        keys.update(_source_label_keys(vs.spec_as(VirtualService)))
     return frozenset(keys)
 
 
-def _source_label_keys(node: Any) -> set[str]:
-    """The keys of every ``sourceLabels`` map anywhere in ``node`` (a VirtualService spec)."""
+def _source_label_keys(vs: VirtualService) -> set[str]:
+    """The keys of every ``sourceLabels`` map of the VirtualService's HTTP, TLS and TCP matches."""
     found: set[str] = set()
-    if isinstance(node, Mapping):
-        labels = node.get("sourceLabels")
-        if isinstance(labels, Mapping):
-            found.update(str(k) for k in labels)
-        for value in node.values():
-            found |= _source_label_keys(value)
-    elif isinstance(node, list):
-        for item in node:
-            found |= _source_label_keys(item)
+    for kind_routes in (vs.http, vs.tls, vs.tcp):
+        for route in kind_routes:
+            for match in route.match:
+                found.update(match.source_labels)
     return found
 
 

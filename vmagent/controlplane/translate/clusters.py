@@ -29,6 +29,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import struct_pb2
 
 from vmagent.controlplane.model import Endpoint, Port, Service
+from vmagent.controlplane.specs.destinationrule import TrafficPolicy
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.destination import DestinationPolicy, find_destination_rule
@@ -52,7 +53,7 @@ class OutboundCluster:
     port: Port
     subset: str = ""
     subset_labels: dict[str, str] = field(default_factory=dict)
-    policy: dict[str, Any] = field(default_factory=dict)  # DestinationRule traffic policy in force
+    policy: TrafficPolicy = field(default_factory=TrafficPolicy)  # DestinationRule traffic policy in force
 
     @property
     def name(self) -> str:
@@ -95,26 +96,26 @@ def _alpn(protocol: str) -> tuple[str, ...]:
 
 def rule_tls(plan: OutboundCluster) -> UpstreamTls | None:
     """The DestinationRule's TLS for the plan (mode DISABLE gives ``UpstreamTls('DISABLE')``), or None."""
-    tls = plan.policy.get("tls")
-    if not isinstance(tls, dict):
+    tls = plan.policy.tls
+    if tls is None:
         return None
-    mode = str(tls.get("mode", "DISABLE")).upper()
+    mode = tls.mode.upper()
     host = plan.service.hostname
-    sans = tuple(str(s) for s in tls.get("subjectAltNames") or ())
+    sans = tls.subject_alt_names
     if mode == "ISTIO_MUTUAL":
         sans = sans or tuple(sorted({e.service_account for e in plan.endpoints if e.service_account}))
-        sni = str(tls.get("sni") or names.outbound_sni(plan.port.number, host, plan.subset))
+        sni = tls.sni or names.outbound_sni(plan.port.number, host, plan.subset)
         return UpstreamTls("ISTIO_MUTUAL", sni=sni, subject_alt_names=sans, alpn=_alpn(plan.port.protocol))
     if mode in ("SIMPLE", "MUTUAL"):
         default_sni = "" if host.startswith("*") else host
         return UpstreamTls(
             mode,
-            sni=str(tls.get("sni") or default_sni),
+            sni=tls.sni or default_sni,
             subject_alt_names=sans,
-            ca_certificates=str(tls.get("caCertificates") or ""),
-            client_certificate=str(tls.get("clientCertificate") or ""),
-            private_key=str(tls.get("privateKey") or ""),
-            credential_name=str(tls.get("credentialName") or ""),
+            ca_certificates=tls.ca_certificates,
+            client_certificate=tls.client_certificate,
+            private_key=tls.private_key,
+            credential_name=tls.credential_name,
         )
     return UpstreamTls("DISABLE")
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from vmagent.controlplane.config.hosts import config_visible, host_covers, qualify_host
 from vmagent.controlplane.model import ConfigObject, Service
+from vmagent.controlplane.specs.destinationrule import DestinationRule, TrafficPolicy
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.proxy import MeshOptions
 
@@ -26,20 +26,12 @@ from vmagent.controlplane.translate.proxy import MeshOptions
 class Subset:
     name: str
     labels: Mapping[str, str]
-    traffic_policy: Mapping[str, Any]
-
-
-def _dict(value: object) -> dict[str, Any]:
-    return dict(value) if isinstance(value, Mapping) else {}
-
-
-def _list(value: object) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else []
+    traffic_policy: TrafficPolicy
 
 
 def rule_host(rule: ConfigObject, dns_domain: str) -> str:
     """The rule's ``host`` as a full name (a short name is in the rule's namespace)."""
-    return qualify_host(str(rule.spec.get("host", "")), rule.namespace, dns_domain)
+    return qualify_host(rule.spec_as(DestinationRule).host, rule.namespace, dns_domain)
 
 
 @dataclass(frozen=True)
@@ -51,31 +43,26 @@ class DestinationPolicy:
     def subsets(self) -> list[Subset]:
         if self.rule is None:
             return []
-        out = []
-        for s in _list(self.rule.spec.get("subsets")):
-            d = _dict(s)
-            labels = {str(k): str(v) for k, v in _dict(d.get("labels")).items()}
-            out.append(Subset(str(d.get("name", "")), labels, _dict(d.get("trafficPolicy"))))
+        out = [
+            Subset(s.name, dict(s.labels), s.traffic_policy or TrafficPolicy())
+            for s in self.rule.spec_as(DestinationRule).subsets
+        ]
         return [s for s in out if s.name]
 
-    def traffic_policy(self, port: int, subset: str = "") -> dict[str, Any]:
+    def traffic_policy(self, port: int, subset: str = "") -> TrafficPolicy:
         """The merged policy for ``port`` and ``subset`` (``""`` = the service as a whole)."""
         if self.rule is None:
-            return {}
-        layers = [_dict(self.rule.spec.get("trafficPolicy"))]
+            return TrafficPolicy()
+        layers = [self.rule.spec_as(DestinationRule).traffic_policy or TrafficPolicy()]
         for s in self.subsets():
             if subset and s.name == subset:
-                layers.append(dict(s.traffic_policy))
-        merged: dict[str, Any] = {}
+                layers.append(s.traffic_policy)
+        merged = TrafficPolicy()
         for layer in layers:
-            merged.update({k: v for k, v in layer.items() if k != "portLevelSettings"})
-            for pls in _list(layer.get("portLevelSettings")):
-                d = _dict(pls)
-                if (
-                    _dict(d.get("port")).get("number") is not None
-                    and int(_dict(d.get("port"))["number"]) == port
-                ):
-                    merged.update({k: v for k, v in d.items() if k != "port"})
+            merged = merged.overridden(layer)
+            for pls in layer.port_level_settings:
+                if pls.port.number is not None and pls.port.number == port:
+                    merged = merged.overridden(pls)
         return merged
 
 

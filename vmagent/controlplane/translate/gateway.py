@@ -19,25 +19,18 @@ Istio's semantics:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from vmagent.controlplane.config.hosts import config_visible, host_intersection, labels_match, qualify_host
 from vmagent.controlplane.model import ConfigObject
+from vmagent.controlplane.specs.gateway import Gateway, ServerTLSSettings
+from vmagent.controlplane.specs.virtualservice import VirtualService
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 
 # Server TLS modes that terminate TLS at the gateway (the rest pass it through or do not apply).
 TERMINATING_MODES = frozenset({"SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL"})
-
-
-def _dict(value: object) -> dict[str, Any]:
-    return dict(value) if isinstance(value, Mapping) else {}
-
-
-def _list(value: object) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else []
 
 
 @dataclass(frozen=True)
@@ -62,7 +55,7 @@ class Server:
     port_name: str
     protocol: str  # upper case: HTTP, HTTPS, HTTP2, GRPC, TLS, TCP, ...
     hosts: tuple[ServerHost, ...]
-    tls: Mapping[str, Any] = field(default_factory=dict)
+    tls: ServerTLSSettings | None = None  # None also for an empty ``tls: {}``
     bind: str = ""
 
     @property
@@ -71,7 +64,7 @@ class Server:
 
     @property
     def tls_mode(self) -> str:
-        return str(self.tls.get("mode") or "SIMPLE") if self.tls else ""
+        return (self.tls.mode or "SIMPLE") if self.tls is not None else ""
 
     @property
     def terminates_tls(self) -> bool:
@@ -87,7 +80,7 @@ class Server:
 
     @property
     def https_redirect(self) -> bool:
-        return bool(self.tls.get("httpsRedirect")) if self.tls else False
+        return self.tls.https_redirect if self.tls is not None else False
 
     @property
     def sni_hosts(self) -> list[str]:
@@ -105,8 +98,7 @@ class Server:
 
 def selects(gateway: ConfigObject, labels: Mapping[str, str]) -> bool:
     """Whether ``gateway``'s selector matches a proxy with ``labels``."""
-    selector = {str(k): str(v) for k, v in _dict(gateway.spec.get("selector")).items()}
-    return labels_match(selector, labels)
+    return labels_match(dict(gateway.spec_as(Gateway).selector), labels)
 
 
 def gateways_for(proxy: ProxyInfo, configs: ConfigLookup) -> list[ConfigObject]:
@@ -124,23 +116,22 @@ def _server_host(text: str, gateway_ns: str) -> ServerHost:
 
 def servers_of(gateway: ConfigObject) -> list[Server]:
     out = []
-    for i, raw in enumerate(_list(gateway.spec.get("servers"))):
-        s = _dict(raw)
-        port = _dict(s.get("port"))
-        if port.get("number") is None:
+    for i, s in enumerate(gateway.spec_as(Gateway).servers):
+        port = s.port
+        if port is None or not port.number:
             continue
-        hosts = tuple(_server_host(str(h), gateway.namespace) for h in _list(s.get("hosts")))
+        hosts = tuple(_server_host(h, gateway.namespace) for h in s.hosts)
         out.append(
             Server(
                 gateway_namespace=gateway.namespace,
                 gateway_name=gateway.name,
                 index=i,
-                port=int(port["number"]),
-                port_name=str(port.get("name") or f"port-{port['number']}"),
-                protocol=str(port.get("protocol") or "TCP").upper(),
+                port=port.number,
+                port_name=port.name or f"port-{port.number}",
+                protocol=(port.protocol or "TCP").upper(),
                 hosts=hosts,
-                tls=_dict(s.get("tls")),
-                bind=str(s.get("bind") or ""),
+                tls=s.tls if s.tls != ServerTLSSettings() else None,
+                bind=s.bind,
             )
         )
     return out
@@ -153,8 +144,8 @@ def proxy_servers(proxy: ProxyInfo, configs: ConfigLookup) -> list[Server]:
 
 def binds_to(vs: ConfigObject, server: Server) -> bool:
     """Whether ``vs`` names the server's Gateway in ``gateways``."""
-    for ref in _list(vs.spec.get("gateways")):
-        ns, sep, name = str(ref).rpartition("/")
+    for ref in vs.spec_as(VirtualService).gateways:
+        ns, sep, name = ref.rpartition("/")
         if (ns if sep else vs.namespace) == server.gateway_namespace and name == server.gateway_name:
             return True
     return False
@@ -176,8 +167,8 @@ def bindings(server: Server, proxy: ProxyInfo, configs: ConfigLookup, mesh: Mesh
             continue
         admitted = [h for h in server.hosts if h.admits(vs.namespace)]
         domains: list[str] = []
-        for raw in _list(vs.spec.get("hosts")):
-            host = qualify_host(str(raw), vs.namespace, mesh.dns_domain)
+        for raw in vs.spec_as(VirtualService).hosts:
+            host = qualify_host(raw, vs.namespace, mesh.dns_domain)
             for sh in admitted:
                 d = host_intersection(host, sh.host)
                 if d is not None and d not in domains:

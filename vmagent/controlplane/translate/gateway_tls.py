@@ -18,13 +18,13 @@ the mesh root ``ROOTCA``, client certificate required).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
+from vmagent.controlplane.specs.gateway import ServerTLSSettings
 from vmagent.controlplane.translate.protos import boolean, typed
 from vmagent.controlplane.translate.tls import TLS_SOCKET, mesh_common_context, sds_secret
 
@@ -54,33 +54,33 @@ def credential_secret(name: str, ca: bool = False) -> str:
     return f"{CREDENTIAL_PREFIX}{name}{CACERT_SUFFIX if ca else ''}"
 
 
-def _params(tls: Mapping[str, Any]) -> common_pb2.TlsParameters:
-    low = _VERSIONS.get(str(tls.get("minProtocolVersion") or ""), common_pb2.TlsParameters.TLSv1_2)
+def _params(tls: ServerTLSSettings) -> common_pb2.TlsParameters:
+    low = _VERSIONS.get(tls.min_protocol_version, common_pb2.TlsParameters.TLSv1_2)
     out = common_pb2.TlsParameters(tls_minimum_protocol_version=low)
-    high = tls.get("maxProtocolVersion")
+    high = tls.max_protocol_version
     if high in _VERSIONS:
-        out.tls_maximum_protocol_version = _VERSIONS[str(high)]
-    ciphers = [str(c) for c in tls.get("cipherSuites") or []]
+        out.tls_maximum_protocol_version = _VERSIONS[high]
+    ciphers = list(tls.cipher_suites)
     if ciphers:
         out.cipher_suites.extend(ciphers)
     return out
 
 
-def certificate_secret(tls: Mapping[str, Any]) -> str:
+def certificate_secret(tls: ServerTLSSettings) -> str:
     """The SDS name of the server certificate of ``tls`` ("" when it names none)."""
-    if tls.get("credentialName"):
-        return credential_secret(str(tls["credentialName"]))
-    if tls.get("serverCertificate") and tls.get("privateKey"):
-        return file_cert_secret(str(tls["serverCertificate"]), str(tls["privateKey"]))
+    if tls.credential_name:
+        return credential_secret(tls.credential_name)
+    if tls.server_certificate and tls.private_key:
+        return file_cert_secret(tls.server_certificate, tls.private_key)
     return ""
 
 
-def ca_secret(tls: Mapping[str, Any]) -> str:
+def ca_secret(tls: ServerTLSSettings) -> str:
     """The SDS name of the CA that verifies client certificates ("" when none is configured)."""
-    if tls.get("credentialName"):
-        return credential_secret(str(tls["credentialName"]), ca=True)
-    if tls.get("caCertificates"):
-        return file_root_secret(str(tls["caCertificates"]))
+    if tls.credential_name:
+        return credential_secret(tls.credential_name, ca=True)
+    if tls.ca_certificates:
+        return file_root_secret(tls.ca_certificates)
     return ""
 
 
@@ -95,10 +95,11 @@ def _san_matchers(sans: Sequence[str]) -> list[common_pb2.SubjectAltNameMatcher]
 
 
 def server_tls_context(
-    tls: Mapping[str, Any], sds_cluster: str, alpn: Sequence[str]
+    settings: ServerTLSSettings | None, sds_cluster: str, alpn: Sequence[str]
 ) -> tls_pb2.DownstreamTlsContext:
     """The DownstreamTlsContext of a server's ``tls`` settings (mode SIMPLE when not given)."""
-    mode = str(tls.get("mode") or "SIMPLE")
+    tls = settings or ServerTLSSettings()
+    mode = tls.mode or "SIMPLE"
     if mode == "ISTIO_MUTUAL":
         common = mesh_common_context(sds_cluster, alpn=alpn)
         return tls_pb2.DownstreamTlsContext(
@@ -110,7 +111,7 @@ def server_tls_context(
         common.tls_certificate_sds_secret_configs.append(sds_secret(cert, sds_cluster))
     ctx = tls_pb2.DownstreamTlsContext(common_tls_context=common)
     if mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
-        sans = [str(s) for s in tls.get("subjectAltNames") or []]
+        sans = list(tls.subject_alt_names)
         default = common_pb2.CertificateValidationContext(match_typed_subject_alt_names=_san_matchers(sans))
         ca = ca_secret(tls)
         if ca:
@@ -125,7 +126,7 @@ def server_tls_context(
 
 
 def server_tls_socket(
-    tls: Mapping[str, Any], sds_cluster: str, alpn: Sequence[str]
+    tls: ServerTLSSettings | None, sds_cluster: str, alpn: Sequence[str]
 ) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(
         name=TLS_SOCKET, typed_config=typed(server_tls_context(tls, sds_cluster, alpn))

@@ -21,7 +21,7 @@ responses, and — through per-route filter config — ``fault`` (delay and abor
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -34,6 +34,8 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
 from vmagent.controlplane.model import ConfigObject
+from vmagent.controlplane.specs import virtualservice as vsspec
+from vmagent.controlplane.specs.common import Percent, StringMatch
 from vmagent.controlplane.translate.failover import idempotent_reset_retry
 from vmagent.controlplane.translate.protos import boolean, duration, typed, u32
 from vmagent.controlplane.translate.trafficpolicy import route_hash_policy, seconds
@@ -65,97 +67,99 @@ _GRPC_CODES = {
 }  # fmt: skip
 
 
-def _d(value: object) -> dict[str, Any]:
-    return dict(value) if isinstance(value, Mapping) else {}
-
-
-def _l(value: object) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else []
-
-
-def string_matcher(m: Mapping[str, Any], ignore_case: bool = False) -> string_pb2.StringMatcher:
+def string_matcher(m: StringMatch, ignore_case: bool = False) -> string_pb2.StringMatcher:
     """Istio's StringMatch as Envoy's (RE2 regex as written)."""
-    if "exact" in m:
-        return string_pb2.StringMatcher(exact=str(m["exact"]), ignore_case=ignore_case)
-    if "prefix" in m:
-        return string_pb2.StringMatcher(prefix=str(m["prefix"]), ignore_case=ignore_case)
-    if "regex" in m:
-        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=str(m["regex"])))
+    if m.exact is not None:
+        return string_pb2.StringMatcher(exact=m.exact, ignore_case=ignore_case)
+    if m.prefix is not None:
+        return string_pb2.StringMatcher(prefix=m.prefix, ignore_case=ignore_case)
+    if m.regex is not None:
+        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=m.regex))
     return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".*"))
 
 
-def _is_empty(m: Mapping[str, Any]) -> bool:
-    return not any(k in m for k in ("exact", "prefix", "regex")) or m.get("exact") == ""
+def _is_unset(m: StringMatch) -> bool:
+    return m.exact is None and m.prefix is None and m.regex is None
 
 
-def header_matcher(name: str, m: Mapping[str, Any], invert: bool = False) -> rc.HeaderMatcher:
+def _is_empty(m: StringMatch) -> bool:
+    return _is_unset(m) or m.exact == ""
+
+
+def header_matcher(name: str, m: StringMatch, invert: bool = False) -> rc.HeaderMatcher:
     hm = rc.HeaderMatcher(name=name.lower(), invert_match=invert)
-    if not any(k in m for k in ("exact", "prefix", "regex")):
+    if _is_unset(m):
         hm.present_match = True
     else:
         hm.string_match.CopyFrom(string_matcher(m))
     return hm
 
 
-def route_match(match: Mapping[str, Any]) -> rc.RouteMatch:
+def route_match(match: vsspec.HTTPMatchRequest) -> rc.RouteMatch:
     """Envoy's RouteMatch for one Istio HTTPMatchRequest."""
     out = rc.RouteMatch()
-    uri = _d(match.get("uri"))
-    if "exact" in uri:
-        out.path = str(uri["exact"])
-    elif "prefix" in uri:
-        out.prefix = str(uri["prefix"])
-    elif "regex" in uri:
-        out.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=str(uri["regex"])))
+    uri = match.uri or StringMatch()
+    if uri.exact is not None:
+        out.path = uri.exact
+    elif uri.prefix is not None:
+        out.prefix = uri.prefix
+    elif uri.regex is not None:
+        out.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=uri.regex))
     else:
         out.prefix = "/"
-    if match.get("ignoreUriCase"):
+    if match.ignore_uri_case:
         out.case_sensitive.CopyFrom(boolean(False))
-    for field, header in (("scheme", ":scheme"), ("method", ":method"), ("authority", ":authority")):
-        if field in match:
-            out.headers.append(header_matcher(header, _d(match[field])))
-    for name, m in sorted(_d(match.get("headers")).items()):
-        out.headers.append(header_matcher(str(name), _d(m)))
-    for name, m in sorted(_d(match.get("withoutHeaders")).items()):
-        out.headers.append(header_matcher(str(name), _d(m), invert=True))
-    for name, m in sorted(_d(match.get("queryParams")).items()):
-        qm = rc.QueryParameterMatcher(name=str(name))
-        md = _d(m)
-        if _is_empty(md):
+    for pseudo, header in (
+        (match.scheme, ":scheme"),
+        (match.method, ":method"),
+        (match.authority, ":authority"),
+    ):
+        if pseudo is not None:
+            out.headers.append(header_matcher(header, pseudo))
+    for name, m in sorted(match.headers.items()):
+        out.headers.append(header_matcher(name, m))
+    for name, m in sorted(match.without_headers.items()):
+        out.headers.append(header_matcher(name, m, invert=True))
+    for name, m in sorted(match.query_params.items()):
+        qm = rc.QueryParameterMatcher(name=name)
+        if _is_empty(m):
             qm.present_match = True
         else:
-            qm.string_match.CopyFrom(string_matcher(md))
+            qm.string_match.CopyFrom(string_matcher(m))
         out.query_parameters.append(qm)
     return out
 
 
-def _header_options(ops: Mapping[str, Any]) -> list[base_pb2.HeaderValueOption]:
+def _header_options(ops: vsspec.HeaderOperations) -> list[base_pb2.HeaderValueOption]:
     HVO = base_pb2.HeaderValueOption
     out = []
-    for key, value in sorted(_d(ops.get("set")).items()):
+    for key, value in sorted(ops.set.items()):
         out.append(
             HVO(
-                header=base_pb2.HeaderValue(key=str(key), value=str(value)),
+                header=base_pb2.HeaderValue(key=key, value=value),
                 append_action=HVO.OVERWRITE_IF_EXISTS_OR_ADD,
             )
         )
-    for key, value in sorted(_d(ops.get("add")).items()):
+    for key, value in sorted(ops.add.items()):
         out.append(
             HVO(
-                header=base_pb2.HeaderValue(key=str(key), value=str(value)),
+                header=base_pb2.HeaderValue(key=key, value=value),
                 append_action=HVO.APPEND_IF_EXISTS_OR_ADD,
             )
         )
     return out
 
 
-def _apply_headers(target: Any, headers: Mapping[str, Any]) -> None:
+def _apply_headers(target: Any, headers: vsspec.Headers | None) -> None:
     """Istio ``headers`` (request/response set, add, remove) onto a Route or ClusterWeight."""
-    req, resp = _d(headers.get("request")), _d(headers.get("response"))
+    if headers is None:
+        return
+    req = headers.request or vsspec.HeaderOperations()
+    resp = headers.response or vsspec.HeaderOperations()
     target.request_headers_to_add.extend(_header_options(req))
-    target.request_headers_to_remove.extend(str(h) for h in _l(req.get("remove")))
+    target.request_headers_to_remove.extend(req.remove)
     target.response_headers_to_add.extend(_header_options(resp))
-    target.response_headers_to_remove.extend(str(h) for h in _l(resp.get("remove")))
+    target.response_headers_to_remove.extend(resp.remove)
 
 
 def fractional(percent: float) -> percent_pb2.FractionalPercent:
@@ -165,12 +169,12 @@ def fractional(percent: float) -> percent_pb2.FractionalPercent:
     )
 
 
-def _percentage(spec: Mapping[str, Any], old_key: str = "percent", key: str = "percentage") -> float:
-    """``KEY.value`` (``percentage.value``), else the deprecated integer field, else 100."""
-    if spec.get(key) is not None:
-        return float(_d(spec[key]).get("value", 0.0))
-    if spec.get(old_key) is not None:
-        return float(spec[old_key])
+def _percentage(percentage: Percent | None, old: int | None = None) -> float:
+    """``percentage.value``, else the deprecated integer field ``old``, else 100."""
+    if percentage is not None:
+        return percentage.value
+    if old is not None:
+        return float(old)
     return 100.0
 
 
@@ -192,17 +196,17 @@ def default_retry_policy(consistent_hash: bool = False) -> rc.RetryPolicy:
     return policy
 
 
-def retry_policy(retries: Mapping[str, Any], consistent_hash: bool = False) -> rc.RetryPolicy | None:
+def retry_policy(retries: vsspec.HTTPRetry, consistent_hash: bool = False) -> rc.RetryPolicy | None:
     """Envoy's retry policy for Istio ``retries`` (None when ``attempts`` is 0): the default with
     ``attempts``, ``retryOn`` (numbers become retriable status codes), ``perTryTimeout``, ``backoff``
     and ``retryIgnorePreviousHosts`` applied."""
-    attempts = int(retries.get("attempts") or 0)
+    attempts = retries.attempts
     if attempts <= 0:
         return None
-    text = str(retries.get("retryOn") or "")
+    text = retries.retry_on
     policy = default_retry_policy(consistent_hash)
     policy.num_retries.CopyFrom(u32(attempts))
-    ignore_previous = retries.get("retryIgnorePreviousHosts")
+    ignore_previous = retries.retry_ignore_previous_hosts
     if ignore_previous is not None:
         del policy.retry_host_predicate[:]
         if ignore_previous:
@@ -220,69 +224,72 @@ def retry_policy(retries: Mapping[str, Any], consistent_hash: bool = False) -> r
             words.append("retriable-status-codes")
         policy.retry_on = ",".join(words)
         policy.retriable_status_codes.extend(codes)
-    if (t := seconds(retries.get("perTryTimeout"))) is not None:
+    if (t := seconds(retries.per_try_timeout)) is not None:
         policy.per_try_timeout.CopyFrom(duration(t))
-    if (t := seconds(retries.get("backoff"))) is not None:
+    if (t := seconds(retries.backoff)) is not None:
         policy.retry_back_off.CopyFrom(rc.RetryPolicy.RetryBackOff(base_interval=duration(t)))
     return policy
 
 
-def fault_config(fault: Mapping[str, Any]) -> fault_pb2.HTTPFault | None:
+def fault_config(fault: vsspec.HTTPFaultInjection) -> fault_pb2.HTTPFault | None:
     """The fault filter's per-route config for Istio ``fault`` (None when it injects nothing)."""
     out = fault_pb2.HTTPFault()
-    delay = _d(fault.get("delay"))
-    if delay and (t := seconds(delay.get("fixedDelay"))) is not None:
+    delay = fault.delay
+    if delay is not None and (t := seconds(delay.fixed_delay)) is not None:
         out.delay.CopyFrom(
-            common_fault.FaultDelay(fixed_delay=duration(t), percentage=fractional(_percentage(delay)))
-        )
-    abort = _d(fault.get("abort"))
-    if abort.get("httpStatus") is not None:
-        out.abort.CopyFrom(
-            fault_pb2.FaultAbort(
-                http_status=int(abort["httpStatus"]), percentage=fractional(_percentage(abort))
+            common_fault.FaultDelay(
+                fixed_delay=duration(t), percentage=fractional(_percentage(delay.percentage, delay.percent))
             )
         )
-    elif abort.get("grpcStatus") is not None:
-        status = str(abort["grpcStatus"])
+    abort = fault.abort
+    if abort is not None and abort.http_status is not None:
+        out.abort.CopyFrom(
+            fault_pb2.FaultAbort(
+                http_status=abort.http_status, percentage=fractional(_percentage(abort.percentage))
+            )
+        )
+    elif abort is not None and abort.grpc_status is not None:
+        status = abort.grpc_status
         code = int(status) if status.isdigit() else _GRPC_CODES.get(status.upper(), 2)
-        out.abort.CopyFrom(fault_pb2.FaultAbort(grpc_status=code, percentage=fractional(_percentage(abort))))
+        out.abort.CopyFrom(
+            fault_pb2.FaultAbort(grpc_status=code, percentage=fractional(_percentage(abort.percentage)))
+        )
     if not out.HasField("delay") and not out.HasField("abort"):
         return None
     return out
 
 
-def cors_policy(cors: Mapping[str, Any]) -> cors_pb2.CorsPolicy:
+def cors_policy(cors: vsspec.CorsPolicy) -> cors_pb2.CorsPolicy:
     """The CORS filter's per-route policy for Istio ``corsPolicy``."""
     out = cors_pb2.CorsPolicy()
-    for m in _l(cors.get("allowOrigins")):
-        out.allow_origin_string_match.append(string_matcher(_d(m)))
-    for origin in _l(cors.get("allowOrigin")):
+    for m in cors.allow_origins:
+        out.allow_origin_string_match.append(string_matcher(m))
+    for origin in cors.allow_origin:
         if origin == "*":
             out.allow_origin_string_match.append(
                 string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".*"))
             )
         else:
-            out.allow_origin_string_match.append(string_pb2.StringMatcher(exact=str(origin)))
-    out.allow_methods = ",".join(str(x) for x in _l(cors.get("allowMethods")))
-    out.allow_headers = ",".join(str(x) for x in _l(cors.get("allowHeaders")))
-    out.expose_headers = ",".join(str(x) for x in _l(cors.get("exposeHeaders")))
-    if (t := seconds(cors.get("maxAge"))) is not None:
+            out.allow_origin_string_match.append(string_pb2.StringMatcher(exact=origin))
+    out.allow_methods = ",".join(cors.allow_methods)
+    out.allow_headers = ",".join(cors.allow_headers)
+    out.expose_headers = ",".join(cors.expose_headers)
+    if (t := seconds(cors.max_age)) is not None:
         out.max_age = str(int(t))
-    if cors.get("allowCredentials") is not None:
-        out.allow_credentials.CopyFrom(boolean(bool(cors["allowCredentials"])))
-    unmatched = str(cors.get("unmatchedPreflights") or "")
+    if cors.allow_credentials is not None:
+        out.allow_credentials.CopyFrom(boolean(cors.allow_credentials))
+    unmatched = cors.unmatched_preflights
     if unmatched in ("FORWARD", "IGNORE"):
         out.forward_not_matching_preflights.CopyFrom(boolean(unmatched == "FORWARD"))
     return out
 
 
-def _mirrors(vs: ConfigObject, spec: Mapping[str, Any], ctx: RouteContext) -> list[Any]:
-    pairs: list[tuple[Mapping[str, Any], float]] = []
-    if spec.get("mirror") is not None:
-        pairs.append((_d(spec["mirror"]), _percentage(spec, "mirrorPercent", "mirrorPercentage")))
-    for m in _l(spec.get("mirrors")):
-        md = _d(m)
-        pairs.append((_d(md.get("destination")), _percentage(md, "")))
+def _mirrors(vs: ConfigObject, route: vsspec.HTTPRoute, ctx: RouteContext) -> list[Any]:
+    pairs: list[tuple[vsspec.Destination, float]] = []
+    if route.mirror is not None:
+        pairs.append((route.mirror, _percentage(route.mirror_percentage, route.mirror_percent)))
+    for m in route.mirrors:
+        pairs.append((m.destination, _percentage(m.percentage)))
     out = []
     for dest, pct in pairs:
         policy = rc.RouteAction.RequestMirrorPolicy(cluster=ctx.destination(vs, dest).cluster)
@@ -294,7 +301,7 @@ def _mirrors(vs: ConfigObject, spec: Mapping[str, Any], ctx: RouteContext) -> li
 
 def _route_action(
     vs: ConfigObject,
-    spec: Mapping[str, Any],
+    spec: vsspec.HTTPRoute,
     dests: Sequence[Destination],
     ctx: RouteContext,
     route: rc.Route,
@@ -308,81 +315,81 @@ def _route_action(
             cw = rc.WeightedCluster.ClusterWeight(name=d.cluster, weight=u32(d.weight))
             _apply_headers(cw, d.headers)
             action.weighted_clusters.clusters.append(cw)
-    timeout = seconds(spec.get("timeout"))
+    timeout = seconds(spec.timeout)
     action.timeout.CopyFrom(duration(timeout or 0))
     hashes = [tuple(route_hash_policy(ctx.policy(d))) for d in dests]
     hashed = bool(hashes and hashes[0] and all(h == hashes[0] for h in hashes))
-    retries = spec.get("retries")
+    retries = spec.retries
     if retries is None:
         action.retry_policy.CopyFrom(default_retry_policy(hashed))
-    elif (policy := retry_policy(_d(retries), hashed)) is not None:
+    elif (policy := retry_policy(retries, hashed)) is not None:
         action.retry_policy.CopyFrom(policy)
     action.request_mirror_policies.extend(_mirrors(vs, spec, ctx))
-    rewrite = _d(spec.get("rewrite"))
-    if rewrite.get("uri") is not None:
-        action.prefix_rewrite = str(rewrite["uri"])
-    regex = _d(rewrite.get("uriRegexRewrite"))
-    if regex:
+    rewrite = spec.rewrite
+    if rewrite is not None and rewrite.uri is not None:
+        action.prefix_rewrite = rewrite.uri
+    regex = rewrite.uri_regex_rewrite if rewrite is not None else None
+    if regex is not None:
         action.regex_rewrite.CopyFrom(
             regex_pb2.RegexMatchAndSubstitute(
-                pattern=regex_pb2.RegexMatcher(regex=str(regex.get("match", ""))),
-                substitution=str(regex.get("rewrite", "")),
+                pattern=regex_pb2.RegexMatcher(regex=regex.match),
+                substitution=regex.rewrite,
             )
         )
-    if rewrite.get("authority"):
-        action.host_rewrite_literal = str(rewrite["authority"])
+    if rewrite is not None and rewrite.authority:
+        action.host_rewrite_literal = rewrite.authority
     if hashed:
         action.hash_policy.extend(hashes[0])
     route.route.CopyFrom(action)
 
 
-def _redirect(spec: Mapping[str, Any]) -> rc.RedirectAction:
-    r = rc.RedirectAction(response_code=_REDIRECT_CODES.get(int(spec.get("redirectCode") or 301), 0))  # type: ignore[arg-type]
-    if spec.get("uri"):
-        r.path_redirect = str(spec["uri"])
-    if spec.get("authority"):
-        r.host_redirect = str(spec["authority"])
-    if spec.get("port"):
-        r.port_redirect = int(spec["port"])
-    if spec.get("scheme"):
-        r.scheme_redirect = str(spec["scheme"])
+def _redirect(spec: vsspec.HTTPRedirect) -> rc.RedirectAction:
+    r = rc.RedirectAction(response_code=_REDIRECT_CODES.get(spec.redirect_code or 301, 0))  # type: ignore[arg-type]
+    if spec.uri:
+        r.path_redirect = spec.uri
+    if spec.authority:
+        r.host_redirect = spec.authority
+    if spec.port:
+        r.port_redirect = spec.port
+    if spec.scheme:
+        r.scheme_redirect = spec.scheme
     return r
 
 
-def _direct(spec: Mapping[str, Any]) -> rc.DirectResponseAction:
-    out = rc.DirectResponseAction(status=int(spec.get("status", 200)))
-    body = _d(spec.get("body"))
-    if body.get("string") is not None:
-        out.body.CopyFrom(base_pb2.DataSource(inline_string=str(body["string"])))
-    elif body.get("bytes") is not None:
-        out.body.CopyFrom(base_pb2.DataSource(inline_string=str(body["bytes"])))
+def _direct(spec: vsspec.HTTPDirectResponse) -> rc.DirectResponseAction:
+    out = rc.DirectResponseAction(status=spec.status)
+    body = spec.body or vsspec.HTTPBody()
+    if body.string is not None:
+        out.body.CopyFrom(base_pb2.DataSource(inline_string=body.string))
+    elif body.bytes is not None:
+        out.body.CopyFrom(base_pb2.DataSource(inline_string=body.bytes))
     return out
 
 
-def http_routes(vs: ConfigObject, index: int, spec: Mapping[str, Any], ctx: RouteContext) -> list[rc.Route]:
+def http_routes(vs: ConfigObject, index: int, spec: vsspec.HTTPRoute, ctx: RouteContext) -> list[rc.Route]:
     """The Envoy routes of ``vs.spec.http[index]`` in force on this proxy and port (maybe none)."""
-    matches = applicable_matches(vs, spec, ctx.proxy, ctx.port, ctx.gateway)
-    if matches is None or spec.get("delegate") is not None:
+    matches = applicable_matches(vs, spec.match, vsspec.HTTPMatchRequest(), ctx.proxy, ctx.port, ctx.gateway)
+    if matches is None or spec.delegate is not None:
         return []
-    dests = ctx.destinations(vs, _l(spec.get("route")))
-    name = str(spec.get("name") or f"{vs.namespace}/{vs.name}.http[{index}]")
+    dests = ctx.destinations(vs, spec.route)
+    name = spec.name or f"{vs.namespace}/{vs.name}.http[{index}]"
     out = []
     for match in matches:
         route = rc.Route(name=name, match=route_match(match))
-        if spec.get("redirect") is not None:
-            route.redirect.CopyFrom(_redirect(_d(spec["redirect"])))
-        elif spec.get("directResponse") is not None:
-            route.direct_response.CopyFrom(_direct(_d(spec["directResponse"])))
+        if spec.redirect is not None:
+            route.redirect.CopyFrom(_redirect(spec.redirect))
+        elif spec.direct_response is not None:
+            route.direct_response.CopyFrom(_direct(spec.direct_response))
         elif dests:
             _route_action(vs, spec, dests, ctx, route)
         else:
             continue
-        _apply_headers(route, _d(spec.get("headers")))
-        fault = fault_config(_d(spec.get("fault")))
+        _apply_headers(route, spec.headers)
+        fault = fault_config(spec.fault) if spec.fault is not None else None
         if fault is not None:
             route.typed_per_filter_config[FAULT_FILTER].CopyFrom(typed(fault))
-        if spec.get("corsPolicy") is not None:
-            route.typed_per_filter_config[CORS_FILTER].CopyFrom(typed(cors_policy(_d(spec["corsPolicy"]))))
+        if spec.cors_policy is not None:
+            route.typed_per_filter_config[CORS_FILTER].CopyFrom(typed(cors_policy(spec.cors_policy)))
         out += idempotent_reset_retry(route, DEFAULT_RETRY_ON)
     return out
 
@@ -390,6 +397,6 @@ def http_routes(vs: ConfigObject, index: int, spec: Mapping[str, Any], ctx: Rout
 def virtual_service_routes(vs: ConfigObject, ctx: RouteContext) -> list[rc.Route]:
     """Every route of ``vs`` in force on this proxy and port, in the VirtualService's order."""
     out: list[rc.Route] = []
-    for i, spec in enumerate(_l(vs.spec.get("http"))):
-        out += http_routes(vs, i, _d(spec), ctx)
+    for i, route in enumerate(vs.spec_as(vsspec.VirtualService).http):
+        out += http_routes(vs, i, route, ctx)
     return out

@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 
 from vmagent.common import constants
 from vmagent.common.errors import ConfigError
+from vmagent.controlplane.specs import WorkloadGroup
 from vmagent.controlplane.translate.accesslog import with_loggers
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.protos import typed
@@ -77,13 +78,9 @@ def peer_table(configs: ConfigLookup, trust_domain: str) -> dict[str, list[str]]
     found: dict[str, list[str]] = {}
     shared: set[str] = set()
     for group in configs.list("WorkloadGroup"):
-        spec = group.spec if isinstance(group.spec, Mapping) else {}
-        template = spec.get("template") or {}
-        sa = str(template.get("serviceAccount") or "default") if isinstance(template, Mapping) else "default"
-        meta = spec.get("metadata") or {}
-        labels = meta.get("labels") or {} if isinstance(meta, Mapping) else {}
-        if not isinstance(labels, Mapping):
-            labels = {}
+        spec = group.spec_as(WorkloadGroup)
+        sa = spec.template.service_account or "default"
+        labels = spec.metadata.labels
         principal = f"spiffe://{trust_domain}/ns/{group.namespace}/sa/{sa}"
         if principal in found:
             shared.add(principal)

@@ -21,6 +21,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
 from vmagent.controlplane.model import Port, Service
+from vmagent.controlplane.specs.virtualservice import VirtualService
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.destination import find_destination_rule
@@ -71,7 +72,7 @@ def service_routes(
     if vs is not None:
         ctx = RouteContext(proxy, mesh, configs, services or {service.hostname: service}, port.number)
         routes = virtual_service_routes(vs, ctx)
-        if routes or vs.spec.get("http"):
+        if routes or vs.spec_as(VirtualService).http:
             return routes or [_not_found()]
     rule = find_destination_rule(service, proxy.namespace, configs, mesh)
     route = default_route(cluster, route_hash_policy(rule.traffic_policy(port.number)))

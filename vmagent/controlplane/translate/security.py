@@ -21,6 +21,7 @@ from typing import Any
 
 from vmagent.controlplane.config.hosts import labels_match
 from vmagent.controlplane.model import ConfigObject
+from vmagent.controlplane.specs.security import MutualTLS, PeerAuthentication
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 
@@ -51,11 +52,11 @@ class InboundSecurity(MtlsPolicy):
     authorization_policies: tuple[ConfigObject, ...] = ()
 
 
-def _mode(spec_mtls: object) -> str | None:
+def _mode(spec_mtls: MutualTLS | None) -> str | None:
     """The mode in an ``mtls`` block, or None when absent/UNSET (inherit)."""
-    if not isinstance(spec_mtls, Mapping):
+    if spec_mtls is None:
         return None
-    mode = str(spec_mtls.get("mode", "UNSET")).upper()
+    mode = spec_mtls.mode.upper()
     return mode if mode in _MODES else None
 
 
@@ -115,17 +116,11 @@ def effective_mtls(proxy: ProxyInfo, configs: ConfigLookup, mesh: MeshOptions) -
     mode = PERMISSIVE
     for level in (mesh_wide, namespace_wide, workload):
         if level:
-            mode = _mode(level[0].spec.get("mtls")) or mode
+            mode = _mode(level[0].spec_as(PeerAuthentication).mtls) or mode
     ports: dict[int, str] = {}
     if workload:
-        plm = workload[0].spec.get("portLevelMtls")
-        if isinstance(plm, Mapping):
-            for key, value in plm.items():
-                try:
-                    number = int(key)
-                except (TypeError, ValueError):
-                    continue
-                port_mode = _mode(value)
-                if port_mode is not None:
-                    ports[number] = port_mode
+        for number, value in workload[0].spec_as(PeerAuthentication).port_level_mtls.items():
+            port_mode = _mode(value)
+            if port_mode is not None:
+                ports[number] = port_mode
     return MtlsPolicy(mode=mode, port_modes=dict(sorted(ports.items())))

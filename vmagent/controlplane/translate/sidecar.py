@@ -14,13 +14,13 @@ from collections.abc import Mapping, Sequence
 
 from vmagent.controlplane.config.hosts import host_covers, labels_match
 from vmagent.controlplane.model import ConfigObject, Service
+from vmagent.controlplane.specs.sidecar import Sidecar
 from vmagent.controlplane.translate.configindex import ConfigLookup
 
 
 def _labels(obj: ConfigObject) -> Mapping[str, str]:
-    sel = obj.spec.get("workloadSelector")
-    labels = sel.get("labels") if isinstance(sel, Mapping) else None
-    return labels if isinstance(labels, Mapping) else {}
+    sel = obj.spec_as(Sidecar).workload_selector
+    return sel.labels if sel is not None else {}
 
 
 def sidecar_for(
@@ -44,9 +44,8 @@ def sidecar_for(
 
 def egress_hosts(sidecar: ConfigObject) -> list[str]:
     out: list[str] = []
-    for listener in sidecar.spec.get("egress") or []:
-        if isinstance(listener, Mapping):
-            out.extend(str(h) for h in listener.get("hosts") or [])
+    for listener in sidecar.spec_as(Sidecar).egress:
+        out.extend(listener.hosts)
     return out
 
 

@@ -22,9 +22,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, protocol_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -33,6 +30,15 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
 from vmagent.controlplane.config.types import parse_duration
+from vmagent.controlplane.specs.destinationrule import (
+    ConnectionPoolSettings,
+    ConsistentHashLB,
+    HTTPSettings,
+    LoadBalancerSettings,
+    OutlierDetection,
+    TCPSettings,
+    TrafficPolicy,
+)
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.protos import duration, typed, u32
 
@@ -46,10 +52,6 @@ _SIMPLE = {
 }
 
 
-def _d(value: object) -> dict[str, Any]:
-    return dict(value) if isinstance(value, Mapping) else {}
-
-
 def seconds(value: object) -> float | None:
     """A Go-style duration string (``"1.5s"``) in seconds, None when absent or not a duration."""
     if not isinstance(value, str):
@@ -57,22 +59,22 @@ def seconds(value: object) -> float | None:
     return parse_duration(value)
 
 
-def apply_traffic_policy(cluster: cluster_pb2.Cluster, policy: Mapping[str, Any], protocol: str) -> None:
+def apply_traffic_policy(cluster: cluster_pb2.Cluster, policy: TrafficPolicy, protocol: str) -> None:
     """Set load balancing, connection pool and outlier detection of ``policy`` on ``cluster``."""
-    _load_balancer(cluster, _d(policy.get("loadBalancer")))
-    _connection_pool(cluster, _d(policy.get("connectionPool")), protocol)
-    if isinstance(policy.get("outlierDetection"), Mapping):
-        outlier = _d(policy["outlierDetection"])
+    _load_balancer(cluster, policy.load_balancer or LoadBalancerSettings())
+    _connection_pool(cluster, policy.connection_pool or ConnectionPoolSettings(), protocol)
+    if policy.outlier_detection is not None:
+        outlier = policy.outlier_detection
         cluster.outlier_detection.CopyFrom(outlier_detection(outlier))
         # As in Istio: the panic threshold is minHealthPercent, 0 (panic mode off) when unset, so that
         # ejected hosts of a small service do not get traffic back through Envoy's 50 % default.
         cluster.common_lb_config.healthy_panic_threshold.CopyFrom(
-            percent_pb2.Percent(value=float(outlier.get("minHealthPercent") or 0))
+            percent_pb2.Percent(value=float(outlier.min_health_percent))
         )
 
 
-def _load_balancer(cluster: cluster_pb2.Cluster, lb: dict[str, Any]) -> None:
-    simple = str(lb.get("simple") or "").upper()
+def _load_balancer(cluster: cluster_pb2.Cluster, lb: LoadBalancerSettings) -> None:
+    simple = lb.simple.upper()
     if simple in _SIMPLE:
         cluster.lb_policy = _SIMPLE[simple]
     elif simple == "PASSTHROUGH":
@@ -80,55 +82,55 @@ def _load_balancer(cluster: cluster_pb2.Cluster, lb: dict[str, Any]) -> None:
         cluster.ClearField("load_assignment")
         cluster.type = cluster_pb2.Cluster.ORIGINAL_DST
         cluster.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
-    ch = _d(lb.get("consistentHash"))
-    if not ch:
+    ch = lb.consistent_hash
+    if ch is None or ch == ConsistentHashLB():
         return
-    if ch.get("maglev") is not None:
+    if ch.maglev is not None:
         cluster.lb_policy = cluster_pb2.Cluster.MAGLEV
-        size = _d(ch.get("maglev")).get("tableSize")
+        size = ch.maglev.table_size
         if size:
-            cluster.maglev_lb_config.table_size.CopyFrom(wrappers_pb2.UInt64Value(value=int(size)))
+            cluster.maglev_lb_config.table_size.CopyFrom(wrappers_pb2.UInt64Value(value=size))
         return
     cluster.lb_policy = cluster_pb2.Cluster.RING_HASH
-    size = _d(ch.get("ringHash")).get("minimumRingSize") or ch.get("minimumRingSize")
+    size = (ch.ring_hash.minimum_ring_size if ch.ring_hash is not None else 0) or ch.minimum_ring_size
     if size:
-        cluster.ring_hash_lb_config.minimum_ring_size.CopyFrom(wrappers_pb2.UInt64Value(value=int(size)))
+        cluster.ring_hash_lb_config.minimum_ring_size.CopyFrom(wrappers_pb2.UInt64Value(value=size))
 
 
-def _set_threshold(cluster: cluster_pb2.Cluster, field: str, value: Any) -> None:
-    if value is None or int(value) <= 0:
+def _set_threshold(cluster: cluster_pb2.Cluster, field: str, value: int) -> None:
+    if value <= 0:
         return  # 0 means "unset" in Istio's API
     if not cluster.circuit_breakers.thresholds:
         cluster.circuit_breakers.thresholds.add()
-    getattr(cluster.circuit_breakers.thresholds[0], field).CopyFrom(u32(int(value)))
+    getattr(cluster.circuit_breakers.thresholds[0], field).CopyFrom(u32(value))
 
 
-def _connection_pool(cluster: cluster_pb2.Cluster, pool: dict[str, Any], protocol: str) -> None:
-    tcp, http = _d(pool.get("tcp")), _d(pool.get("http"))
-    _set_threshold(cluster, "max_connections", tcp.get("maxConnections"))
-    if (t := seconds(tcp.get("connectTimeout"))) is not None:
+def _connection_pool(cluster: cluster_pb2.Cluster, pool: ConnectionPoolSettings, protocol: str) -> None:
+    tcp, http = pool.tcp or TCPSettings(), pool.http or HTTPSettings()
+    _set_threshold(cluster, "max_connections", tcp.max_connections)
+    if (t := seconds(tcp.connect_timeout)) is not None:
         cluster.connect_timeout.CopyFrom(duration(t))
-    keepalive = _d(tcp.get("tcpKeepalive"))
-    if keepalive or "tcpKeepalive" in tcp:
+    keepalive = tcp.tcp_keepalive
+    if keepalive is not None:
         ka = address_pb2.TcpKeepalive()
-        if keepalive.get("probes") is not None:
-            ka.keepalive_probes.CopyFrom(u32(int(keepalive["probes"])))
-        if (t := seconds(keepalive.get("time"))) is not None:
+        if keepalive.probes is not None:
+            ka.keepalive_probes.CopyFrom(u32(keepalive.probes))
+        if (t := seconds(keepalive.time)) is not None:
             ka.keepalive_time.CopyFrom(u32(max(1, round(t))))
-        if (t := seconds(keepalive.get("interval"))) is not None:
+        if (t := seconds(keepalive.interval)) is not None:
             ka.keepalive_interval.CopyFrom(u32(max(1, round(t))))
         cluster.upstream_connection_options.tcp_keepalive.CopyFrom(ka)
-    _set_threshold(cluster, "max_pending_requests", http.get("http1MaxPendingRequests"))
-    _set_threshold(cluster, "max_requests", http.get("http2MaxRequests"))
-    _set_threshold(cluster, "max_retries", http.get("maxRetries"))
+    _set_threshold(cluster, "max_pending_requests", http.http1_max_pending_requests)
+    _set_threshold(cluster, "max_requests", http.http2_max_requests)
+    _set_threshold(cluster, "max_retries", http.max_retries)
     if not names.is_http(protocol):
         return
     common = protocol_pb2.HttpProtocolOptions()
-    if http.get("maxRequestsPerConnection"):
-        common.max_requests_per_connection.CopyFrom(u32(int(http["maxRequestsPerConnection"])))
-    if (t := seconds(http.get("idleTimeout"))) is not None:
+    if http.max_requests_per_connection:
+        common.max_requests_per_connection.CopyFrom(u32(http.max_requests_per_connection))
+    if (t := seconds(http.idle_timeout)) is not None:
         common.idle_timeout.CopyFrom(duration(t))
-    if (t := seconds(tcp.get("maxConnectionDuration"))) is not None:
+    if (t := seconds(tcp.max_connection_duration)) is not None:
         common.max_connection_duration.CopyFrom(duration(t))
     if common.ByteSize() == 0:
         return
@@ -141,7 +143,7 @@ def _connection_pool(cluster: cluster_pb2.Cluster, pool: dict[str, Any], protoco
     cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(typed(opts))
 
 
-def outlier_detection(od: Mapping[str, Any]) -> outlier_detection_pb2.OutlierDetection:
+def outlier_detection(od: OutlierDetection) -> outlier_detection_pb2.OutlierDetection:
     """Istio's outlier detection settings as Envoy's, the way Istio maps them.
 
     Success-rate detection is off (Envoy enables it by default, Istio turns it off); a detector Istio
@@ -150,29 +152,29 @@ def outlier_detection(od: Mapping[str, Any]) -> outlier_detection_pb2.OutlierDet
     failures count separately only with ``splitExternalLocalOriginErrors``.
     """
     out = outlier_detection_pb2.OutlierDetection(enforcing_success_rate=u32(0))
-    errors = od.get("consecutiveErrors")
-    if errors is not None and int(errors) > 0:
+    errors = od.consecutive_errors
+    if errors is not None and errors > 0:
         # The deprecated field counts gateway errors (502, 503, 504) only, as in Istio.
-        out.consecutive_gateway_failure.CopyFrom(u32(int(errors)))
+        out.consecutive_gateway_failure.CopyFrom(u32(errors))
         out.enforcing_consecutive_gateway_failure.CopyFrom(u32(100))
         out.enforcing_consecutive_5xx.CopyFrom(u32(0))
-    if (gw := od.get("consecutiveGatewayErrors")) is not None:
-        out.consecutive_gateway_failure.CopyFrom(u32(int(gw)))
-        out.enforcing_consecutive_gateway_failure.CopyFrom(u32(100 if int(gw) > 0 else 0))
-    if (five := od.get("consecutive5xxErrors")) is not None:
-        out.consecutive_5xx.CopyFrom(u32(int(five)))
-        out.enforcing_consecutive_5xx.CopyFrom(u32(100 if int(five) > 0 else 0))
-    if (t := seconds(od.get("interval"))) is not None:
+    if (gw := od.consecutive_gateway_errors) is not None:
+        out.consecutive_gateway_failure.CopyFrom(u32(gw))
+        out.enforcing_consecutive_gateway_failure.CopyFrom(u32(100 if gw > 0 else 0))
+    if (five := od.consecutive5xx_errors) is not None:
+        out.consecutive_5xx.CopyFrom(u32(five))
+        out.enforcing_consecutive_5xx.CopyFrom(u32(100 if five > 0 else 0))
+    if (t := seconds(od.interval)) is not None:
         out.interval.CopyFrom(duration(t))
-    if (t := seconds(od.get("baseEjectionTime"))) is not None:
+    if (t := seconds(od.base_ejection_time)) is not None:
         out.base_ejection_time.CopyFrom(duration(t))
         if t > ENVOY_MAX_EJECTION_S:
             out.max_ejection_time.CopyFrom(duration(t))
-    if int(od.get("maxEjectionPercent") or 0) > 0:
-        out.max_ejection_percent.CopyFrom(u32(int(od["maxEjectionPercent"])))
-    if od.get("splitExternalLocalOriginErrors"):
+    if od.max_ejection_percent > 0:
+        out.max_ejection_percent.CopyFrom(u32(od.max_ejection_percent))
+    if od.split_external_local_origin_errors:
         out.split_external_local_origin_errors = True
-        local = int(od.get("consecutiveLocalOriginFailures") or 0)
+        local = od.consecutive_local_origin_failures
         if local > 0:
             out.consecutive_local_origin_failure.CopyFrom(u32(local))
             out.enforcing_consecutive_local_origin_failure.CopyFrom(u32(100))
@@ -180,20 +182,21 @@ def outlier_detection(od: Mapping[str, Any]) -> outlier_detection_pb2.OutlierDet
     return out
 
 
-def route_hash_policy(policy: Mapping[str, Any]) -> list[rc.RouteAction.HashPolicy]:
+def route_hash_policy(policy: TrafficPolicy) -> list[rc.RouteAction.HashPolicy]:
     """The route's hash policy for a destination whose rule uses ``consistentHash`` (else empty)."""
-    ch = _d(_d(policy.get("loadBalancer")).get("consistentHash"))
+    lb = policy.load_balancer
+    ch = (lb.consistent_hash if lb is not None else None) or ConsistentHashLB()
     HP = rc.RouteAction.HashPolicy
-    if ch.get("httpHeaderName"):
-        return [HP(header=HP.Header(header_name=str(ch["httpHeaderName"])))]
-    if ch.get("httpCookie"):
-        cookie = _d(ch["httpCookie"])
-        c = HP.Cookie(name=str(cookie.get("name", "")), path=str(cookie.get("path") or ""))
-        if (t := seconds(cookie.get("ttl"))) is not None:
+    if ch.http_header_name:
+        return [HP(header=HP.Header(header_name=ch.http_header_name))]
+    if ch.http_cookie is not None:
+        cookie = ch.http_cookie
+        c = HP.Cookie(name=cookie.name, path=cookie.path)
+        if (t := seconds(cookie.ttl)) is not None:
             c.ttl.CopyFrom(duration(t))
         return [HP(cookie=c)]
-    if ch.get("useSourceIp"):
+    if ch.use_source_ip:
         return [HP(connection_properties=HP.ConnectionProperties(source_ip=True))]
-    if ch.get("httpQueryParameterName"):
-        return [HP(query_parameter=HP.QueryParameter(name=str(ch["httpQueryParameterName"])))]
+    if ch.http_query_parameter_name:
+        return [HP(query_parameter=HP.QueryParameter(name=ch.http_query_parameter_name))]
     return []

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, TypeVar
 
 from vmagent.controlplane.config.hosts import config_visible, host_covers, qualify_host
 from vmagent.controlplane.model import ConfigObject, Service
+from vmagent.controlplane.specs import virtualservice as vsspec
+from vmagent.controlplane.specs.destinationrule import TrafficPolicy
 from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.destination import find_destination_rule
@@ -35,17 +37,9 @@ from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 MESH_GATEWAY = "mesh"
 
 
-def _d(value: object) -> dict[str, Any]:
-    return dict(value) if isinstance(value, Mapping) else {}
-
-
-def _l(value: object) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else []
-
-
 def vs_gateways(vs: ConfigObject) -> list[str]:
     """The VirtualService's gateways, each ``mesh`` or ``NAMESPACE/NAME`` (a bare name is in its namespace)."""
-    return [_qualify(str(g), vs.namespace) for g in _l(vs.spec.get("gateways"))] or [MESH_GATEWAY]
+    return [_qualify(g, vs.namespace) for g in vs.spec_as(vsspec.VirtualService).gateways] or [MESH_GATEWAY]
 
 
 def _qualify(gateway: str, namespace: str) -> str:
@@ -53,7 +47,7 @@ def _qualify(gateway: str, namespace: str) -> str:
 
 
 def vs_hosts(vs: ConfigObject, dns_domain: str) -> list[str]:
-    return [qualify_host(str(h), vs.namespace, dns_domain) for h in _l(vs.spec.get("hosts"))]
+    return [qualify_host(h, vs.namespace, dns_domain) for h in vs.spec_as(vsspec.VirtualService).hosts]
 
 
 @dataclass(frozen=True)
@@ -65,7 +59,7 @@ class Destination:
     port: int
     subset: str
     weight: int
-    headers: Mapping[str, Any]
+    headers: vsspec.Headers | None
 
 
 @dataclass(frozen=True)
@@ -79,11 +73,16 @@ class RouteContext:
     port: int
     gateway: str = MESH_GATEWAY  # "mesh" for sidecars, "NAMESPACE/NAME" for a Gateway's routes
 
-    def destination(self, vs: ConfigObject, dest: Mapping[str, Any], weight: int = 100) -> Destination:
-        d = _d(dest.get("destination")) if "destination" in dest else dict(dest)
-        host = qualify_host(str(d.get("host", "")), vs.namespace, self.mesh.dns_domain)
-        subset = str(d.get("subset") or "")
-        number = _d(d.get("port")).get("number")
+    def destination(
+        self,
+        vs: ConfigObject,
+        d: vsspec.Destination,
+        weight: int = 100,
+        headers: vsspec.Headers | None = None,
+    ) -> Destination:
+        host = qualify_host(d.host, vs.namespace, self.mesh.dns_domain)
+        subset = d.subset
+        number = d.port.number if d.port is not None else None
         svc = self.services.get(host)
         if number is None:
             ports = sorted({p.number for p in svc.ports}) if svc is not None else []
@@ -94,25 +93,27 @@ class RouteContext:
             int(number),
             subset,
             weight,
-            _d(dest.get("headers")),
+            headers,
         )
 
-    def destinations(self, vs: ConfigObject, route: Sequence[Any]) -> list[Destination]:
+    def destinations(
+        self, vs: ConfigObject, route: Sequence[vsspec.HTTPRouteDestination | vsspec.RouteDestination]
+    ) -> list[Destination]:
         """Weighted destinations of a ``route`` list; weight-0 entries are left out (Istio does too)."""
         out = []
         for r in route:
-            rd = _d(r)
-            weight = rd.get("weight")
+            weight = r.weight
             w = 100 if weight is None and len(route) == 1 else int(weight or 0)
             if w > 0 or len(route) == 1:
-                out.append(self.destination(vs, rd, max(w, 1)))
+                headers = r.headers if isinstance(r, vsspec.HTTPRouteDestination) else None
+                out.append(self.destination(vs, r.destination, max(w, 1), headers))
         return out
 
-    def policy(self, dest: Destination) -> dict[str, Any]:
+    def policy(self, dest: Destination) -> TrafficPolicy:
         """The DestinationRule policy in force for ``dest`` (empty when its host is unknown)."""
         svc = self.services.get(dest.host)
         if svc is None:
-            return {}
+            return TrafficPolicy()
         rule = find_destination_rule(svc, self.proxy.namespace, self.configs, self.mesh)
         return rule.traffic_policy(dest.port, dest.subset)
 
@@ -144,34 +145,57 @@ def select_virtual_service(
     return best[1] if best is not None else None
 
 
-def _source_ok(match: Mapping[str, Any], proxy: ProxyInfo) -> bool:
-    labels = {str(k): str(v) for k, v in _d(match.get("sourceLabels")).items()}
-    if any(proxy.labels.get(k) != v for k, v in labels.items()):
+class Match(Protocol):
+    """What HTTP, TLS and TCP matches share: the fields that decide whether they are in force."""
+
+    @property
+    def gateways(self) -> tuple[str, ...]: ...
+
+    @property
+    def port(self) -> int | None: ...
+
+    @property
+    def source_labels(self) -> Mapping[str, str]: ...
+
+    @property
+    def source_namespace(self) -> str: ...
+
+
+M = TypeVar("M", bound=Match)
+
+
+def _source_ok(match: Match, proxy: ProxyInfo) -> bool:
+    if any(proxy.labels.get(k) != v for k, v in match.source_labels.items()):
         return False
-    ns = match.get("sourceNamespace")
+    ns = match.source_namespace
     return not ns or ns == proxy.namespace
 
 
 def match_applies(
-    vs: ConfigObject, match: Mapping[str, Any], proxy: ProxyInfo, port: int, gateway: str = MESH_GATEWAY
+    vs: ConfigObject, match: Match, proxy: ProxyInfo, port: int, gateway: str = MESH_GATEWAY
 ) -> bool:
     """Whether one match (HTTP, TCP or TLS) is in force on ``proxy`` for ``port``, as a sidecar
     (``gateway="mesh"``) or as the Gateway ``NAMESPACE/NAME``."""
-    gateways = [_qualify(str(g), vs.namespace) for g in _l(match.get("gateways"))] or vs_gateways(vs)
+    gateways = [_qualify(g, vs.namespace) for g in match.gateways] or vs_gateways(vs)
     if gateway not in gateways:
         return False
-    if match.get("port") is not None and int(match["port"]) != port:
+    if match.port is not None and match.port != port:
         return False
     return _source_ok(match, proxy)
 
 
 def applicable_matches(
-    vs: ConfigObject, route: Mapping[str, Any], proxy: ProxyInfo, port: int, gateway: str = MESH_GATEWAY
-) -> list[dict[str, Any]] | None:
-    """The route's matches in force (``[{}]`` = everything), or None when the route does not apply."""
-    matches = [_d(m) for m in _l(route.get("match"))]
+    vs: ConfigObject,
+    matches: Sequence[M],
+    everything: M,
+    proxy: ProxyInfo,
+    port: int,
+    gateway: str = MESH_GATEWAY,
+) -> list[M] | None:
+    """A route's ``matches`` in force (``[everything]`` when it has none), or None when the route does
+    not apply."""
     if not matches:
-        return [{}] if gateway in vs_gateways(vs) else None
+        return [everything] if gateway in vs_gateways(vs) else None
     kept = [m for m in matches if match_applies(vs, m, proxy, port, gateway)]
     return kept or None
 
@@ -180,13 +204,15 @@ def tcp_destinations(vs: ConfigObject | None, ctx: RouteContext) -> list[Destina
     """The destinations of the first ``tcp`` route in force, or None (use the service's own cluster)."""
     if vs is None:
         return None
-    for r in _l(vs.spec.get("tcp")):
-        rd = _d(r)
-        if applicable_matches(vs, rd, ctx.proxy, ctx.port, ctx.gateway) is None:
+    for r in vs.spec_as(vsspec.VirtualService).tcp:
+        if (
+            applicable_matches(vs, r.match, vsspec.L4MatchAttributes(), ctx.proxy, ctx.port, ctx.gateway)
+            is None
+        ):
             continue
-        if any(_d(m).get("destinationSubnets") for m in _l(rd.get("match"))):
+        if any(m.destination_subnets for m in r.match):
             continue  # destination subnets are not matched on (documented limit)
-        dests = ctx.destinations(vs, _l(rd.get("route")))
+        dests = ctx.destinations(vs, r.route)
         if dests:
             return dests
     return None
@@ -197,11 +223,9 @@ def tls_routes(vs: ConfigObject | None, ctx: RouteContext) -> list[tuple[list[st
     if vs is None:
         return []
     out = []
-    for r in _l(vs.spec.get("tls")):
-        rd = _d(r)
-        dests = ctx.destinations(vs, _l(rd.get("route")))
-        for m in _l(rd.get("match")):
-            md = _d(m)
-            if dests and match_applies(vs, md, ctx.proxy, ctx.port, ctx.gateway):
-                out.append(([str(h) for h in _l(md.get("sniHosts"))], dests))
+    for r in vs.spec_as(vsspec.VirtualService).tls:
+        dests = ctx.destinations(vs, r.route)
+        for m in r.match:
+            if dests and match_applies(vs, m, ctx.proxy, ctx.port, ctx.gateway):
+                out.append((list(m.sni_hosts), dests))
     return out

@@ -54,8 +54,11 @@ REMOVED = (
 )
 
 
+_STARTED = time.monotonic()
+
+
 def log(msg: str) -> None:
-    print(f"image: {msg}", file=sys.stderr, flush=True)
+    print(f"image: [{time.monotonic() - _STARTED:5.0f} s] {msg}", file=sys.stderr, flush=True)
 
 
 def sh(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -195,7 +198,6 @@ def main() -> int:
     build: Path = args.build_dir
     build.mkdir(parents=True, exist_ok=True)
     epoch = source_date_epoch()
-    started = time.monotonic()
 
     packages = debs(args.debs, version, arch, build)
     cache = RootfsCache(Path(os.environ.get("VMAGENT_CACHE", "/var/cache/vmagent-dev")), apt_mirror())
@@ -207,6 +209,7 @@ def main() -> int:
     context = build / "context"
     shutil.rmtree(context, ignore_errors=True)
     context.mkdir()
+    log("writing the layer's tar")
     rootfs_tar(root, context / "rootfs.tar", epoch)
     shutil.rmtree(root)
 
@@ -239,9 +242,10 @@ def main() -> int:
     shutil.rmtree(context)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
+    log(f"podman save {out}")
     sh([*podman, "save", "--format", "oci-archive", "-o", str(out), tag], timeout=1200)
     image_id = sh([*podman, "image", "inspect", "--format", "{{.Id}}", tag]).stdout.strip()
-    log(f"{tag} (id {image_id[:12]}) in {time.monotonic() - started:.0f} s")
+    log(f"{tag} (id {image_id[:12]}) built")
     log(f"{out} {out.stat().st_size / 1048576:.1f} MB")
     print(tag)
     return 0

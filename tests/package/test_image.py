@@ -116,8 +116,10 @@ def built(packages: Packages, rootfs: RootfsCache) -> Iterator[Built]:
         if not (out / ".ready").exists():
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
-            _build_offline(out, packages)
-            shutil.rmtree(out / "build", ignore_errors=True)
+            try:
+                _build_offline(out, packages)
+            finally:
+                shutil.rmtree(out / "build", ignore_errors=True)  # the staged tree, ~700 MB
             (out / ".ready").touch()
             _prune(out)
         out.touch()  # newest for _prune

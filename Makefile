@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV = $(shell scripts/venv.sh)
 PYTEST_ARGS ?=
 
-.PHONY: deps venv test lint typecheck unit fuzz chaos demo bench packages proto vagrant clean
+.PHONY: deps venv test lint typecheck unit fuzz chaos demo bench packages image proto vagrant clean
 
 deps:
 	@scripts/system-deps.sh
@@ -66,6 +66,12 @@ bench: deps
 
 packages: deps
 	@v=$(VENV); PATH=$$v/bin:$$PATH packaging/build.sh
+
+# The container image (docs/kubernetes.md "The image"): localhost/vmagent:VERSION in the podman store and
+# dist/vmagent-image_VERSION_ARCH.oci.tar, from the .debs (built first) on the package tier's Debian tree.
+image: deps
+	@v=$(VENV); set -e; PATH=$$v/bin:$$PATH FORMATS=deb packaging/build.sh; \
+	  PATH=$$v/bin:$$PATH $$v/bin/python packaging/image.py --debs dist
 
 # The VM tier (docs/vagrant.md): real VMs under Vagrant + libvirt, not part of `make test`. It installs its
 # own Debian packages (scripts/vagrant-deps.sh), starts libvirt itself and leaves nothing behind.

@@ -3,11 +3,13 @@
 # Usage: scripts/system-deps.sh   (needs root when something is missing)
 set -euo pipefail
 # docs/development.md lists which command needs which package (tests/tools.py checks them before a test run).
+# podman: `make image` (packaging/image.py) and the package tier's image test; runc: the runtime podman
+# needs on cgroup v1/hybrid hosts, where crun refuses to start containers.
 # nftables: only the tests' inspector (`nft list ruleset`); vmagent itself never runs nft.
 pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev iptables nftables iproute2 procps
       passwd mawk systemd debootstrap systemd-container rpm rpmlint lintian curl ca-certificates make git
       bind9-dnsutils prometheus faketime wabt chromium chromium-driver
-      openssh-client)
+      openssh-client podman runc)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

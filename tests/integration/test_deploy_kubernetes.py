@@ -10,6 +10,8 @@
 * the manifests apply with ``kubectl apply -k`` (client-side and ``--server-side``) and delete with
   ``kubectl delete -k`` on the test API server (tests/kubeapi: a stand-in for kube-apiserver, which cannot
   be installed here; it stores RBAC and Deployments but runs no controllers or kubelet);
+* the Deployment runs the image ``make image`` builds (vmagent/common/image.py ``IMAGE``), and an overlay's
+  kustomize ``images:`` replaces it as docs/kubernetes.md shows;
 * the Deployment's command line is accepted by ``vmagent-cp serve`` (every flag in ``--help``), and
   ``vmagent-cp`` started with it (the in-cluster service account swapped for a kubeconfig, the volumes laid
   out under a temporary root as the kubelet would mount them) answers its probes and watches the cluster.
@@ -26,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,8 +45,10 @@ from cryptography.x509.oid import NameOID
 
 from tests.harness import free_port, require_tool, wait_for
 from tests.kubeapi import KubeApiServer
+from vmagent import __version__
 from vmagent.cli.common import build_parser
 from vmagent.cli.controlplane import SUBCOMMANDS
+from vmagent.common.image import IMAGE, IMAGE_REPOSITORY, IMAGE_TAG
 from vmagent.common.x509util import cert_pem, generate_key, key_pem
 from vmagent.controlplane.config.kinds import KINDS
 from vmagent.controlplane.kube.permissions import merged
@@ -322,11 +327,47 @@ def _missing(live: Any, wanted: Any, path: str) -> str:
     return "" if live == wanted else f"{path}: {live!r} != {wanted!r}"
 
 
+# -- the image -----------------------------------------------------------------------------------
+
+
+def test_the_deployment_runs_the_image_make_image_builds(rendered: dict[str, list[Obj]]) -> None:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    assert __version__ == version, "vmagent/__init__.py __version__ differs from pyproject.toml's version"
+    assert IMAGE == f"localhost/vmagent:{version}"
+    for kustomization in ("base", "vm-join-lb"):
+        assert container(rendered, kustomization)["image"] == IMAGE, kustomization
+
+
+def test_an_overlay_replaces_the_image_with_kustomize_images(tmp_path: Path) -> None:
+    """The overlay of docs/kubernetes.md "The image": the image pushed to a registry of the operator's."""
+    overlay = tmp_path / "my-registry"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(BASE, overlay)],
+                "images": [
+                    {
+                        "name": IMAGE_REPOSITORY,
+                        "newName": "registry.example.com/mesh/vmagent",
+                        "newTag": IMAGE_TAG,
+                    }
+                ],
+            }
+        )
+    )
+    (c,) = the(kustomize(overlay), "Deployment", "vmagent-cp")["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == f"registry.example.com/mesh/vmagent:{IMAGE_TAG}"
+
+
 # -- the Deployment's command line ---------------------------------------------------------------
 
 
-def container(rendered: dict[str, list[Obj]]) -> Obj:
-    pod = the(rendered["base"], "Deployment", "vmagent-cp")["spec"]["template"]["spec"]
+def container(rendered: dict[str, list[Obj]], kustomization: str = "base") -> Obj:
+    pod = the(rendered[kustomization], "Deployment", "vmagent-cp")["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert isinstance(c, dict)
     return c

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from vmagent import __version__
 from vmagent.common.errors import VmagentError
 from vmagent.common.logsetup import setup_logging
 
@@ -22,6 +23,7 @@ DAEMON_COMMANDS = ("serve", "run")
 def build_parser(prog: str, description: str, modules: Sequence[str]) -> argparse.ArgumentParser:
     """A parser whose subcommands come from ``modules``; each has ``add_subcommand(subparsers)``."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     parser.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],

@@ -26,6 +26,7 @@ from vmagent.common.constants import (
     ENVOY_PROMETHEUS_PORT,
     READINESS_PORT,
 )
+from vmagent.common.image import IMAGE, IMAGE_GID, IMAGE_UID
 from vmagent.common.wire import (
     APP_PROBERS_ENV,
     INIT_CONTAINER,
@@ -38,7 +39,7 @@ from vmagent.common.wire import (
     SIDECAR_CONTAINER,
 )
 
-DEFAULT_SIDECAR_IMAGE = "vmagent-sidecar:latest"
+DEFAULT_SIDECAR_IMAGE = IMAGE  # what `make image` builds (vmagent/common/image.py)
 TOKEN_VOLUME = "istio-token"  # noqa: S105 - a volume name
 ROOT_CERT_VOLUME = "istiod-ca-cert"
 PODINFO_VOLUME = "istio-podinfo"
@@ -146,6 +147,10 @@ def sidecar_container(settings: SidecarSettings, probers: dict[str, dict[str, An
         },
         "resources": {"requests": dict(settings.requests), "limits": dict(settings.limits)},
         "securityContext": {
+            # The image's proxy user, set here so that a pod-level runAsUser cannot make Envoy a user
+            # that capture does not exempt (as Istio pins 1337).
+            "runAsUser": IMAGE_UID,
+            "runAsGroup": IMAGE_GID,
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
             "privileged": False,

@@ -1,7 +1,8 @@
 """A real Envoy outlives its supervisor and the next one adopts it (vmagent/agent/envoy_adoption.py).
 
-A supervisor that is simply dropped (never stopped) stands for a SIGKILLed agent: its Envoy runs on in
-its own session, with its log in a file. The next supervisor on the same paths adopts that Envoy when
+A supervisor in a child process stands for the agent and is SIGKILLed: its Envoy runs on (its parent is
+a keeper shell, not the agent; Envoy would otherwise take SIGTERM as its parent died), with its log in a
+file. The next supervisor on the same paths adopts that Envoy when
 it is the recorded process with the same bootstrap, and drains and replaces it when the bootstrap
 changed; a recorded pid that belongs to some other process is left alone.
 """
@@ -14,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,24 +85,48 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_a_dropped_supervisors_envoy_is_adopted_then_stopped(runtime: Path) -> None:
+_AGENT = """
+import sys, time
+from pathlib import Path
+from tests.integration.test_envoy_adoption import _supervisor
+from tests.harness import wait_for
+sup = _supervisor(Path(sys.argv[1]))
+sup.start()
+wait_for(sup.live, 15, what="Envoy live")
+print(sup.pid(), flush=True)
+time.sleep(600)
+"""
+
+
+def test_an_envoy_outlives_its_killed_supervisor_and_is_adopted(runtime: Path) -> None:
     bootstrap = runtime / "envoy-bootstrap.json"
     write_bootstrap(bootstrap, _bootstrap(runtime))
-    first = _supervisor(runtime)
-    first.start()
-    wait_for(first.live, 15, what="the first Envoy live")
-    pid = first.pid()
-    assert pid is not None and first.adopted_pid is None
+    agent = subprocess.Popen(
+        [sys.executable, "-c", _AGENT, str(runtime)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        assert agent.stdout is not None
+        pid = int(agent.stdout.readline())
+    finally:
+        agent.kill()  # SIGKILL: nothing of the "agent" runs any more
+        agent.wait()
     assert json.loads((runtime / "envoy.json").read_text())["pid"] == pid
     wait_for(lambda: b"starting main dispatch loop" in (runtime / "envoy.log").read_bytes(), 15, what="log")
-    # The "agent" dies: `first` is never stopped. Its Envoy runs on; the bootstrap is written again as is.
-    write_bootstrap(bootstrap, json.loads(bootstrap.read_text()))
+    write_bootstrap(bootstrap, json.loads(bootstrap.read_text()))  # the next agent writes the same bootstrap
     second = _supervisor(runtime)
     second.start()
     try:
+        assert _alive(pid), "Envoy outlived its supervisor"
         assert second.adopted_pid == pid and second.pid() == pid and second.live()
         assert second.restarts == 0
-        print(f"\nEnvoy pid {pid} adopted by a new supervisor")
+        print(f"\nEnvoy pid {pid} outlived its SIGKILLed supervisor and was adopted")
+        # An adopted Envoy is still supervised: killed, it is restarted, its exit status known.
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: second.live() and second.pid() != pid, 15, what="a new Envoy after the kill")
+        assert second.restarts == 1 and second.last_exit_code == -signal.SIGKILL
     finally:
         second.stop()
     assert not _alive(pid)
@@ -140,7 +166,7 @@ def test_a_recorded_pid_that_is_not_envoy_is_left_alone(runtime: Path) -> None:
                     "bootstrap_path": str(bootstrap),
                     "binary": str(find_envoy_binary()),
                 }
-            )  # fmt: skip
+            )
         )
         sup = _supervisor(runtime)
         sup.start()

@@ -75,35 +75,45 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-class EnvoyHandle:
-    """A running Envoy: the agent's child (``popen``) or one adopted from an earlier agent (a pidfd only).
+def exit_code(status: int) -> int:
+    """A shell's ``$?`` for a child as Popen reports it: 128+N (killed by signal N) becomes -N."""
+    return -(status - 128) if status > 128 else status
 
-    An adopted Envoy is not our child, so its exit status is unknown: :meth:`wait` returns None for it.
+
+class EnvoyHandle:
+    """A running Envoy, watched through a pidfd (so every signal reaches that very process).
+
+    Envoy is never the agent's child: it asks the kernel for SIGTERM when its parent dies
+    (``PR_SET_PDEATHSIG``), so its parent is a small shell, its *keeper* (:data:`KEEPER_SCRIPT`), which
+    outlives the agent, waits for Envoy and writes its exit status to ``exit_path``. ``keeper`` is that
+    shell when this agent started it (its child), None for an adopted Envoy.
     """
 
-    def __init__(self, pid: int, pidfd: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(
+        self, pid: int, pidfd: int, exit_path: Path, keeper: subprocess.Popen[bytes] | None = None
+    ) -> None:
         self.pid = pid
         self._pidfd = pidfd
-        self._popen = popen
-        self.adopted = popen is None
+        self._exit_path = exit_path
+        self._keeper = keeper
+        self.adopted = keeper is None
         self._exited = False
+        self._code: int | None = None
 
     @classmethod
-    def open(cls, pid: int) -> EnvoyHandle | None:
+    def open(cls, pid: int, exit_path: Path) -> EnvoyHandle | None:
         """A handle on the running process ``pid``, or None when there is none."""
         try:
             fd = os.pidfd_open(pid)
         except OSError:
             return None
-        handle = cls(pid, fd)
+        handle = cls(pid, fd, exit_path)
         if not handle.running():
             handle.close()
             return None
         return handle
 
     def running(self) -> bool:
-        if self._popen is not None:
-            return self._popen.poll() is None
         if self._exited or self._pidfd < 0:
             return False
         ready, _, _ = select.select([self._pidfd], [], [], 0)
@@ -111,24 +121,33 @@ class EnvoyHandle:
         return not self._exited
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """Wait for the exit; its code for a child, None for an adopted Envoy. TimeoutError on timeout."""
-        if self._popen is not None:
-            try:
-                return self._popen.wait(timeout)
-            except subprocess.TimeoutExpired as exc:
-                raise TimeoutError(str(exc)) from exc
-        if self._exited or self._pidfd < 0:
+        """Wait for the exit and return its code (as Popen: -N for signal N; None when the keeper did
+        not say). TimeoutError when it still runs after ``timeout`` seconds."""
+        if not self._exited and self._pidfd >= 0:
+            ready, _, _ = select.select([self._pidfd], [], [], timeout)
+            if not ready:
+                raise TimeoutError(f"Envoy pid {self.pid} still runs")
+            self._exited = True
+        if self._code is None:
+            self._code = self._keeper_status()
+        return self._code
+
+    def _keeper_status(self) -> int | None:
+        if self._keeper is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return exit_code(self._keeper.wait(5))
             return None
-        ready, _, _ = select.select([self._pidfd], [], [], timeout)
-        if not ready:
-            raise TimeoutError(f"Envoy pid {self.pid} still runs")
-        self._exited = True
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                return exit_code(int(self._exit_path.read_text()))
+            except FileNotFoundError:
+                time.sleep(0.05)
+            except (OSError, ValueError):
+                return None
         return None
 
     def send_signal(self, sig: signal.Signals) -> None:
-        if self._popen is not None:
-            self._popen.send_signal(sig)
-            return
         if self._pidfd >= 0:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, sig)
@@ -139,6 +158,18 @@ class EnvoyHandle:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+# The keeper: run "$@" (Envoy) in the background, write its pid to "$1.pid" and, once it exited, its
+# status to "$1"; exit with that status. Both files appear whole (written aside, then renamed).
+KEEPER_SCRIPT = """s="$1"; shift
+"$@" </dev/null &
+p=$!
+echo "$p" >"$s.pid.tmp" && mv -f "$s.pid.tmp" "$s.pid"
+wait "$p"; c=$?
+echo "$c" >"$s.tmp" && mv -f "$s.tmp" "$s"
+exit "$c"
+"""
 
 
 def admin_peer_pid(endpoint: AdminEndpoint) -> int | None:

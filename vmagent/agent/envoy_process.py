@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from vmagent.agent.envoy_admin import AdminEndpoint, admin_request
-from vmagent.agent.envoy_adoption import EnvoyHandle, EnvoyRecord, file_sha256, verify
+from vmagent.agent.envoy_adoption import KEEPER_SCRIPT, EnvoyHandle, EnvoyRecord, file_sha256, verify
 from vmagent.agent.envoy_runtime import lookup_proxy_user
 from vmagent.common.errors import VmagentError
 from vmagent.common.metrics import Registry
@@ -100,6 +100,7 @@ class EnvoySupervisor:
         self._extra_args = list(extra_args or [])
         self.record_path = record_path or bootstrap_path.with_suffix(".pid.json")
         self.log_path = log_path or bootstrap_path.with_suffix(".log")
+        self.exit_path = self.record_path.with_suffix(".exit")  # the keeper's report (envoy_adoption.py)
         self._lock = threading.Lock()
         self._proc: EnvoyHandle | None = None
         self._tail: threading.Thread | None = None
@@ -186,7 +187,7 @@ class EnvoySupervisor:
         record = EnvoyRecord.load(self.record_path)
         if record is None:
             return None
-        handle = EnvoyHandle.open(record.pid)
+        handle = EnvoyHandle.open(record.pid, self.exit_path)
         if handle is None:
             log.info("the recorded Envoy pid %d is gone; starting a new one", record.pid)
             self.record_path.unlink(missing_ok=True)
@@ -258,22 +259,25 @@ class EnvoySupervisor:
     # --- internals ------------------------------------------------------------------------------------
 
     def _spawn(self) -> None:
-        kwargs: dict[str, object] = {}
         cmd = self.command()
-        if self._user is not None and self._bind_privileged:
-            # setpriv switches user and keeps CAP_NET_BIND_SERVICE as an ambient capability across exec.
+        if self._user is not None:
+            # setpriv switches user (and, for a gateway on ports < 1024, keeps CAP_NET_BIND_SERVICE as an
+            # ambient capability across exec).
+            caps = ["--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service"]
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                raise VmagentError("running Envoy as another user needs setpriv (util-linux) on PATH")
             cmd = [
-                str(shutil.which("setpriv")),
+                setpriv,
                 f"--reuid={self._user.uid}",
                 f"--regid={self._user.gid}",
                 "--clear-groups",
-                "--inh-caps=+net_bind_service",
-                "--ambient-caps=+net_bind_service",
+                *(caps if self._bind_privileged else []),
                 "--",
                 *cmd,
             ]
-        elif self._user is not None:
-            kwargs = {"user": self._user.uid, "group": self._user.gid, "extra_groups": []}
+        for stale in (self.exit_path, self.exit_path.with_name(self.exit_path.name + ".pid")):
+            stale.unlink(missing_ok=True)
         try:
             log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         except OSError as exc:
@@ -281,30 +285,27 @@ class EnvoySupervisor:
                 f"cannot open Envoy's log file {self.log_path}: {exc.strerror or exc}"
             ) from exc
         try:
-            # Its own session and no pipe to the agent: Envoy outlives the agent (see the module docstring).
-            popen = subprocess.Popen(  # a supervised daemon, not a command: proc.run does not apply
-                cmd,
+            # Its own session, a keeper shell as its parent and no pipe to the agent: Envoy outlives the
+            # agent (see the module docstring and EnvoyHandle).
+            keeper = subprocess.Popen(  # a supervised daemon, not a command: proc.run does not apply
+                ["/bin/sh", "-c", KEEPER_SCRIPT, "vmagent-envoy-keeper", str(self.exit_path), *cmd],
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
                 start_new_session=True,
-                **kwargs,  # type: ignore[call-overload]
             )
         except OSError as exc:
             raise VmagentError(f"cannot start Envoy {self.binary}: {exc.strerror or exc}") from exc
         finally:
             os.close(log_fd)
         started = time.time()
-        handle = EnvoyHandle(popen.pid, os.pidfd_open(popen.pid), popen)
+        pid = self._keeper_pid(keeper)
+        handle = EnvoyHandle(pid, os.pidfd_open(pid), self.exit_path, keeper)
         with self._lock:
             self._proc = handle
         try:
             EnvoyRecord(
-                popen.pid,
-                started,
-                file_sha256(self.bootstrap_path),
-                str(self.bootstrap_path),
-                str(self.binary),
+                pid, started, file_sha256(self.bootstrap_path), str(self.bootstrap_path), str(self.binary)
             ).save(self.record_path)
         except OSError as exc:
             log.warning(
@@ -312,7 +313,20 @@ class EnvoySupervisor:
             )
         self._start_tail(from_end=False)
         who = self._user.name if self._user else "the current user"
-        log.info("started Envoy pid %d as %s", popen.pid, who)
+        log.info("started Envoy pid %d as %s", pid, who)
+
+    def _keeper_pid(self, keeper: subprocess.Popen[bytes]) -> int:
+        """Envoy's pid, as its keeper reports it (within 10 s)."""
+        pid_file = self.exit_path.with_name(self.exit_path.name + ".pid")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                return int(pid_file.read_text())
+            except (FileNotFoundError, ValueError):
+                time.sleep(0.01)
+        keeper.kill()
+        keeper.wait()
+        raise VmagentError(f"Envoy's keeper shell did not report Envoy's pid in {pid_file}")
 
     def _start_tail(self, from_end: bool) -> None:
         if self._tail is not None and self._tail.is_alive():

@@ -262,7 +262,27 @@ def test_join_upgrade_remove(
     assert identity(vm) == before, "the upgrade changed the VM's identity"
     check_surface(vm, "after upgrade")
 
-    # Removal: stopped, capture gone, no agent or Envoy process left; identity kept for a reinstall.
+    # The agent SIGKILLed (a crash): its Envoy keeps serving and capture stays (ExecStopPost sees
+    # SERVICE_RESULT=signal); systemd restarts the agent after RestartSec and it adopts that Envoy.
+    envoy_pid = json.loads(vm.exec(["vmagent", "status", "-o", "json"]).stdout)["envoy"]["pid"]
+    agent_pid = main_pid(vm)
+    vm.exec(["kill", "-KILL", str(agent_pid)])
+    wait_for(
+        lambda: main_pid(vm) not in (0, agent_pid), timeout=60, what="systemd to restart the killed agent"
+    )
+    wait_ready(vm)
+    envoy = json.loads(vm.exec(["vmagent", "status", "-o", "json"]).stdout)["envoy"]
+    assert envoy["pid"] == envoy_pid and envoy["adopted_pid"] == envoy_pid, (envoy, journal(vm))
+    assert "keeps serving and capture stays" in journal(vm), journal(vm)
+    assert "VMAGENT" in vm.exec(["iptables-save"]).stdout
+    print(f"agent SIGKILLed: systemd restarted it and it adopted Envoy pid {envoy_pid}")
+    check_surface(vm, "after an agent kill")
+
+    # Killed again, and removed right away (maybe before systemd restarted it): nothing survives either.
+    vm.exec(["kill", "-KILL", str(main_pid(vm))])
+
+    # Removal: stopped, capture gone, no agent or Envoy process left (`vmagent cleanup` in prerm stops an
+    # Envoy a killed agent left); identity kept for a reinstall.
     vm.exec(["dpkg", "-r", "vmagent"], timeout=300)
     rules = vm.exec(["sh", "-c", "iptables-save; ip6tables-save"]).stdout
     assert "VMAGENT" not in rules, rules

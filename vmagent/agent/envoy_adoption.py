@@ -217,3 +217,40 @@ def verify(record: EnvoyRecord, handle: EnvoyHandle, admin: AdminEndpoint) -> st
     if not handle.running():
         return "it exited while being checked"
     return ""
+
+
+def recorded_envoy(record_path: Path, admin: AdminEndpoint) -> tuple[EnvoyRecord, EnvoyHandle] | str:
+    """The running Envoy a (dead) agent recorded, verified as above; else a sentence saying why not."""
+    record = EnvoyRecord.load(record_path)
+    if record is None:
+        return f"no Envoy is recorded in {record_path}"
+    handle = EnvoyHandle.open(record.pid, record_path.with_suffix(".exit"))
+    if handle is None:
+        return f"the recorded Envoy pid {record.pid} is gone"
+    problem = verify(record, handle, admin)
+    if problem:
+        handle.close()
+        return f"the recorded Envoy pid {record.pid} is not checked to be Envoy ({problem}): left alone"
+    return record, handle
+
+
+def stop_recorded_envoy(record_path: Path, admin: AdminEndpoint, term_timeout: float = 10.0) -> str:
+    """Stop the Envoy an agent left running (SIGTERM; SIGKILL after ``term_timeout``); say what was done.
+    For ``vmagent cleanup``: the agent itself stops its Envoy when it stops, so this finds one only after
+    the agent was killed."""
+    found = recorded_envoy(record_path, admin)
+    if isinstance(found, str):
+        if "left alone" not in found:
+            record_path.unlink(missing_ok=True)
+        return found
+    record, handle = found
+    handle.send_signal(signal.SIGTERM)
+    try:
+        handle.wait(term_timeout)
+    except TimeoutError:
+        handle.send_signal(signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            handle.wait(10)
+    handle.close()
+    record_path.unlink(missing_ok=True)
+    return f"stopped the Envoy pid {record.pid} left by the agent"

@@ -33,6 +33,7 @@ from vmagent.agent.envoy_bootstrap import (
 )
 from vmagent.agent.envoy_process import EnvoySupervisor
 from vmagent.agent.envoy_runtime import prepare_runtime_dir
+from vmagent.lab.netns import Netns
 
 
 @pytest.fixture
@@ -98,9 +99,8 @@ time.sleep(600)
 """
 
 
-def test_an_envoy_outlives_its_killed_supervisor_and_is_adopted(runtime: Path) -> None:
-    bootstrap = runtime / "envoy-bootstrap.json"
-    write_bootstrap(bootstrap, _bootstrap(runtime))
+def _orphaned_envoy(runtime: Path) -> int:
+    """Start a supervisor in a child process, wait for its Envoy, SIGKILL the child; Envoy's pid."""
     agent = subprocess.Popen(
         [sys.executable, "-c", _AGENT, str(runtime)],
         stdout=subprocess.PIPE,
@@ -109,10 +109,16 @@ def test_an_envoy_outlives_its_killed_supervisor_and_is_adopted(runtime: Path) -
     )
     try:
         assert agent.stdout is not None
-        pid = int(agent.stdout.readline())
+        return int(agent.stdout.readline())
     finally:
         agent.kill()  # SIGKILL: nothing of the "agent" runs any more
         agent.wait()
+
+
+def test_an_envoy_outlives_its_killed_supervisor_and_is_adopted(runtime: Path) -> None:
+    bootstrap = runtime / "envoy-bootstrap.json"
+    write_bootstrap(bootstrap, _bootstrap(runtime))
+    pid = _orphaned_envoy(runtime)
     assert json.loads((runtime / "envoy.json").read_text())["pid"] == pid
     wait_for(lambda: b"starting main dispatch loop" in (runtime / "envoy.log").read_bytes(), 15, what="log")
     write_bootstrap(bootstrap, json.loads(bootstrap.read_text()))  # the next agent writes the same bootstrap
@@ -179,3 +185,23 @@ def test_a_recorded_pid_that_is_not_envoy_is_left_alone(runtime: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def test_cleanup_keeps_the_envoy_after_a_crash_and_stops_it_otherwise(runtime: Path) -> None:
+    """`vmagent cleanup` as the unit's ExecStopPost runs it (in a namespace of its own: it also cleans
+    capture there, which has none)."""
+    write_bootstrap(runtime / "envoy-bootstrap.json", _bootstrap(runtime))
+    pid = _orphaned_envoy(runtime)
+    cmd = [
+        str(Path(sys.executable).parent / "vmagent"), "cleanup", "--keep-after-crash",
+        "--runtime-dir", str(runtime), "--config-dir", str(runtime / "no-config"),
+    ]  # fmt: skip
+    with Netns("vmclean") as ns:
+        kept = ns.run(cmd, env={"SERVICE_RESULT": "signal"})
+        assert f"its Envoy pid {pid} keeps serving and capture stays" in kept.stdout, kept.stdout
+        assert _alive(pid)
+        stopped = ns.run(cmd, env={"SERVICE_RESULT": "success"})
+        assert f"stopped the Envoy pid {pid}" in stopped.stdout, stopped.stdout
+        assert "capture was not applied" in stopped.stdout
+    wait_for(lambda: not _alive(pid), 10, what="the Envoy to be gone")
+    assert not (runtime / "envoy.json").exists()

@@ -175,15 +175,19 @@ def wait_ready(vm: Machine) -> None:
 PROXY_CAPS = {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
 
 
-def check_surface(vm: Machine, when: str) -> None:
+def check_surface(vm: Machine, when: str, adopted: bool = False) -> None:
     """What a local user on the VM faces (docs/security.md): private state, a root-only Envoy admin socket
-    and no TCP admin port, and an agent holding only the capabilities it needs (every thread)."""
+    and no TCP admin port, and an agent holding only the capabilities it needs (every thread).
+    ``adopted``: the running Envoy was adopted by a restarted agent (its admin socket is root:vmagent-proxy)."""
     modes = vm.exec(
         ["stat", "-c", "%n %a %U:%G", "/var/lib/vmagent", "/var/lib/vmagent/key.pem", "/run/vmagent",
          "/run/vmagent/envoy", "/run/vmagent/envoy/admin.sock", "/run/vmagent/control.sock"],
     ).stdout.split("\n")  # fmt: skip
     got = dict(line.split(" ", 1) for line in modes if line)
     print(f"{when}: {got}")
+    if adopted:  # systemd chowned the kept runtime directory to root at the restart; the agent regrouped it
+        assert got.pop("/run/vmagent/envoy/admin.sock") == "660 root:vmagent-proxy", when
+        got["/run/vmagent/envoy/admin.sock"] = "660 vmagent-proxy:vmagent-proxy"
     assert got == {
         "/var/lib/vmagent": "700 root:root",
         "/var/lib/vmagent/key.pem": "600 root:root",
@@ -276,7 +280,7 @@ def test_join_upgrade_remove(
     assert "keeps serving and capture stays" in journal(vm), journal(vm)
     assert "VMAGENT" in vm.exec(["iptables-save"]).stdout
     print(f"agent SIGKILLed: systemd restarted it and it adopted Envoy pid {envoy_pid}")
-    check_surface(vm, "after an agent kill")
+    check_surface(vm, "after an agent kill", adopted=True)
 
     # Killed again, and removed right away (maybe before systemd restarted it): nothing survives either.
     vm.exec(["kill", "-KILL", str(main_pid(vm))])

@@ -175,15 +175,19 @@ def wait_ready(vm: Machine) -> None:
 PROXY_CAPS = {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
 
 
-def check_surface(vm: Machine, when: str) -> None:
+def check_surface(vm: Machine, when: str, adopted: bool = False) -> None:
     """What a local user on the VM faces (docs/security.md): private state, a root-only Envoy admin socket
-    and no TCP admin port, and an agent holding only the capabilities it needs (every thread)."""
+    and no TCP admin port, and an agent holding only the capabilities it needs (every thread).
+    ``adopted``: the running Envoy was adopted by a restarted agent (its admin socket is root:vmagent-proxy)."""
     modes = vm.exec(
         ["stat", "-c", "%n %a %U:%G", "/var/lib/vmagent", "/var/lib/vmagent/key.pem", "/run/vmagent",
          "/run/vmagent/envoy", "/run/vmagent/envoy/admin.sock", "/run/vmagent/control.sock"],
     ).stdout.split("\n")  # fmt: skip
     got = dict(line.split(" ", 1) for line in modes if line)
     print(f"{when}: {got}")
+    if adopted:  # systemd chowned the kept runtime directory to root at the restart; the agent regrouped it
+        assert got.pop("/run/vmagent/envoy/admin.sock") == "660 root:vmagent-proxy", when
+        got["/run/vmagent/envoy/admin.sock"] = "660 vmagent-proxy:vmagent-proxy"
     assert got == {
         "/var/lib/vmagent": "700 root:root",
         "/var/lib/vmagent/key.pem": "600 root:root",
@@ -262,7 +266,27 @@ def test_join_upgrade_remove(
     assert identity(vm) == before, "the upgrade changed the VM's identity"
     check_surface(vm, "after upgrade")
 
-    # Removal: stopped, capture gone, no agent or Envoy process left; identity kept for a reinstall.
+    # The agent SIGKILLed (a crash): its Envoy keeps serving and capture stays (ExecStopPost sees
+    # SERVICE_RESULT=signal); systemd restarts the agent after RestartSec and it adopts that Envoy.
+    envoy_pid = json.loads(vm.exec(["vmagent", "status", "-o", "json"]).stdout)["envoy"]["pid"]
+    agent_pid = main_pid(vm)
+    vm.exec(["kill", "-KILL", str(agent_pid)])
+    wait_for(
+        lambda: main_pid(vm) not in (0, agent_pid), timeout=60, what="systemd to restart the killed agent"
+    )
+    wait_ready(vm)
+    envoy = json.loads(vm.exec(["vmagent", "status", "-o", "json"]).stdout)["envoy"]
+    assert envoy["pid"] == envoy_pid and envoy["adopted_pid"] == envoy_pid, (envoy, journal(vm))
+    assert "keeps serving and capture stays" in journal(vm), journal(vm)
+    assert "VMAGENT" in vm.exec(["iptables-save"]).stdout
+    print(f"agent SIGKILLed: systemd restarted it and it adopted Envoy pid {envoy_pid}")
+    check_surface(vm, "after an agent kill", adopted=True)
+
+    # Killed again, and removed right away (maybe before systemd restarted it): nothing survives either.
+    vm.exec(["kill", "-KILL", str(main_pid(vm))])
+
+    # Removal: stopped, capture gone, no agent or Envoy process left (`vmagent cleanup` in prerm stops an
+    # Envoy a killed agent left); identity kept for a reinstall.
     vm.exec(["dpkg", "-r", "vmagent"], timeout=300)
     rules = vm.exec(["sh", "-c", "iptables-save; ip6tables-save"]).stdout
     assert "VMAGENT" not in rules, rules

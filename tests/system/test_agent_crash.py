@@ -7,10 +7,9 @@ Two VMs, web (client) and api; a paced loop of 250 req/s from web to api through
   meanwhile are counted, every one of them within ``ENVOY_WINDOW`` seconds of the kill, and the loop is
   whole again after it.
 * The agent SIGKILLed (systemd restarts it after ``RestartSec=2s``; the test does the same): its Envoy
-  exits within about a second (its log pipe breaks) and DNS answers stop; the restarted agent starts a
-  fresh Envoy. Outbound requests fail from the kill until the new Envoy is live: counted, all within
-  ``AGENT_WINDOW`` seconds. The issue's target of zero is not met (docs/reliability.md says why and what
-  would close it).
+  keeps running and serving with its last configuration and certificate; the restarted agent adopts it
+  (same pid, ``adopted_pid`` in the status) and Envoy reconnects to the SDS and xDS sockets by itself.
+  Asserted: zero failed requests, at the loop's full pace.
 """
 
 from __future__ import annotations
@@ -31,7 +30,8 @@ from vmagent.lab.wait import wait_for
 
 RATE = 250
 ENVOY_WINDOW = 15.0  # every request lost to an Envoy kill fails within this many seconds of it
-AGENT_WINDOW = 30.0  # ... to an agent kill (2 s restart delay, agent start, Envoy start, first config)
+AGENT_WINDOW = 30.0  # the restarted agent is ready within this many seconds of the kill
+DURATION = 20.0  # seconds of the loop around the agent kill
 
 
 @pytest.fixture(scope="module")
@@ -78,33 +78,34 @@ def test_envoy_killed_is_restarted_and_its_loss_is_bounded(mesh: MeshLab) -> Non
     assert report["ok"] >= report["sent"] - report["failed"] and report["ok"] > RATE * 5
 
 
-def test_agent_killed_and_restarted_loses_a_bounded_number_of_requests(mesh: MeshLab) -> None:
+def test_agent_killed_and_restarted_adopts_its_envoy_and_loses_no_request(mesh: MeshLab) -> None:
     web = mesh.vms["web"]
+    before = web.status()["envoy"]
     t: dict[str, float] = {}
 
     def kill_and_restart_agent() -> None:
         t["kill"] = time.monotonic()
         _, envoy_pid = mesh.kill_agent(web, envoy=False)
-        assert envoy_pid is not None
-        wait_for(
-            lambda: not os.path.exists(f"/proc/{envoy_pid}"), timeout=10, what="the orphaned Envoy to exit"
-        )
-        t["envoy_gone"] = time.monotonic()
+        assert envoy_pid == before["pid"]
         time.sleep(2.0)  # systemd's RestartSec=2s
+        assert os.path.exists(f"/proc/{envoy_pid}"), "Envoy did not outlive its agent"
         mesh.start_agent(web, timeout=AGENT_WINDOW)
         t["ready"] = time.monotonic()
 
-    start = time.monotonic()
-    report = web.run_loop(URL, kill_and_restart_agent, rate=RATE, duration=20, label="agent killed: loop")
-    fault_at = t["kill"] - start
+    report = web.run_loop(
+        URL, kill_and_restart_agent, rate=RATE, duration=DURATION, label="agent killed: loop"
+    )
+    after = web.status()["envoy"]
     print(
-        f"agent SIGKILLed under {report['rate_per_s']} req/s: its Envoy exited "
-        f"{t['envoy_gone'] - t['kill']:.1f} s later, the restarted agent was ready "
+        f"agent SIGKILLed under {report['rate_per_s']} req/s: Envoy pid {before['pid']} kept serving and was "
+        f"adopted (adopted_pid {after['adopted_pid']}); the restarted agent was ready "
         f"{t['ready'] - t['kill']:.1f} s after the kill; {report['sent']} requests, {report['failed']} failed "
         f"{report['failures']}"
     )
-    assert report["rate_per_s"] >= 200, report
-    assert report["failed"] <= RATE * AGENT_WINDOW, report
-    assert all(-5 <= s <= AGENT_WINDOW for s in losses(report, fault_at)), report
+    assert after["pid"] == before["pid"] and after["adopted_pid"] == before["pid"], after
+    assert after["live"] and after["restarts"] == 0, after
+    # The loop kept its pace through the kill (a stalled loop sends fewer requests at a lower rate) ...
+    assert report["rate_per_s"] >= 200 and report["sent"] >= 0.9 * RATE * DURATION, report
+    # ... and not one of them failed.
+    assert report["failed"] == 0 and report["ok"] == report["sent"], report
     assert web.status()["ready"] is True
-    mesh.wait_reachable(web, URL, timeout=30)

@@ -1,7 +1,8 @@
 """``vmagent run``: the long-running agent that wires identity, rotation, Envoy, capture and DNS.
 
 Start order: rotation, SDS and the xDS proxy (Envoy's only links), the DNS proxy, the status server,
-then Envoy. Capture is applied only once Envoy is live with its first config ACKed, so traffic is never
+then Envoy (or the Envoy an earlier agent left running is adopted: it reconnects to the SDS and xDS
+sockets, recreated at the same paths, by itself). Capture is applied only once Envoy is live with its first config ACKed, so traffic is never
 redirected to a proxy that cannot take it; then systemd hears READY=1. Stop order: capture removed,
 Envoy drained, then the rest.
 
@@ -257,6 +258,7 @@ class Agent:
                 binary, bootstrap, user.name if user else None, admin,
                 concurrency=e.concurrency, log_level=e.log_level, metrics=self.metrics,
                 bind_privileged_ports=self.gateway_cfg.enabled,
+                record_path=self.paths.runtime_dir / "envoy.json", log_path=self.paths.runtime_dir / "envoy.log",
             )  # fmt: skip
         if self.dns_cfg.enabled:
             self.dns = self.dns_cfg.build(self.names)
@@ -562,6 +564,7 @@ class Agent:
                 "admin": describe(self.envoy.admin),
                 "restarts": self.envoy.restarts,
                 "last_exit_code": self.envoy.last_exit_code,
+                "adopted_pid": self.envoy.adopted_pid,
             }
         return doc
 

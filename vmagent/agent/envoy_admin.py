@@ -26,6 +26,7 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import stat
 from pathlib import Path
 
 from vmagent.common.errors import VmagentError
@@ -101,12 +102,25 @@ def prepare_admin_dir(runtime_dir: Path, proxy_gid: int | None) -> Path:
         else:
             os.chown(d, -1, proxy_gid)  # the agent is in the group: no CAP_CHOWN needed
             os.chmod(d, _DIR_MODE)
+            _regroup_running_socket(d / ADMIN_SOCKET, proxy_gid)
     except OSError as exc:
         raise VmagentError(
             f"cannot prepare Envoy's admin directory {d}: {exc.strerror or exc}; "
             "choose another runtime directory with --runtime-dir"
         ) from exc
     return d / ADMIN_SOCKET
+
+
+def _regroup_running_socket(sock: Path, proxy_gid: int) -> None:
+    """A running Envoy's socket that systemd handed to root:root (it chowns a kept RuntimeDirectory to the
+    unit's user at each start) gets the proxy's group back, so root and the proxy's group reach it as before."""
+    try:
+        st = sock.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid() and st.st_gid != proxy_gid:
+        os.chown(sock, -1, proxy_gid)
+        os.chmod(sock, SOCKET_MODE)
 
 
 def join_proxy_group(proxy_gid: int) -> None:

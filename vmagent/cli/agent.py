@@ -13,6 +13,7 @@ SUBCOMMANDS = [
     "vmagent.cli.agent_status",
     "vmagent.cli.agent_leave",
     "vmagent.cli.agent_capture",
+    "vmagent.cli.agent_cleanup",
     "vmagent.cli.agent_envoy_admin",
 ]
 

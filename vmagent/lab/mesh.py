@@ -399,6 +399,22 @@ class MeshLab:
                 vm.agent.kill()
                 vm.agent.wait()
         vm.agent = None
+        self._kill_orphaned_envoy(vm)
+
+    @staticmethod
+    def _kill_orphaned_envoy(vm: VmHost) -> None:
+        """SIGKILL the Envoy a killed agent left running (it outlives its agent, to be adopted), so that no
+        Envoy outlives the lab. Only the recorded pid, and only when it runs this VM's bootstrap."""
+        try:
+            pid = int(json.loads((vm.runtime_dir / "envoy.json").read_text())["pid"])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, KeyError):
+            return
+        if str(vm.runtime_dir / "envoy-bootstrap.json").encode() in cmdline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     # -- observing ----------------------------------------------------------------------------------
 

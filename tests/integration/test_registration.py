@@ -328,7 +328,7 @@ def test_a_second_certificate_cannot_take_a_connected_address_until_its_owner_is
 def test_heartbeats_keep_the_entry_and_their_loss_removes_it_then_the_grace_period_deletes_it(
     tmp_path: Path,
 ) -> None:
-    c = ControlPlane(tmp_path, LifecycleSettings(heartbeat_interval=1, heartbeat_timeout=2.5, grace_period=4))
+    c = ControlPlane(tmp_path, LifecycleSettings(heartbeat_interval=1, heartbeat_timeout=4, grace_period=10))
     a = Agents(c)
     try:
         client = a.start("10.0.0.7", group="web", sa="web")
@@ -339,38 +339,46 @@ def test_heartbeats_keep_the_entry_and_their_loss_removes_it_then_the_grace_peri
         def kept_past_timeout() -> bool:
             assert c.eds_names() == ["web-10.0.0.7"]
             w = c.store.get("demo", "web-10.0.0.7")
-            return w is not None and w.last_heartbeat > registered + 3
+            return w is not None and w.last_heartbeat > registered + 5
 
-        wait_for(kept_past_timeout, 10, what="heartbeats beyond the timeout")
+        wait_for(kept_past_timeout, 20, what="heartbeats beyond the timeout")
         client.stop()  # the agent dies: its stream ends, heartbeats stop
         wait_for(lambda: not c.store.workloads_json()[0]["connected"], 5, what="disconnect")
         gone = c.store.workloads_json()[0]
         disconnected = time.time()
-        wait_for(lambda: c.eds_names() == [], 5, what="the entry to leave EDS")
-        left_eds = time.time() - disconnected
-        assert left_eds <= 2.5 + 0.5
+        wait_for(lambda: c.eds_names() == [], 15, what="the entry to leave EDS")
+        # Out of EDS by the heartbeat timeout, before the grace period deleted the entry.
         assert c.names() == ["web-10.0.0.7"] and gone["delete_at"] is not None
-        wait_for(lambda: c.names() == [], 10, what="the grace period to delete the entry")
-        assert time.time() - disconnected >= 4 - 1.5  # 4 s after the disconnect (second-rounded times)
+        wait_for(lambda: c.names() == [], 30, what="the grace period to delete the entry")
+        assert time.time() - disconnected >= 10 - 1.5  # 10 s after the disconnect (second-rounded times)
     finally:
         a.close()
         c.stop()
 
 
-def test_a_lost_stream_leaves_eds_at_once_and_the_reconnect_brings_it_back(
-    cp: ControlPlane, agents: Agents
-) -> None:
+def test_a_lost_stream_leaves_eds_at_once_and_the_reconnect_brings_it_back(tmp_path: Path) -> None:
     """The agent did not close its stream (its connection died; here the call is cancelled under it, as
     a reset or the mutual-TLS port's keepalive ends it): out of EDS at once, not after the heartbeat
-    timeout; the agent's reconnect registers it again."""
+    timeout (an hour here, so that leaving EDS within the deadline cannot be the timeout's doing); the
+    agent's reconnect registers it again."""
+    cp = ControlPlane(
+        tmp_path, LifecycleSettings(heartbeat_interval=1, heartbeat_timeout=3600, grace_period=7200)
+    )
+    agents = Agents(cp)
+    try:
+        _lost_stream_scenario(cp, agents)
+    finally:
+        agents.close()
+        cp.stop()
+
+
+def _lost_stream_scenario(cp: ControlPlane, agents: Agents) -> None:
     client = agents.start("10.0.0.7", group="web", sa="web", backoff_initial=2.0, backoff_max=2.0)
     wait_for(lambda: client.connected and cp.eds_names() == ["web-10.0.0.7"], 10, what="registration")
     session = client._session
     assert session is not None and session.call is not None
-    lost = time.monotonic()
     session.call.cancel()
-    wait_for(lambda: cp.eds_names() == [], 5, what="the entry to leave EDS")
-    assert time.monotonic() - lost < 1.5  # the heartbeat timeout is 3 s
+    wait_for(lambda: cp.eds_names() == [], 30, what="the entry to leave EDS")
     (w,) = cp.store.workloads_json()
     assert (w["connected"], w["in_eds"]) == (False, False)
     wait_for(lambda: cp.eds_names() == ["web-10.0.0.7"], 15, what="the reconnect to register it again")

@@ -40,11 +40,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
         web = lab.vms["web"]
         # Both endpoints in the client's EDS before the loop starts.
         names: set[str] = set()
-        for _ in range(60):
+
+        def both_answered() -> bool:
             names.add(lab.wait_reachable(web, URL, timeout=30)["name"])
-            if names == {"api-1", "api-2"}:
-                break
-        assert names == {"api-1", "api-2"}, f"only {names} answered"
+            return names == {"api-1", "api-2"}
+
+        wait_for(both_answered, timeout=90, what="both api VMs to answer")
         yield lab
     finally:
         lab.close()

@@ -52,7 +52,8 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
             "host_max_s": 0.0,
         }
 
-    v2_playbook_on_handler_task_start = v2_playbook_on_task_start
+    def v2_playbook_on_handler_task_start(self, task: Any) -> None:
+        self.v2_playbook_on_task_start(task, False)
 
     def v2_runner_on_start(self, host: Any, task: Any) -> None:
         self._host_start[(host.get_name(), task._uuid)] = time.monotonic()

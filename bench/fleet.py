@@ -9,6 +9,8 @@ then onboards N/2 fresh VMs and N fresh VMs with ``site.yml`` (the VMs of the fi
 * ``slope_s_per_vm``: (wall(N) - wall(N/2)) / (N - N/2), the marginal cost of one more VM;
 * ``machine_rss_mib``: the mean resident memory of one onboarded machine (every process in it: systemd,
   sshd, the agent, Envoy);
+* ``profile_top_tasks`` per size: the twelve longest tasks of that run (the ``task_profile`` callback in
+  bench/ansible_plugins; ansible-playbook runs with ``forks`` >= the hosts of the run);
 * ``failed_hosts`` per size (hosts site.yml failed on; such a round's time is not comparable) and the
   load average at start and end (the machine is shared: read the figures with it).
 

@@ -9,6 +9,8 @@ then onboards N/2 fresh VMs and N fresh VMs with ``site.yml`` (the VMs of the fi
 * ``slope_s_per_vm``: (wall(N) - wall(N/2)) / (N - N/2), the marginal cost of one more VM;
 * ``machine_rss_mib``: the mean resident memory of one onboarded machine (every process in it: systemd,
   sshd, the agent, Envoy);
+* ``profile_top_tasks`` per size: the twelve longest tasks of that run (the ``task_profile`` callback in
+  bench/ansible_plugins; ansible-playbook runs with ``forks`` >= the hosts of the run);
 * ``failed_hosts`` per size (hosts site.yml failed on; such a round's time is not comparable) and the
   load average at start and end (the machine is shared: read the figures with it).
 
@@ -17,6 +19,7 @@ Usage: python bench/fleet.py [N]   (default 10; root; the package tier's package
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -43,6 +46,29 @@ def machine_rss(pid1: int) -> int:
         except psutil.NoSuchProcess:
             continue
     return total
+
+
+PLUGINS = Path(__file__).resolve().parent / "ansible_plugins"
+
+
+def profile_env(path: Path, forks: int) -> dict[str, str]:
+    """Run ansible-playbook with the task_profile callback writing ``path``, and at least ``forks`` forks."""
+    return {
+        "ANSIBLE_CALLBACK_PLUGINS": str(PLUGINS),
+        "ANSIBLE_CALLBACKS_ENABLED": "task_profile",
+        "VMAGENT_TASK_PROFILE": str(path),
+        "ANSIBLE_FORKS": str(max(10, forks)),
+    }
+
+
+def top_tasks(path: Path, count: int = 12) -> list[dict[str, object]]:
+    """The ``count`` tasks with the longest wall time of one profiled run, longest first."""
+    tasks: list[dict[str, object]] = json.loads(path.read_text())
+    ranked = sorted(tasks, key=lambda t: float(str(t["wall_s"])), reverse=True)
+    return [
+        {"task": t["task"], "wall_s": t["wall_s"], "host_max_s": t["host_max_s"], "hosts": t["hosts"]}
+        for t in ranked[:count]
+    ]
 
 
 def main() -> None:
@@ -77,12 +103,22 @@ def main() -> None:
             raise SystemExit(f"control plane: site.yml failed:\n{cp.output[-4000:]}")
         walls: dict[int, float] = {}
         failures: dict[int, list[str]] = {}
+        profiles: dict[int, list[dict[str, object]]] = {}
         load_start = os.getloadavg()[0]
         for size in (half, n):
             subset = names[:size]
             t = time.monotonic()
-            r = fleet.playbook(inventory, "site", "--limit", ",".join(["cp", *subset]))
+            prof = Path(tmp) / f"profile-{size}.json"
+            r = fleet.playbook(
+                inventory, "site", "--limit", ",".join(["cp", *subset]), extra_env=profile_env(prof, size + 1)
+            )
             walls[size] = time.monotonic() - t
+            if prof.exists():
+                profiles[size] = top_tasks(prof)
+                tasks_total = len(json.loads(prof.read_text()))
+                progress(f"profile of {size} VMs ({tasks_total} tasks), longest first:")
+                for task in profiles[size]:
+                    progress(f"  {task['wall_s']:7.2f}s  {task['task']}")
             failed = sorted(h for h, rec in r.recap.items() if rec["failed"] or rec["unreachable"])
             if r.rc != 0:
                 # Reported, not hidden: the figures of a round with failed hosts are not comparable.
@@ -107,6 +143,7 @@ def main() -> None:
                 "failed_hosts": {str(k): v for k, v in failures.items()},
                 "loadavg_1m_at_start": round(load_start, 2),
                 "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+                "profile_top_tasks": {str(k): v for k, v in profiles.items()},
             }
         )
 

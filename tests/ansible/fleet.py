@@ -192,8 +192,16 @@ class Fleet:
         path.write_text(json.dumps({"all": {"vars": common, "children": children}}, indent=1))
         return path
 
-    def playbook(self, inventory: Path, playbook: str, *args: str, timeout: float = 900.0) -> PlaybookRun:
-        """``ansible-playbook -i INVENTORY vmagent.mesh.PLAYBOOK ARGS`` from the controller namespace."""
+    def playbook(
+        self,
+        inventory: Path,
+        playbook: str,
+        *args: str,
+        timeout: float = 900.0,
+        extra_env: dict[str, str] | None = None,
+    ) -> PlaybookRun:
+        """``ansible-playbook -i INVENTORY vmagent.mesh.PLAYBOOK ARGS`` from the controller namespace
+        (``extra_env`` adds to or overrides its environment)."""
         venv_bin = Path(sys.executable).parent
         env = {
             "PATH": f"{venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -206,7 +214,11 @@ class Fleet:
             "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"),
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.workdir / "cp"),
             "ANSIBLE_PIPELINING": "True",
+            # One SSH connection per host for the whole run, and no -C (Ansible's default ssh_args
+            # compress, which only costs CPU for an already compressed package on a LAN).
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=300s",
             "ANSIBLE_FORKS": "10",
+            **(extra_env or {}),
         }
         cmd = [str(venv_bin / "ansible-playbook"), "-i", str(inventory), f"vmagent.mesh.{playbook}", *args]
         result = self.controller.run(cmd, check=False, timeout=timeout, env=env)

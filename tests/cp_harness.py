@@ -49,6 +49,7 @@ class ControlPlaneProcess:
     host: str = "127.0.0.1"
     cert_ttl: str = "24h"
     extra_args: list[str] = field(default_factory=list)
+    launcher: list[str] = field(default_factory=list)  # runs the vmagent-cp script, e.g. under coverage.py
     tls_port: int = 0
     mtls_port: int = 0
     http_port: int = 0
@@ -77,6 +78,7 @@ class ControlPlaneProcess:
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [
+                *self.launcher,
                 exe,
                 "serve",
                 "--config-dir",

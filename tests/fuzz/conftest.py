@@ -15,6 +15,7 @@ import collections
 import importlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,8 +27,9 @@ from hypothesis import HealthCheck, settings
 
 EXAMPLES = int(os.environ.get("VMAGENT_FUZZ_EXAMPLES", "200"))
 EXECUTIONS: collections.Counter[str] = collections.Counter()
-COVERAGE: dict[str, coverage.Coverage] = {}
-FILES: dict[int, list[str]] = {}  # id(Coverage) -> the files it measures, reported even when not reached
+# target -> its measurement and the files reported for it (even those not reached)
+COVERAGE: dict[str, tuple[coverage.Coverage, list[str]]] = {}
+QUIET = ["module-not-measured", "no-data-collected"]  # modules imported before the measurement started
 
 settings.register_profile(
     "vmagent",
@@ -42,16 +44,43 @@ settings.load_profile("vmagent")
 def _coverage_for(targets: tuple[str, ...], modules: tuple[str, ...]) -> coverage.Coverage:
     """One coverage.py measurement for ``targets``, limited to the files of ``modules`` (dotted names), with
     branches; kept in memory only (no .coverage file)."""
-    cov = COVERAGE.get(targets[0])
-    if cov is None:
-        files = [str(Path(str(importlib.import_module(m).__file__)).resolve()) for m in modules]
-        cov = coverage.Coverage(data_file=None, branch=True, include=files, config_file=False)
-        FILES[id(cov)] = files
-        # The modules were imported before the measurement (module-level lines are left out, see below).
-        cov.set_option("run:disable_warnings", ["module-not-measured", "no-data-collected"])
-        for target in targets:
-            COVERAGE[target] = cov
+    if targets[0] in COVERAGE:
+        return COVERAGE[targets[0]][0]
+    files = _files(modules)
+    cov = coverage.Coverage(data_file=None, branch=True, include=files, config_file=False)
+    cov.set_option("run:disable_warnings", QUIET)
+    for target in targets:
+        COVERAGE[target] = (cov, files)
     return cov
+
+
+def _files(modules: tuple[str, ...]) -> list[str]:
+    return [str(Path(str(importlib.import_module(m).__file__)).resolve()) for m in modules]
+
+
+@contextmanager
+def measured_process(data_dir: Path, parts: dict[tuple[str, ...], tuple[str, ...]]) -> Iterator[list[str]]:
+    """For code fuzzed in another Python process (the control plane's streams): yields the command prefix
+    that runs a Python script under coverage.py, measuring the files of every ``parts`` value; once the
+    block is over (the process has exited normally and saved its data) each key's targets report the
+    files of its modules. Measured over the process's whole life: the calls that set up and check the
+    fuzzing count too."""
+    wanted = {key: _files(modules) for key, modules in parts.items()}
+    data = data_dir / "coverage.data"
+    rc = data_dir / "coveragerc"
+    include = "".join(f"\n    {f}" for files in wanted.values() for f in files)
+    rc.write_text(
+        f"[run]\nbranch = True\ndata_file = {data}\ninclude ={include}\n"
+        f"disable_warnings = {', '.join(QUIET)}\n"
+    )
+    yield [sys.executable, "-m", "coverage", "run", f"--rcfile={rc}"]
+    if not data.exists():
+        return
+    cov = coverage.Coverage(data_file=str(data), config_file=str(rc))
+    cov.load()
+    for targets, files in wanted.items():
+        for target in targets:
+            COVERAGE[target] = (cov, files)
 
 
 @contextmanager
@@ -85,10 +114,10 @@ def _function_body_lines(path: Path) -> set[int]:
     return lines
 
 
-def _coverage_line(cov: coverage.Coverage) -> str:
+def _coverage_line(cov: coverage.Coverage, files: list[str]) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "coverage.json"
-        cov.json_report(morfs=FILES[id(cov)], outfile=str(out), ignore_errors=True)
+        cov.json_report(morfs=files, outfile=str(out), ignore_errors=True)
         report = json.loads(out.read_text())
     lines = [0, 0]
     branches = [0, 0]
@@ -119,12 +148,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     terminalreporter.write_sep("-", "fuzz executions and coverage")
     for target, n in sorted(EXECUTIONS.items()):
-        cov = COVERAGE.get(target)
-        if cov is None:
-            where = "coverage not measured (the fuzzed code runs in another process)"
+        measurement = COVERAGE.get(target)
+        if measurement is None:
+            where = "coverage not measured"
         else:
-            where = _coverage_line(cov)
-            shared = sorted(t for t, c in COVERAGE.items() if c is cov and t != target)
+            where = _coverage_line(*measurement)
+            shared = sorted(t for t, m in COVERAGE.items() if m == measurement and t != target)
             if shared:
                 where += f" (one figure with {', '.join(shared)})"
         terminalreporter.write_line(f"{target}: {n} executions; {where}")

@@ -49,11 +49,11 @@ class ControlPlaneProcess:
     host: str = "127.0.0.1"
     cert_ttl: str = "24h"
     extra_args: list[str] = field(default_factory=list)
-    launcher: list[str] = field(default_factory=list)  # runs the vmagent-cp script, e.g. under coverage.py
     tls_port: int = 0
     mtls_port: int = 0
     http_port: int = 0
     proc: subprocess.Popen[str] | None = None
+    launcher: list[str] = field(default_factory=list)  # runs the vmagent-cp script, e.g. under coverage.py
 
     def __post_init__(self) -> None:
         self.config_dir = self.root / "cp-config"

@@ -53,6 +53,7 @@ class ControlPlaneProcess:
     mtls_port: int = 0
     http_port: int = 0
     proc: subprocess.Popen[str] | None = None
+    launcher: list[str] = field(default_factory=list)  # runs the vmagent-cp script, e.g. under coverage.py
 
     def __post_init__(self) -> None:
         self.config_dir = self.root / "cp-config"
@@ -77,6 +78,7 @@ class ControlPlaneProcess:
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [
+                *self.launcher,
                 exe,
                 "serve",
                 "--config-dir",

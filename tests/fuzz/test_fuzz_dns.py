@@ -13,7 +13,7 @@ from dnslib import DNSRecord
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.fuzz.conftest import EXECUTIONS
+from tests.fuzz.conftest import EXECUTIONS, measured
 from tests.unit.test_dns_helpers import FakeUpstream, addresses, ask
 from vmagent.agent.dns import DnsProxy
 from vmagent.agent.dns_table import NameTable
@@ -21,11 +21,18 @@ from vmagent.agent.dns_table import NameTable
 API = "api.demo.svc.cluster.local"
 
 
+UDP = "dns: udp packets"
+TCP = "dns: tcp messages"
+MODULES = ("vmagent.agent.dns", "vmagent.agent.dns_table", "vmagent.agent.dns_upstream")
+
+
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[DnsProxy]:
+    """The proxy serves in its own threads, so its coverage is measured over its whole life (one figure
+    for both targets), which includes its start and stop."""
     table = NameTable(namespace="demo")
     table.replace({API: ["10.1.0.1"]})
-    with FakeUpstream({"outside.example": ["192.0.2.7"]}) as up:
+    with FakeUpstream({"outside.example": ["192.0.2.7"]}) as up, measured((UDP, TCP), *MODULES):
         with DnsProxy(table=table, upstreams=[up.address], port=0, upstream_timeout=0.5) as p:
             yield p
 
@@ -55,7 +62,7 @@ def packets(draw: st.DrawFn) -> bytes:
 def test_malformed_udp_packets(proxy: DnsProxy, packet: bytes) -> None:
     """Each fuzz packet is followed by a good query on the same socket; every reply that comes back before
     the good one's must be a response to the fuzz packet (never an echo of it)."""
-    EXECUTIONS["dns: udp packets"] += 1
+    EXECUTIONS[UDP] += 1
     probe = DNSRecord.question(API, "A")
     probe.header.id = (int.from_bytes(packet[:2].ljust(2, b"\0"), "big") + 1) % 65536
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -74,7 +81,7 @@ def test_malformed_udp_packets(proxy: DnsProxy, packet: bytes) -> None:
 
 @given(packets())
 def test_malformed_tcp_messages(proxy: DnsProxy, packet: bytes) -> None:
-    EXECUTIONS["dns: tcp messages"] += 1
+    EXECUTIONS[TCP] += 1
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
         s.sendall(struct.pack("!H", len(packet)) + packet)
         s.shutdown(socket.SHUT_WR)

@@ -9,7 +9,20 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from vmagent.common.errors import VmagentError
+
 DB_NAME = "state.db"
+
+
+class StoreWriteError(VmagentError):
+    """A write to the state store failed (e.g. ``database or disk is full``); SQLite rolled it back, so
+    nothing of it is stored. The message names the database file, the reason and what was not stored."""
+
+
+def db_path(conn: sqlite3.Connection) -> str:
+    """The database file of ``conn``, for error messages."""
+    rows = conn.execute("PRAGMA database_list").fetchall()
+    return str(rows[0][2]) if rows else "?"
 
 
 def open_db(state_dir: Path) -> sqlite3.Connection:
@@ -32,8 +45,7 @@ class StateDb:
 
         self._conn = conn
         self._lock = threading.Lock()
-        rows = conn.execute("PRAGMA database_list").fetchall()
-        self.path = str(rows[0][2]) if rows else "?"  # the database file, for error messages
+        self.path = db_path(conn)  # the database file, for error messages
 
     @classmethod
     def open(cls, state_dir: Path) -> StateDb:

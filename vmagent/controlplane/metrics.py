@@ -207,7 +207,7 @@ class ControlPlaneMetrics:
         )
         self._registrations = Counter(
             "vmagent_cp_registrations",
-            "Registration streams by outcome (accepted, denied, refused).",
+            "Registration streams by outcome (accepted, denied, refused, unavailable).",
             ("result",),
             registry=reg,
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmagent.controlplane.config.polling import PollingSource
-from vmagent.controlplane.db import open_db
+from vmagent.controlplane.db import StoreWriteError, db_path, open_db
 from vmagent.controlplane.model import ConfigObject
 
 Key = tuple[str, str, str]
@@ -68,8 +68,18 @@ class ConfigStore:
     def open(cls, state_dir: Path) -> ConfigStore:
         return cls(open_db(state_dir))
 
+    def _write_failed(self, exc: sqlite3.Error) -> StoreWriteError:
+        """Roll back what SQLite left of the transaction; the error to raise, naming the file."""
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+        return StoreWriteError(
+            f"cannot write the state store {db_path(self._conn)}: {exc}; nothing was stored (the objects "
+            "stored before are unchanged and still served); free space and run the command again"
+        )
+
     def apply(self, objects: Sequence[ConfigObject], applied_from: str = "") -> ApplyResult:
-        """Insert or replace ``objects`` in one transaction (all or nothing)."""
+        """Insert or replace ``objects`` in one transaction (all or nothing). Raises StoreWriteError when
+        the store cannot be written (e.g. its disk is full); then nothing is stored."""
         created = updated = unchanged = 0
         now = time.time()
         with self._lock:
@@ -97,8 +107,11 @@ class ConfigStore:
                 if created or updated:
                     cur.execute("UPDATE config_generation SET generation = generation + 1 WHERE id = 1")
                 cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._write_failed(exc) from exc
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
                 raise
         return ApplyResult(created, updated, unchanged)
 
@@ -115,8 +128,11 @@ class ConfigStore:
                 if deleted:
                     cur.execute("UPDATE config_generation SET generation = generation + 1 WHERE id = 1")
                 cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._write_failed(exc) from exc
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
                 raise
         return deleted
 

@@ -44,6 +44,7 @@ from cryptography import x509
 from vmagent.api import registration_pb2, registration_pb2_grpc
 from vmagent.common.x509util import SpiffeId
 from vmagent.controlplane.ca.authn import Unauthenticated, require_workload_identity
+from vmagent.controlplane.db import StoreWriteError
 from vmagent.controlplane.registry.workload_entry import (
     LabelConflict,
     Registration,
@@ -222,6 +223,12 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
             log.warning("refused registration from %s: %s", identity, exc)
             self._on_registration("refused")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StoreWriteError as exc:
+            # e.g. the state dir's filesystem is full; RESOURCE_EXHAUSTED is gRPC's code for "out of
+            # space". The agent retries with backoff; nothing of the registration was stored.
+            log.error("refused registration from %s: %s", identity, exc)
+            self._on_registration("unavailable")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         self._on_registration("accepted")
         key = (rec.namespace, rec.name)
         stream.entry = key

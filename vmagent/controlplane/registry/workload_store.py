@@ -32,13 +32,14 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from vmagent.controlplane.db import StateDb
+from vmagent.controlplane.db import StateDb, StoreWriteError
 from vmagent.controlplane.model import ConfigObject
 from vmagent.controlplane.registry.workload_entry import (
     WORKLOAD_ENTRY_API_VERSION,
@@ -285,8 +286,9 @@ class WorkloadStore:
         An address has one live owner: while an entry at ``reg.address`` (of any group of the namespace)
         is connected and in EDS, only the certificate that registered it or a renewal of it may register
         there again (``same_holder(record, reg)`` decides; without it, the same serial); anyone else
-        gets AddressTaken. Raises RegistrationRefused for invalid data. Returns a copy of the stored
-        record.
+        gets AddressTaken. Raises RegistrationRefused for invalid data, StoreWriteError when the state
+        store cannot be written (then nothing changes, in the store or in memory). Returns a copy of the
+        stored record.
         """
         parts: EntryParts = build_entry(group, reg)
         now = self._clock()
@@ -344,7 +346,13 @@ class WorkloadStore:
                         rec.name,
                         reg.spiffe_id,
                     )
-            self._write(rec)
+            try:
+                self._write(rec)
+            except sqlite3.Error as exc:  # rolled back by SQLite; the record is not put in memory either
+                raise StoreWriteError(
+                    f"the control plane cannot write its state store {self._db.path}: {exc}; the workload "
+                    f"entry {rec.namespace}/{rec.name} was not registered, retry later"
+                ) from exc
             self._put(rec)
             changed = old is None or old.eds_view() != rec.eds_view()
             result = replace(rec)
@@ -418,7 +426,18 @@ class WorkloadStore:
             came_back = rec.expired
             rec.expired = False
             if came_back or now - rec.persisted_heartbeat >= self.settings.heartbeat_persist_interval:
-                self._write(rec)
+                try:
+                    self._write(rec)
+                except sqlite3.Error as exc:
+                    # The heartbeat counts (kept in memory); storing it is retried at the next one, so
+                    # a full disk does not end the streams of the workloads already registered.
+                    log.warning(
+                        "cannot store the heartbeat of %s/%s in %s: %s; retried at the next heartbeat",
+                        namespace,
+                        name,
+                        self._db.path,
+                        exc,
+                    )
         if came_back:
             log.info("workload %s/%s is sending heartbeats again", namespace, name)
             self._notify()

@@ -132,7 +132,14 @@ def _recover(paths: AgentPaths) -> str:
 def _roll_forward(journal: Path, staged: list[tuple[str, str]]) -> None:
     for nxt, final in staged:
         if os.path.exists(nxt):
-            os.replace(nxt, final)
+            try:
+                os.replace(nxt, final)
+            except OSError as exc:
+                raise VmagentError(
+                    f"cannot finish the interrupted identity switch ({journal}): {final}: "
+                    f"{os.strerror(exc.errno) if exc.errno else exc}; run `vmagent status` as root (outside "
+                    "the unit, where the config dir is writable), which finishes it, then start the agent"
+                ) from exc
     for d in sorted({os.path.dirname(f) for _, f in staged}):
         _fsync_dir(d)
     with contextlib.suppress(FileNotFoundError):
@@ -151,9 +158,18 @@ def _discard(paths: AgentPaths) -> bool:
             tmp_of = final.name if final == journal_path(paths) else pending(final).name
             candidates += list(final.parent.glob(f".{tmp_of}.*"))
         for c in candidates:
-            with contextlib.suppress(FileNotFoundError):
+            if not os.path.lexists(c):
+                continue  # never unlink blindly: on a read-only mount that fails even for a missing file
+            try:
                 os.unlink(c)
                 removed = True
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                # The agent's unit sees /etc/vmagent read-only: an uncommitted leftover there is never
+                # read (no journal names it); the next `vmagent join` (as root) removes it.
     return removed
 
 

@@ -142,11 +142,7 @@ def test_an_envoy_outlives_its_killed_supervisor_and_is_adopted(runtime: Path) -
 def test_a_changed_bootstrap_replaces_the_running_envoy(runtime: Path) -> None:
     bootstrap = runtime / "envoy-bootstrap.json"
     write_bootstrap(bootstrap, _bootstrap(runtime))
-    first = _supervisor(runtime)
-    first.start()
-    wait_for(first.live, 15, what="the first Envoy live")
-    old = first.pid()
-    assert old is not None
+    old = _orphaned_envoy(runtime)  # the Envoy of an agent that was killed (no supervisor would restart it)
     write_bootstrap(bootstrap, _bootstrap(runtime, name="vm-8"))  # what the next agent would give Envoy
     second = _supervisor(runtime)
     second.start()

@@ -26,6 +26,7 @@ debounce (0.1 s) -- what an operator writing a file sees. ``first_ack`` shows th
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import queue
@@ -52,6 +53,7 @@ from bench.common import (
     rss_bytes,
     run_in_workdir,
     summary_stats,
+    wait_until,
 )
 from bench.cpserver import BenchControlPlane
 from bench.xdsclient import ClientSpec, WorkerSpec, node_id, worker_main
@@ -69,7 +71,7 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadGroup
 metadata:
   name: {name}
-  namespace: bench
+  namespace: {ns}
 spec:
   metadata:
     labels:
@@ -86,10 +88,10 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata:
   name: {name}
-  namespace: bench
+  namespace: {ns}
 spec:
   hosts:
-  - {name}.bench.svc.cluster.local
+  - {name}.{ns}.svc.cluster.local
   location: MESH_INTERNAL
   resolution: STATIC
   ports:
@@ -107,7 +109,7 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata:
   name: {name}
-  namespace: bench
+  namespace: {ns}
 spec:
   address: {address}
   serviceAccount: {app}
@@ -116,17 +118,71 @@ spec:
 ---
 """
 
+SIDECAR = """\
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: default
+  namespace: {ns}
+spec:
+  egress:
+  - hosts:
+    - "./*"
+    - "istio-system/*"
+---
+"""
+SIDECAR_HOSTS = ["./*", "istio-system/*"]
+SIDECAR_FILE = "15-sidecars.yaml"
+SYSTEM_NS = "istio-system"
+SYSTEM_SERVICES = 2  # ServiceEntries in istio-system when the services are spread over namespaces
 
-def base_config(services: int) -> dict[str, str]:
-    """WorkloadGroups of the clients and the agent, ``services`` ServiceEntries with two entries each."""
-    groups = GROUP.format(name=CLIENT_GROUP) + GROUP.format(name=EDGE_GROUP)
-    svcs = "".join(SERVICE.format(name=f"svc-{i}") for i in range(services))
+
+def namespaces(count: int) -> list[str]:
+    """The application namespaces: ``bench`` alone, or ``bench-0`` .. ``bench-{count-1}``."""
+    return [NS] if count <= 1 else [f"{NS}-{k}" for k in range(count)]
+
+
+def service_namespace(i: int, spaces: list[str]) -> str:
+    """Service ``svc-i`` and client ``client-i`` live in namespace ``i mod len(spaces)``."""
+    return spaces[i % len(spaces)]
+
+
+def system_services(spaces: list[str]) -> int:
+    return SYSTEM_SERVICES if len(spaces) > 1 else 0
+
+
+def base_config(services: int, spaces: list[str]) -> dict[str, str]:
+    """WorkloadGroups of the clients (every namespace) and the agent (the first), ``services``
+    ServiceEntries spread over the namespaces, with two entries each, and with several namespaces
+    ``SYSTEM_SERVICES`` more in istio-system (what every Sidecar below lets in)."""
+    groups = "".join(GROUP.format(name=CLIENT_GROUP, ns=ns) for ns in spaces)
+    groups += GROUP.format(name=EDGE_GROUP, ns=spaces[0])
+    placed = [(f"svc-{i}", service_namespace(i, spaces), i) for i in range(services)]
+    placed += [(f"sys-{j}", SYSTEM_NS, services + j) for j in range(system_services(spaces))]
+    svcs = "".join(SERVICE.format(name=name, ns=ns) for name, ns, _ in placed)
     entries = "".join(
-        ENTRY.format(name=f"svc-{i}-{j}", address=f"10.60.{i}.{j + 1}", app=f"svc-{i}")
-        for i in range(services)
+        ENTRY.format(name=f"{name}-{j}", ns=ns, address=f"10.{60 + k // 250}.{k % 250}.{j + 1}", app=name)
+        for name, ns, k in placed
         for j in range(2)
     )
     return {"10-groups.yaml": groups, "20-services.yaml": svcs, "30-entries.yaml": entries}
+
+
+def sidecars(spaces: list[str]) -> str:
+    """One Sidecar without a selector per application namespace: egress ``./*`` and ``istio-system/*``."""
+    return "".join(SIDECAR.format(ns=ns) for ns in spaces)
+
+
+def expected_outbound(services: int, spaces: list[str], ns: str, sidecar: bool) -> dict[str, int]:
+    """Outbound clusters per service namespace a proxy of ``ns`` must get (one port per service)."""
+    out: dict[str, int] = {}
+    for i in range(services):
+        svc_ns = service_namespace(i, spaces)
+        if not sidecar or svc_ns == ns:
+            out[svc_ns] = out.get(svc_ns, 0) + 1
+    if system_services(spaces):
+        out[SYSTEM_NS] = system_services(spaces)
+    return out
 
 
 def change_address(k: int) -> str:
@@ -143,6 +199,7 @@ class Collector:
         self._events = events
         self._lock = threading.Lock()
         self.ready: set[int] = set()
+        self.sync: dict[int, dict[str, Any]] = {}
         self.marks: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
         self.errors: list[str] = []
         self.done: list[dict[str, Any]] = []
@@ -159,6 +216,8 @@ class Collector:
             with self._lock:
                 if kind == "ready":
                     self.ready.add(int(data))
+                elif kind == "sync":
+                    self.sync[int(data[0])] = dict(data[1])
                 elif kind == "marks":
                     for index, marker, short, t in data:
                         self.marks[marker][short].setdefault(index, t)
@@ -170,6 +229,10 @@ class Collector:
     def ready_count(self) -> int:
         with self._lock:
             return len(self.ready)
+
+    def sync_info(self) -> dict[int, dict[str, Any]]:
+        with self._lock:
+            return dict(self.sync)
 
     def marker(self, marker: str) -> dict[str, dict[int, float]]:
         with self._lock:
@@ -188,21 +251,28 @@ class Collector:
 class Clients:
     """N lightweight ADS clients in ``processes`` spawned worker processes."""
 
-    def __init__(self, cp: BenchControlPlane, n: int, processes: int, certs: list[Any]) -> None:
+    def __init__(
+        self, cp: BenchControlPlane, n: int, processes: int, certs: dict[str, list[Any]], spaces: list[str]
+    ) -> None:
         ctx = mp.get_context("spawn")
         self.events = ctx.Queue()
         self.stop_event = ctx.Event()
         self.collector = Collector(self.events)
         root_pem = cp.root_pem()
-        specs = [
-            ClientSpec(
-                node_id(f"10.88.{i // 250}.{i % 250 + 1}", f"client-{i}", NS),
-                f"client-{i}",
-                certs[i].key_pem,
-                certs[i].chain_pem,
+        self.spaces = spaces
+        self.namespace = [service_namespace(i, spaces) for i in range(n)]
+        specs = []
+        for i, ns in enumerate(self.namespace):
+            cert = certs[ns][i // len(spaces)]
+            specs.append(
+                ClientSpec(
+                    node_id(f"10.88.{i // 250}.{i % 250 + 1}", f"client-{i}", ns),
+                    f"client-{i}",
+                    cert.key_pem,
+                    cert.chain_pem,
+                    ns,
+                )
             )
-            for i in range(n)
-        ]
         per = -(-n // processes)
         self.procs = []
         for w in range(processes):
@@ -280,9 +350,14 @@ class EnvoyWatch:
 
 def run_changes(
     cp: BenchControlPlane, agent: BenchAgent, clients: Clients, scenario: str, changes: int, offset: int,
-    timeout: float,
+    timeout: float, sidecar: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    """Apply ``changes`` changes of one kind, one at a time; each is timed until all clients ACKed it."""
+    """Apply ``changes`` changes of one kind, one at a time; each is timed until all clients that must
+    see it ACKed it: every client, or with the Sidecars those of the changed (first) namespace, and
+    then no other client may have it."""
+    ns = clients.spaces[0]
+    expected = [i for i in range(clients.n) if not sidecar or clients.namespace[i] == ns]
+    others = {i for i in range(clients.n) if sidecar and clients.namespace[i] != ns}
     full: list[float] = []
     per_client: list[float] = []
     first: list[float] = []
@@ -294,11 +369,11 @@ def run_changes(
         time.sleep(random.uniform(0.3, 0.5))  # quiet between changes, at a random phase of the 0.2 s poll
         if scenario == "endpoint":
             marker = change_address(k)
-            text = ENTRY.format(name=f"backend-{k}", address=marker, app="svc-0")
+            text = ENTRY.format(name=f"backend-{k}", ns=ns, address=marker, app="svc-0")
             name, wait_types, envoy_path = f"50-entry-{k}.yaml", {"EDS"}, "/clusters"
         else:
             marker = f"bmk-r-{k}"
-            text = SERVICE.format(name=marker)
+            text = SERVICE.format(name=marker, ns=ns)
             name, wait_types, envoy_path = (
                 f"60-service-{k}.yaml",
                 {"CDS", "EDS", "RDS"},
@@ -312,12 +387,13 @@ def run_changes(
             while True:
                 clients.collector.check()
                 got = clients.collector.marker(marker)
-                if all(len(got.get(t, {})) >= clients.n for t in wait_types) and watch.seen_at is not None:
+                done = all(all(i in got.get(t, {}) for i in expected) for t in wait_types)
+                if done and watch.seen_at is not None:
                     break
                 if time.monotonic() > deadline:
                     counts = {t: len(v) for t, v in got.items()}
                     raise RuntimeError(
-                        f"{scenario} change {marker}: after {timeout:g}s ACKed by {counts} of {clients.n} "
+                        f"{scenario} change {marker}: after {timeout:g}s ACKed by {counts} of {len(expected)} "
                         f"clients, Envoy {'has' if watch.seen_at else 'lacks'} it\n{cp.log_tail()}"
                     )
                 time.sleep(0.01)
@@ -326,14 +402,20 @@ def run_changes(
         time.sleep(0.2)  # late types of the same change (e.g. a CDS resend) land in the record too
         got = clients.collector.marker(marker)
         types_seen.update(got)
-        lat = [max(got[t][i] for t in got if i in got[t]) - t0 for i in range(clients.n)]
+        leaked = sorted({i for t in got for i in got[t] if i in others})
+        if leaked:
+            raise RuntimeError(
+                f"{scenario} change {marker} in namespace {ns} reached {len(leaked)} clients of other "
+                f"namespaces despite their Sidecars (e.g. client-{leaked[0]})"
+            )
+        lat = [max(got[t][i] for t in got if i in got[t]) - t0 for i in expected]
         per_client.extend(lat)
         full.append(max(lat))
         first.append(min(min(v.values()) for v in got.values()) - t0)
         assert watch.seen_at is not None
         envoy.append(watch.seen_at - t0)
         progress(
-            f"  {scenario} change {c + 1}/{changes}: all {clients.n} ACKed in {full[-1]:.3f}s "
+            f"  {scenario} change {c + 1}/{changes}: all {len(expected)} ACKed in {full[-1]:.3f}s "
             f"(first {first[-1]:.3f}s), Envoy {envoy[-1]:.3f}s"
         )
     cpu = cpu_seconds(cp.pid) - cpu0
@@ -343,33 +425,91 @@ def run_changes(
         "first_ack_s": summary_stats(first),
         "envoy_s": summary_stats(envoy),
         "types": sorted(types_seen),
+        "clients_that_must_see_it": len(expected),
         "cp_cpu_s_per_change": rounded(cpu / changes, 3),
     }
 
 
-def run_size(
-    args: argparse.Namespace, cp: BenchControlPlane, agent: BenchAgent, n: int, certs: list[Any], offset: int
+def envoy_outbound(agent: BenchAgent) -> dict[str, int]:
+    """Outbound clusters per service namespace in the real Envoy (its admin config_dump)."""
+    dump = json.loads(agent.admin("/config_dump?resource=dynamic_active_clusters", timeout=10.0))
+    out: dict[str, int] = {}
+    for entry in dump.get("configs", []):
+        name = str(entry.get("cluster", {}).get("name", ""))
+        if name.startswith("outbound|"):
+            labels = name.split("|", 3)[-1].split(".")
+            ns = labels[1] if len(labels) > 2 else ""
+            out[ns] = out.get(ns, 0) + 1
+    return out
+
+
+def check_sync(
+    args: argparse.Namespace, clients: Clients, spaces: list[str], sidecar: bool
 ) -> dict[str, Any]:
+    """What each client was sent at sync: bytes per type (mean per proxy) and its outbound clusters,
+    which must be exactly those of the namespaces its Sidecar lets in (all without one)."""
+    info = clients.collector.sync_info()
+    if len(info) < clients.n:
+        raise RuntimeError(f"only {len(info)}/{clients.n} clients reported what they were sent")
+    wrong = []
+    for i, got in info.items():
+        want = expected_outbound(args.services, spaces, clients.namespace[i], sidecar)
+        if got["cds_outbound_by_namespace"] != want:
+            wrong.append((i, got["cds_outbound_by_namespace"], want))
+    if wrong:
+        i, got, want = wrong[0]
+        raise RuntimeError(
+            f"{len(wrong)} clients got the wrong outbound clusters, e.g. client-{i} "
+            f"({clients.namespace[i]}): {got}, expected {want}"
+        )
+    counts = [sum(v["cds_outbound_by_namespace"].values()) for v in info.values()]
+    out: dict[str, Any] = {
+        f"{t.lower()}_bytes_per_proxy": int(sum(v["bytes"].get(t, 0) for v in info.values()) / len(info))
+        for t in ("CDS", "EDS", "LDS", "RDS")
+    }
+    out["cds_outbound_clusters_per_proxy"] = {"min": min(counts), "max": max(counts)}
+    out["cds_clusters_checked"] = True
+    return out
+
+
+def run_size(
+    args: argparse.Namespace, cp: BenchControlPlane, agent: BenchAgent, n: int, certs: dict[str, list[Any]],
+    offset: int, spaces: list[str], sidecar: bool,
+) -> dict[str, Any]:  # fmt: skip
     for stale in list(cp.config_dir.glob("5*.yaml")) + list(cp.config_dir.glob("6*.yaml")):
         stale.unlink()
+    if sidecar:
+        cp.write_config(SIDECAR_FILE, sidecars(spaces))
+    else:
+        cp.remove_config(SIDECAR_FILE)
+    label = f"N={n}{' with Sidecars' if sidecar else ''}"
     cp.start()
     clients: Clients | None = None
     try:
         agent.start()
         agent.wait_ready(timeout=60)
+        want = expected_outbound(args.services, spaces, spaces[0], sidecar)
+        try:
+            wait_until(
+                lambda: envoy_outbound(agent) == want, 60, "the agent's Envoy to get its clusters", 0.2
+            )
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: Envoy has {envoy_outbound(agent)}, expected {want}") from None
         time.sleep(args.settle)
         idle = rss_bytes(cp.pid)
         cpu_idle0 = cpu_seconds(cp.pid)
         progress(
-            f"N={n}: control plane idle RSS {mib(idle)} MiB (with the agent's Envoy); connecting clients"
+            f"{label}: control plane idle RSS {mib(idle)} MiB (with the agent's Envoy: "
+            f"{sum(want.values())} outbound clusters); connecting clients"
         )
-        clients = Clients(cp, n, min(args.processes, n), certs)
+        clients = Clients(cp, n, min(args.processes, n), certs, spaces)
         connect_s = clients.wait_ready(timeout=args.connect_timeout)
         time.sleep(args.settle)
         connected = rss_bytes(cp.pid)
         per_proxy = (connected - idle) / n
         progress(
-            f"N={n}: all synced in {connect_s:.1f}s; RSS {mib(connected)} MiB, {per_proxy / 1024:.1f} KiB per proxy"
+            f"{label}: all synced in {connect_s:.1f}s; RSS {mib(connected)} MiB, "
+            f"{per_proxy / 1024:.1f} KiB per proxy"
         )
         proxies = len(cp.api("/api/v1/proxies"))
         cpu_c0 = cpu_seconds(cp.pid)
@@ -382,12 +522,14 @@ def run_size(
             "rss_idle_mib": mib(idle),
             "rss_connected_mib": mib(connected),
             "rss_per_proxy_mib": rounded(per_proxy / (1024 * 1024), 4),
+            "envoy_outbound_clusters": sum(want.values()),
+            **check_sync(args, clients, spaces, sidecar),
         }
         client_cpu0 = sum(cpu_seconds(p) for p in clients.pids())
         for scenario in args.scenarios:
-            progress(f"N={n}: {args.changes} {scenario} changes")
+            progress(f"{label}: {args.changes} {scenario} changes")
             out[scenario] = run_changes(
-                cp, agent, clients, scenario, args.changes, offset, args.change_timeout
+                cp, agent, clients, scenario, args.changes, offset, args.change_timeout, sidecar
             )
             offset += args.changes
         out["client_cpu_s_during_changes"] = rounded(
@@ -405,25 +547,56 @@ def run_size(
         cp.stop()
 
 
+def _ratio(with_: Any, without: Any) -> float | None:
+    if not isinstance(with_, int | float) or not isinstance(without, int | float) or not without:
+        return None
+    return rounded(with_ / without, 3)
+
+
+def compare(without: dict[str, Any], with_: dict[str, Any]) -> dict[str, Any]:
+    """The figures the Sidecar should shrink, without and with, and with/without."""
+
+    def figures(r: dict[str, Any]) -> dict[str, Any]:
+        out = {
+            k: r[k]
+            for k in ("rss_per_proxy_mib", "connect_and_sync_s", "cds_bytes_per_proxy", "eds_bytes_per_proxy")
+        }
+        out["cds_outbound_clusters_per_proxy"] = r["cds_outbound_clusters_per_proxy"]["max"]
+        for scenario in ("endpoint", "route"):
+            if scenario in r:
+                for q in ("p50", "p99"):
+                    out[f"{scenario}_all_acked_{q}_s"] = r[scenario]["all_acked_s"][q]
+                out[f"{scenario}_cp_cpu_s_per_change"] = r[scenario]["cp_cpu_s_per_change"]
+        return out
+
+    a, b = figures(without), figures(with_)
+    return {"without_sidecar": a, "with_sidecar": b, "ratio": {k: _ratio(b[k], a[k]) for k in a}}
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "xds_convergence", "machine": machine()}
     result["machine"]["private_netns"] = in_private_netns()
+    spaces = namespaces(args.namespaces)
     cp = BenchControlPlane(workdir)
-    for name, text in base_config(args.services).items():
+    for name, text in base_config(args.services, spaces).items():
         cp.write_config(name, text)
     cp.start()
     agent = BenchAgent(workdir, "edge")
+    per_ns = -(-max(args.sizes) // len(spaces))
     try:
-        agent.join(cp, f"{NS}/{EDGE_GROUP}")
-        certs = cp.mint(NS, CLIENT_GROUP, max(args.sizes))
+        agent.join(cp, f"{spaces[0]}/{EDGE_GROUP}")
+        certs = {ns: cp.mint(ns, CLIENT_GROUP, per_ns) for ns in spaces}
     finally:
         cp.stop()
     sizes: dict[str, Any] = {}
+    with_sidecar: dict[str, Any] = {}
     offset = 0
     for n in args.sizes:
-        sizes[str(n)] = run_size(args, cp, agent, n, certs, offset)
-        offset += args.changes * len(args.scenarios)
+        for sidecar in (False, True) if args.sidecar else (False,):
+            r = run_size(args, cp, agent, n, certs, offset, spaces, sidecar)
+            (with_sidecar if sidecar else sizes)[str(n)] = r
+            offset += args.changes * len(args.scenarios)
     result["sizes"] = sizes
     biggest = sizes[str(max(args.sizes))]
     summary: dict[str, Any] = {
@@ -440,11 +613,27 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             summary[f"{scenario}_all_acked_p99_s"] = p99
             summary[f"meets_{scenario}_target"] = p99 <= target
     summary["targets_apply_at_n"] = 1000
+    if args.sidecar:
+        result["sizes_with_sidecar"] = with_sidecar
+        result["sidecar"] = {
+            "egress_hosts": SIDECAR_HOSTS,
+            "sizes": {k: compare(sizes[k], with_sidecar[k]) for k in sizes},
+        }
+        ratio = result["sidecar"]["sizes"][str(max(args.sizes))]["ratio"]
+        summary["sidecar_ratio"] = ratio
+        summary["sidecar_shrinks_rss_and_push"] = all(
+            (ratio.get(k) or 1.0) < 1.0
+            for k in ("rss_per_proxy_mib", "endpoint_all_acked_p50_s", "route_all_acked_p50_s")
+            if k in ratio
+        )
     result["summary"] = summary
     result["settings"] = {
         "sizes": args.sizes,
         "changes_per_scenario": args.changes,
         "services": args.services,
+        "namespaces": spaces,
+        "system_services": system_services(spaces),
+        "sidecar": args.sidecar,
         "client_processes": args.processes,
         "config_source": "watched config dir (polled every 0.2 s) + push debounce 0.1 s",
     }
@@ -461,6 +650,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--changes", type=int, default=5, help="changes per scenario and size (5)")
     p.add_argument("--scenarios", nargs="+", default=["endpoint", "route"], choices=["endpoint", "route"])
     p.add_argument("--services", type=int, default=10, help="ServiceEntries in the base config (10)")
+    p.add_argument(
+        "--namespaces", type=int, default=1,
+        help="spread services and clients over this many namespaces bench-0.. (1: all in bench)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sidecar", action="store_true",
+        help="run every size twice, without and with a Sidecar per namespace (egress ./* istio-system/*)",
+    )  # fmt: skip
     p.add_argument("--processes", type=int, default=4, help="client worker processes (4)")
     p.add_argument("--settle", type=float, default=1.0, help="pause before RSS readings (1s)")
     p.add_argument("--connect-timeout", type=float, default=180.0, help="for all clients to sync (180s)")

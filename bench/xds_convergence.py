@@ -17,7 +17,8 @@ Per size N (a fresh ``vmagent-cp serve`` each time, same state dir):
    (bmk-r-K.bench.svc.cluster.local) on port 8080, which adds a virtual host to the port's
    RouteConfiguration and a cluster with its endpoints (VirtualService routing is not translated yet).
    Each change is timed from just before the file is written until the last client ACKed the last
-   response carrying it, and until the real Envoy shows it on its admin API (polled every 20 ms).
+   response carrying it, and until the real Envoy shows it on its admin API (polled every 20 ms, only
+   the resources concerned: the one load assignment; the new cluster and a new route config version).
 
 With ``--namespaces K`` the services (``svc-i``) and clients (``client-i``) go to namespace
 ``bench-{i mod K}``, two more services to istio-system, the agent to bench-0; the changes above are made
@@ -41,12 +42,15 @@ import multiprocessing as mp
 import os
 import queue
 import random
+import re
 import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` and ``vmagent`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -196,6 +200,25 @@ def expected_outbound(services: int, spaces: list[str], ns: str, sidecar: bool) 
     return out
 
 
+ROUTE_VERSIONS = "/config_dump?resource=dynamic_route_configs&mask=version_info"
+
+
+def _dump_path(resource: str, app: str, ns: str) -> str:
+    regex = "^" + re.escape(f"outbound|8080||{app}.{ns}.svc.cluster.local") + "$"
+    return f"/config_dump?resource={resource}&name_regex={quote(regex)}"
+
+
+def eds_dump_path(app: str, ns: str) -> str:
+    """Envoy's admin path for the load assignment of service ``app`` only (``/clusters`` would list
+    every host of every cluster: megabytes per poll with thousands of services)."""
+    return _dump_path("dynamic_endpoint_configs", app, ns) + "&include_eds"
+
+
+def cluster_dump_path(app: str, ns: str) -> str:
+    """Envoy's admin path for the cluster of service ``app`` only."""
+    return _dump_path("dynamic_active_clusters", app, ns)
+
+
 def change_address(k: int) -> str:
     return f"10.77.{k // 250}.{k % 250 + 1}"
 
@@ -330,23 +353,37 @@ class Clients:
 # -- the real Envoy -----------------------------------------------------------------------------
 
 
-class EnvoyWatch:
-    """Polls the agent's Envoy admin API every 20 ms for one marker; ``seen_at`` is when it appeared."""
+def _has(marker: str) -> Callable[[str], bool]:
+    return lambda body: marker in body
 
-    def __init__(self, agent: BenchAgent, marker: str, path: str) -> None:
+
+def _differs(before: str) -> Callable[[str], bool]:
+    return lambda body: bool(body) and body != before
+
+
+class EnvoyWatch:
+    """Polls the agent's Envoy admin API every 20 ms until every check holds; ``seen_at`` is when.
+
+    A check is an admin path and a test of its body; one that held once is not asked again.
+    """
+
+    def __init__(self, agent: BenchAgent, checks: list[tuple[str, Callable[[str], bool]]]) -> None:
         self.seen_at: float | None = None
-        self._agent, self._marker, self._path = agent, marker, path
+        self._agent, self._checks = agent, list(checks)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                body = self._agent.admin(self._path, timeout=2.0)
-            except OSError:
-                body = ""
-            if self._marker in body:
+            for path, test in list(self._checks):
+                try:
+                    body = self._agent.admin(path, timeout=2.0)
+                except OSError:
+                    body = ""
+                if test(body):
+                    self._checks.remove((path, test))
+            if not self._checks:
                 self.seen_at = time.monotonic()
                 return
             self._stop.wait(0.02)
@@ -383,17 +420,21 @@ def run_changes(
             marker = change_address(k)
             app = "sys-0" if scenario == "system_endpoint" else "svc-0"
             text = ENTRY.format(name=f"backend-{k}", ns=ns, address=marker, app=app)
-            name, wait_types, envoy_path = f"50-entry-{k}.yaml", {"EDS"}, "/clusters"
+            name, wait_types = f"50-entry-{k}.yaml", {"EDS"}
+            checks = [(eds_dump_path(app, ns), _has(marker))]
         else:
             marker = f"bmk-r-{k}"
             text = SERVICE.format(name=marker, ns=ns)
-            name, wait_types, envoy_path = (
-                f"60-service-{k}.yaml",
-                {"CDS", "EDS", "RDS"},
-                ("/config_dump?resource=dynamic_route_configs"),
-            )
+            name, wait_types = f"60-service-{k}.yaml", {"CDS", "EDS", "RDS"}
+            # The new cluster, and a new version of the route configuration (only this change alters
+            # it); the whole route dump would be megabytes per poll with thousands of virtual hosts.
+            versions = agent.admin(ROUTE_VERSIONS, timeout=10.0)
+            checks = [
+                (cluster_dump_path(marker, ns), _has(marker)),
+                (ROUTE_VERSIONS, _differs(versions)),
+            ]
         t0 = time.monotonic()
-        watch = EnvoyWatch(agent, marker, envoy_path)
+        watch = EnvoyWatch(agent, checks)
         cp.write_config(name, text)
         deadline = t0 + timeout
         try:

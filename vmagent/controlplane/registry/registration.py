@@ -17,10 +17,7 @@ Per stream:
    that could not be stored is not acknowledged: the agent retries it);
 4. ``Leave`` deletes the entry (it leaves EDS), then ``LeaveConfirmed`` is sent once
    ``wait_pushed(timeout)`` says the change reached the proxies, or ``Error`` if it did not in time;
-5. when the stream ends the entry is marked disconnected; when it was *lost* (the agent did not close its
-   side: the connection died, found by the mutual-TLS port's keepalive pings, or was reset) the entry
-   also leaves EDS at once (docs/registration.md, "Lost stream"). A control plane that is stopping
-   loses every stream: that is not counted.
+5. when the stream ends the entry is marked disconnected.
 
 ``name_table(namespace)`` gives the table for agents of a namespace (what they may see, ``exportTo``);
 ``push_name_table()`` (any thread) sends each registered stream its namespace's table when that differs
@@ -62,10 +59,6 @@ WaitPushed = Callable[[float], bool]
 IsRevoked = Callable[[SpiffeId, int], bool]
 
 _END = object()
-
-
-# How long a stream whose requests ended waits to be cancelled (then it was lost, not closed by the agent).
-CLOSE_GRACE_S = 1.0
 
 
 def _pushed_at_once(_timeout: float) -> bool:
@@ -133,18 +126,12 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         # Leaves wait up to leave_timeout for pushes: in their own threads, so that a burst of leaves
         # cannot occupy the loop's default executor that heartbeats and reports need.
         self._leave_pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="leave")
-        self._closing = False
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         registration_pb2_grpc.add_RegistrationServicer_to_server(self, server)
 
-    def begin_close(self) -> None:
-        """The control plane is stopping: the streams its server now ends are not lost VMs."""
-        self._closing = True
-
     def close(self) -> None:
         """Release the leave threads (call after the gRPC server stopped)."""
-        self._closing = True
         self._leave_pool.shutdown(wait=False, cancel_futures=True)
 
     def disconnect_where(self, revoked: Callable[[SpiffeId, int], bool], reason: str) -> int:
@@ -232,7 +219,6 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         self._on_registration("accepted")
         key = (rec.namespace, rec.name)
         stream.entry = key
-        closed = False
         with self._lock:
             self._streams[stream_id] = stream
             table = self._last_tables.get(key[0])
@@ -254,14 +240,11 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
                 with self._lock:
                     self._last_tables.setdefault(key[0], table)
             await context.write(name_table_message(table))
-            closed = await self._serve(stream, key, session, it, context)
+            await self._serve(stream, key, session, it, context)
         finally:
             with self._lock:
                 self._streams.pop(stream_id, None)
-            if closed or self._closing:
-                await asyncio.to_thread(self._store.disconnected, key[0], key[1], session)
-            else:
-                await asyncio.to_thread(self._store.lost, key[0], key[1], session)
+            await asyncio.to_thread(self._store.disconnected, key[0], key[1], session)
 
     async def _serve(
         self,
@@ -270,17 +253,13 @@ class RegistrationServicer(registration_pb2_grpc.RegistrationServicer):  # type:
         session: str,
         it: AsyncIterator[registration_pb2.AgentMessage],
         context: grpc.aio.ServicerContext,
-    ) -> bool:
-        """Serve the stream until the agent closes its side (True); an error or cancellation raises."""
+    ) -> None:
         reader = asyncio.create_task(self._read(it, stream.queue))
         try:
             while True:
                 item = await stream.queue.get()
                 if item is _END:
-                    # A lost connection ends the request stream too (EOF), just before gRPC cancels the
-                    # RPC: a moment's wait tells the two apart (a lost stream's task is cancelled meanwhile).
-                    await asyncio.sleep(CLOSE_GRACE_S)
-                    return True
+                    return
                 if isinstance(item, _Kick):
                     log.warning("ending the registration stream of %s/%s: %s", key[0], key[1], item.reason)
                     await asyncio.to_thread(self._store.leave, key[0], key[1], session)  # out of EDS now

@@ -13,8 +13,7 @@ One record per entry name (``GROUP-ADDRESS``, see :mod:`.workload_entry`). Its l
   result"); a refresh keeps the current health, so a reconnect does not flap the endpoint;
 * **heartbeats** keep it in EDS: ``heartbeat_timeout`` seconds after the last heartbeat (or
   registration) it is *expired* and leaves EDS, whether or not its stream still looks open;
-* **disconnect** records the time; ``grace_period`` seconds without a connection delete the record; a
-  stream that was *lost* (its connection died) rather than closed by the agent also leaves EDS at once;
+* **disconnect** records the time; ``grace_period`` seconds without a connection delete the record;
 * **leave** deletes it at once (the agent asked to go).
 
 Only records made here are ever deleted: operator-written WorkloadEntries live in the config store.
@@ -454,27 +453,6 @@ class WorkloadStore:
             rec.disconnected_at = now
             self._write(rec)
         log.info("workload %s/%s disconnected", namespace, name)
-
-    def lost(self, namespace: str, name: str, session: str) -> None:
-        """The owning stream was lost (its connection died: keepalive timeout, reset), not closed by the
-        agent: disconnected, and out of EDS at once (docs/registration.md, "Lost stream"). A registration
-        (the agent's reconnect) brings it back."""
-        now = self._clock()
-        with self._lock:
-            rec = self._owned(namespace, name, session)
-            if rec is None or not rec.connected:
-                return
-            rec.connected = False
-            rec.disconnected_at = now
-            left = not rec.expired and now >= rec.expire_not_before
-            if left:
-                rec.expired = True
-            self._write(rec)
-        if left:
-            log.warning("workload %s/%s leaves EDS: its registration stream was lost", namespace, name)
-            self._notify()
-        else:
-            log.info("workload %s/%s disconnected", namespace, name)
 
     def leave(self, namespace: str, name: str, session: str) -> bool:
         """Delete the entry of the owning stream (graceful leave); False when not the owner."""

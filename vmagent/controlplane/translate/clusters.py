@@ -34,7 +34,7 @@ from vmagent.controlplane.translate import names
 from vmagent.controlplane.translate.configindex import ConfigLookup
 from vmagent.controlplane.translate.destination import DestinationPolicy, find_destination_rule
 from vmagent.controlplane.translate.endpoints import load_assignment
-from vmagent.controlplane.translate.failover import default_outlier_detection, upstream_liveness
+from vmagent.controlplane.translate.failover import upstream_liveness
 from vmagent.controlplane.translate.protos import ads, duration, socket_address, typed, u32
 from vmagent.controlplane.translate.proxy import MeshOptions, ProxyInfo
 from vmagent.controlplane.translate.services import is_mesh_endpoint, subset_endpoints
@@ -214,7 +214,6 @@ def outbound_cluster(plan: OutboundCluster, mesh: MeshOptions) -> tuple[cluster_
     if res != "NONE":
         # vmagent's failover defaults (docs/traffic.md, "Failover"); the rule's settings win.
         upstream_liveness(c)
-        c.outlier_detection.CopyFrom(default_outlier_detection())
         apply_traffic_policy(c, plan.policy, plan.port.protocol)
     return c, auto
 
